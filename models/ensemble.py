@@ -1,0 +1,145 @@
+"""Weighted soft-voting ensemble whose weights are fitted on out-of-fold predictions.
+
+``WeightedSoftVoting`` is a scikit-learn classifier: ``fit`` computes out-of-fold class probabilities of
+each base model with the given (purged, walk-forward) CV splitter, picks the voting weights that
+maximise out-of-fold macro-F1, then refits every base model on all rows it was given. It never sees
+anything but the rows passed to ``fit``, so fitting it on the development window keeps the holdout clean.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.ensemble import VotingClassifier
+from sklearn.metrics import f1_score, log_loss
+from sklearn.utils.validation import check_is_fitted
+
+
+def _take(X, idx):
+    return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
+
+
+def fit_predict_fold(estimator, X, y, train_idx, test_idx, classes: np.ndarray) -> np.ndarray:
+    """Fit a clone on ``train_idx`` and return its class probabilities on ``test_idx``.
+
+    Columns follow ``classes``; a class absent from the training block gets probability 0.
+    """
+    y = np.asarray(y)
+    y_train = y[train_idx]
+    missing = np.setdiff1d(classes, np.unique(y_train))
+    if missing.size:
+        raise ValueError(
+            f"a training block of {len(train_idx)} rows has no example of class(es) {missing.tolist()}; "
+            "use more data (days), fewer folds or a smaller label threshold"
+        )
+    model = clone(estimator).fit(_take(X, train_idx), y_train)
+    proba = model.predict_proba(_take(X, test_idx))
+    out = np.zeros((len(test_idx), len(classes)))
+    out[:, np.searchsorted(classes, model.classes_)] = proba
+    return out
+
+
+def oof_predict_proba(estimator, X, y, cv) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities over the validation blocks of ``cv``: (row positions, probabilities)."""
+    classes = np.unique(np.asarray(y))
+    idx, probas = [], []
+    for train_idx, test_idx in cv.split(X, y):
+        idx.append(test_idx)
+        probas.append(fit_predict_fold(estimator, X, y, train_idx, test_idx, classes))
+    return np.concatenate(idx), np.vstack(probas)
+
+
+def simplex_grid(n_models: int, step: float) -> np.ndarray:
+    """All weight vectors on the simplex with the given step (rows sum to 1)."""
+    if not 0 < step <= 1:
+        raise ValueError(f"weight step must be in (0, 1], got {step!r}")
+    units = round(1 / step)
+    rows = [c for c in itertools.product(range(units + 1), repeat=n_models) if sum(c) == units]
+    return np.asarray(rows, dtype=float) / units
+
+
+def fit_weights(probas: list[np.ndarray], y: np.ndarray, step: float = 0.05) -> tuple[np.ndarray, float]:
+    """Voting weights that maximise macro-F1 of the blended probabilities (ties: lower log loss).
+
+    ``probas`` are out-of-fold predictions of each model on the same rows ``y``. Returns the weights and
+    the macro-F1 they reach.
+    """
+    stack = np.stack(probas)  # (models, rows, classes)
+    labels = np.arange(stack.shape[2])
+    best: tuple[float, float] | None = None
+    best_w = None
+    for w in simplex_grid(len(probas), step):
+        blend = np.tensordot(w, stack, axes=1)
+        f1 = f1_score(y, blend.argmax(axis=1), average="macro", labels=labels, zero_division=0)
+        loss = log_loss(y, np.clip(blend, 1e-15, 1), labels=labels)
+        key = (round(f1, 12), -loss)
+        if best is None or key > best:
+            best, best_w = key, w
+    return best_w, float(best[0])
+
+
+class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
+    """Soft voting over ``estimators`` (a list of ``(name, estimator)``) with weights fitted out of fold.
+
+    Parameters
+    ----------
+    estimators: list of (name, unfitted classifier)
+    cv: splitter used to produce out-of-fold predictions for the weights (required unless ``weights``)
+    weights: fixed weights; when given, no out-of-fold fitting is done
+    weight_step: grid resolution of the weight search on the simplex
+    """
+
+    def __init__(self, estimators: list[tuple[str, Any]], cv=None, weights=None, weight_step: float = 0.05):
+        self.estimators = estimators
+        self.cv = cv
+        self.weights = weights
+        self.weight_step = weight_step
+
+    def fit(self, X, y):
+        names = [name for name, _ in self.estimators]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"estimators need unique names, got {names}")
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        if self.weights is not None:
+            weights = np.asarray(self.weights, dtype=float)
+            if weights.shape != (len(names),) or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"weights must be {len(names)} non-negative numbers, not all 0: {self.weights}")
+            self.weights_ = weights / weights.sum()
+            self.oof_macro_f1_ = None
+        else:
+            if self.cv is None:
+                raise ValueError("either fixed weights or a cv splitter is needed to fit the weights")
+            oof = [oof_predict_proba(est, X, y, self.cv) for _, est in self.estimators]
+            idx = oof[0][0]
+            self.oof_index_ = idx
+            self.oof_probas_ = {name: p for name, (_, p) in zip(names, oof, strict=True)}
+            self.weights_, self.oof_macro_f1_ = fit_weights([p for _, p in oof], y[idx], self.weight_step)
+        self.voter_ = VotingClassifier(
+            [(name, clone(est)) for name, est in self.estimators], voting="soft", weights=list(self.weights_)
+        ).fit(X, y)
+        if hasattr(X, "columns"):
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    @property
+    def named_weights_(self) -> dict[str, float]:
+        check_is_fitted(self)
+        return {name: float(w) for (name, _), w in zip(self.estimators, self.weights_, strict=True)}
+
+    @property
+    def named_estimators_(self) -> dict[str, Any]:
+        check_is_fitted(self)
+        return dict(self.voter_.named_estimators_)
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return self.voter_.predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

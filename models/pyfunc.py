@@ -1,0 +1,71 @@
+"""The model a trading bot loads: candles in, per-candle signal and class probabilities out.
+
+The logged model carries its own feature code (``features/`` and ``models/`` are shipped as MLflow
+``code_paths``), so the bot computes exactly the features the ensemble was trained on, in a process that
+has never seen this repository.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from features.data import count_gaps, infer_bar, normalize_candles
+from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
+from features.labels import CLASS_NAMES
+
+NOT_READY = "insufficient_history"
+OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready")
+
+
+class SignalModel(PythonModel):
+    """Wraps a fitted ensemble with the feature set and bar size it was trained on."""
+
+    def __init__(self, ensemble, feature_set: str, bar: pd.Timedelta, metadata: dict | None = None):
+        self.ensemble = ensemble
+        self.feature_set = feature_set
+        self.bar = pd.Timedelta(bar)
+        self.metadata = dict(metadata or {})
+
+    @property
+    def min_history(self) -> int:
+        """Candles needed before the first row that gets a signal."""
+        return warmup_bars(self.feature_set) + 1
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.predict_candles(model_input)
+
+    def predict_candles(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        """Signals for ``model_input`` candles (timestamp, open, high, low, close, volume), oldest first.
+
+        Rows with too little history get ``ready=False``, ``signal='insufficient_history'``,
+        ``label=-1`` and NaN probabilities: they are marked, never guessed.
+        """
+        candles = normalize_candles(model_input)
+        if len(candles) >= 2:
+            bar = infer_bar(candles.index)
+            if bar != self.bar:
+                raise ValueError(
+                    f"these candles are {bar} bars but the model was trained on {self.bar} bars; "
+                    f"resample the candles to {self.bar} before calling predict"
+                )
+            count_gaps(candles.index, bar)
+        features = compute_features(candles, self.feature_set)[list(FEATURE_NAMES)]
+        ready = features.notna().all(axis=1).to_numpy()
+        proba = np.full((len(candles), len(CLASS_NAMES)), np.nan)
+        if ready.any():
+            proba[ready] = self.ensemble.predict_proba(features[ready])
+        label = np.where(ready, np.nan_to_num(proba).argmax(axis=1), -1).astype(np.int64)
+        names = np.asarray(CLASS_NAMES + (NOT_READY,), dtype=object)
+        return pd.DataFrame(
+            {
+                "timestamp": candles.index,
+                "signal": names[label],
+                "label": label,
+                "p_sell": proba[:, 0],
+                "p_hold": proba[:, 1],
+                "p_buy": proba[:, 2],
+                "ready": ready,
+            }
+        ).reset_index(drop=True)

@@ -1,0 +1,130 @@
+"""Pipeline configuration: one dataclass, one CLI parser, the same names as the MLproject parameters."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from features.indicators import FEATURE_SETS
+from models.base import MODEL_NAMES, check_model_names
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: str = "builtin"
+    timeframe: str = ""
+    days: int = 0
+    horizon: int = 6
+    threshold: float = 0.005
+    vol_window: int = 0
+    features: str = "default"
+    n_trials: int = 12
+    timeout: float = 90.0
+    models: str = ",".join(MODEL_NAMES)
+    model_name: str = "crypto-signal-ensemble"
+    seed: int = 42
+    dry_run: bool = False
+    n_folds: int = 5
+    holdout_frac: float = 0.2
+    gate_min_f1: float = 0.36
+    gate_margin: float = 0.02
+    gate_confidence: float = 0.95
+    optuna_storage: str = "sqlite:///optuna.db"
+    n_jobs: int = 0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
+                raise TypeError(f"{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+        checks = [
+            (self.days >= 0, "days must be >= 0 (0 = all history)"),
+            (self.horizon >= 1, "horizon must be >= 1 bar"),
+            (0 < self.threshold < 1, "threshold must be a fraction in (0, 1), e.g. 0.005 for 0.5%"),
+            (self.vol_window == 0 or self.vol_window >= 2, "vol_window must be 0 (fixed threshold) or >= 2"),
+            (self.features in FEATURE_SETS, f"features must be one of {list(FEATURE_SETS)}"),
+            (self.n_trials >= 1, "n_trials must be >= 1"),
+            (self.timeout >= 0, "timeout must be >= 0 seconds (0 = no limit)"),
+            (self.n_folds >= 2, "n_folds must be >= 2"),
+            (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
+            (0 <= self.gate_confidence < 1, "gate_confidence must be in [0, 1)"),
+            (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
+            (bool(self.model_name.strip()), "model_name must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {self._value_for(message)}")
+        check_model_names(self.model_list)
+
+    def _value_for(self, message: str) -> str:
+        name = message.split(" ", 1)[0]
+        return f"{name}={getattr(self, name)!r}"
+
+    @property
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self, data_sha256: str, model: str, space_version: int) -> str:
+        """Identity of a study: everything that changes what a trial measures (not n_trials/timeout)."""
+        keys = ("data", "timeframe", "days", "horizon", "threshold", "vol_window", "features", "n_folds",
+                "holdout_frac", "seed")
+        payload = {k: getattr(self, k) for k in keys} | {
+            "data_sha256": data_sha256, "model": model, "space_version": space_version,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "y"):
+        return True
+    if value in ("false", "0", "no", "n", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+HELP = {
+    "data": "'builtin' (BTC/USD 30m, 2017-10..2019-10) or a path to a CSV/Parquet OHLCV file",
+    "timeframe": "resample to this bar size, e.g. 1h or 4h ('' = keep the native bars)",
+    "days": "keep only the last N days (0 = all)",
+    "horizon": "label horizon in bars (forward return over this many bars)",
+    "threshold": "label threshold: fraction (fixed mode) or multiple of sigma*sqrt(horizon) (vol mode)",
+    "vol_window": "0 = fixed threshold; N>=2 = scale the threshold by the volatility of the last N bars",
+    "features": f"feature set: {', '.join(FEATURE_SETS)}",
+    "n_trials": "finished Optuna trials per model study (an interrupted study resumes up to this)",
+    "timeout": "seconds of tuning per model (0 = no limit)",
+    "models": f"comma list from {', '.join(MODEL_NAMES)}",
+    "model_name": "registered model name",
+    "seed": "random seed (samplers, models, baselines)",
+    "dry_run": "validate data and print the plan; train nothing, register nothing",
+    "n_folds": "purged walk-forward folds",
+    "holdout_frac": "share of the rows, at the end, kept as the untouched holdout",
+    "gate_min_f1": "gate: minimum holdout macro-F1",
+    "gate_margin": "gate: minimum macro-F1 margin over the best trivial baseline",
+    "gate_confidence": "gate: required bootstrap probability that the gain over the baseline is > 0",
+    "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
+    "n_jobs": "threads per model fit (0 = all cores)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.pipeline",
+        description="Tune, ensemble, evaluate, gate and register a buy/sell/hold classifier.",
+    )
+    for f in fields(PipelineConfig):
+        kind = {"int": int, "float": float, "bool": _bool, "str": str}[f.type]
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
+                            help=f"{HELP[f.name]} (default: {f.default!r})")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineConfig:
+    args = build_parser().parse_args(argv)
+    return PipelineConfig(**vars(args))

@@ -1,0 +1,81 @@
+"""The small seam to MLflow tracking used by the pipeline entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "crypto-signals"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+@contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_reachable() -> str:
+    """Fail fast, before any training, if the tracking store cannot be reached."""
+    uri = mlflow.get_tracking_uri()
+    try:
+        # One quick attempt instead of MLflow's default minutes of retries.
+        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
+            MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # any failure here means the same thing to the user
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow tracking store at {uri!r}: {type(exc).__name__}: {exc}. "
+            "Start the server or fix MLFLOW_TRACKING_URI (unset it to use the local sqlite:///mlflow.db)."
+        ) from exc
+    return uri
+
+
+def use_experiment() -> None:
+    """Under `mlflow run` the CLI has already chosen the experiment and opened the run; otherwise pick one."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> str:
+    """Log a dataset input (schema, profile, digest; not the rows) and return its digest."""
+    dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
+    mlflow.log_input(dataset, context=context)
+    return dataset.digest
+
+
+def log_metrics(prefix: str, metrics: dict, run_id: str | None = None) -> None:
+    """Log the scalar entries of ``metrics`` as ``<prefix><key>`` (lists, e.g. confusion matrices, skipped)."""
+    scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    if run_id is None:
+        mlflow.log_metrics(scalars)
+    else:
+        client = MlflowClient()
+        for key, value in scalars.items():
+            client.log_metric(run_id, key, value)

@@ -1,0 +1,132 @@
+"""Join features and labels into the supervised data set used by training and evaluation.
+
+The kept rows are one contiguous block of candle bars (warm-up head and horizon tail removed).
+Downstream purging/embargo arithmetic relies on that: ``bars`` maps each row back to its candle
+position, and a gap in the middle would make "k rows apart" differ from "k bars apart".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
+import pandas as pd
+
+from features.indicators import compute_features, warmup_bars
+from features.labels import CLASS_NAMES, make_labels
+
+MIN_ROWS = 2000
+
+
+class InsufficientDataError(ValueError):
+    """Too few usable rows after removing the indicator warm-up and the label horizon."""
+
+
+# eq=False: the generated __eq__ would compare DataFrames/arrays element-wise and raise on bool().
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features ``X``, int64 labels ``y`` (0/1/2), candle positions ``bars`` and the source candles."""
+
+    X: pd.DataFrame
+    y: pd.Series
+    bars: np.ndarray
+    candles: pd.DataFrame
+
+    @property
+    def n_rows(self) -> int:
+        """Number of usable rows."""
+        return len(self.y)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Rows per class, keyed by class name (every class present, zero included)."""
+        counts = np.bincount(self.y.to_numpy(), minlength=len(CLASS_NAMES))
+        return {name: int(n) for name, n in zip(CLASS_NAMES, counts, strict=True)}
+
+
+def _check_min_rows(min_rows: object) -> int:
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int | np.integer):
+        raise TypeError(f"min_rows must be an int >= 1, got {min_rows!r} of type {type(min_rows).__name__}")
+    if min_rows < 1:
+        raise ValueError(f"min_rows must be an int >= 1, got {min_rows!r}")
+    return int(min_rows)
+
+
+def build_dataset(
+    candles: pd.DataFrame,
+    feature_set: str = "default",
+    horizon: int = 6,
+    threshold: float = 0.005,
+    vol_window: int = 0,
+    min_rows: int = MIN_ROWS,
+) -> Dataset:
+    """Compute features and labels and keep the rows where all of them are defined.
+
+    Raises ``InsufficientDataError`` when fewer than ``min_rows`` rows remain, and ``ValueError`` when a
+    NaN appears in the middle of the data (non-contiguous rows) or a class is absent.
+    """
+    min_rows = _check_min_rows(min_rows)
+    features = compute_features(candles, feature_set)
+    labels = make_labels(candles["close"], horizon, threshold, vol_window)
+    n = len(candles)
+
+    feature_ok = features.notna().all(axis=1).to_numpy()
+    label_ok = labels.notna().to_numpy()
+    positions = np.flatnonzero(feature_ok & label_ok)
+
+    if len(positions) > 0:
+        first, last = int(positions[0]), int(positions[-1])
+        if last - first + 1 != len(positions):
+            _raise_gap(features, labels, first, last, feature_ok & label_ok)
+        lost_head, lost_tail = first, n - 1 - last
+    else:
+        # Nothing usable: report what warm-up and horizon would cost (the label's volatility window
+        # needs vol_window past returns, which can exceed the indicator warm-up).
+        lost_head = min(n, max(warmup_bars(feature_set), vol_window))
+        lost_tail = n - lost_head
+
+    if len(positions) < min_rows:
+        raise InsufficientDataError(
+            f"only {len(positions)} usable rows from {n} candles, need at least {min_rows}: "
+            f"{lost_head} rows were lost to indicator warm-up (feature_set={feature_set!r}"
+            f"{f', vol_window={vol_window}' if vol_window else ''}) and {lost_tail} to the label horizon "
+            f"(horizon={horizon}). Load more history (a larger `days`), use a smaller `timeframe`, "
+            f"or use a different data file."
+        )
+
+    bars = np.arange(first, last + 1, dtype=np.int64)
+    X = features.iloc[bars]
+    y = labels.iloc[bars].astype("int64")
+    dataset = Dataset(X=X, y=y, bars=bars, candles=candles)
+
+    counts = dataset.class_counts
+    absent = [name for name, count in counts.items() if count == 0]
+    if absent:
+        advice = []
+        if "hold" in absent:
+            advice.append("a larger threshold (no row stays within +-threshold)")
+        if "buy" in absent or "sell" in absent:
+            advice.append("a smaller threshold (or a longer horizon / more data)")
+        raise ValueError(
+            f"class(es) {absent} have no rows (class counts {counts}, threshold={threshold}, "
+            f"horizon={horizon}, vol_window={vol_window}); a classifier needs every class. Try "
+            + " or ".join(advice)
+            + "."
+        )
+    return dataset
+
+
+def _raise_gap(
+    features: pd.DataFrame, labels: pd.Series, first: int, last: int, usable: np.ndarray
+) -> NoReturn:
+    """Name the first undefined row inside the usable span and which columns are NaN there."""
+    gap = first + int(np.argmax(~usable[first : last + 1]))
+    missing = features.columns[features.iloc[gap].isna().to_numpy()].tolist()
+    if pd.isna(labels.iat[gap]):
+        missing.append("label")
+    raise ValueError(
+        f"NaN in the middle of the data at {features.index[gap]} (bar {gap}) in {missing}; the usable "
+        f"rows must be one contiguous block of bars (downstream purging assumes it). This usually means "
+        f"NaN or missing values in the candles around that time; clean or drop them before building."
+    )

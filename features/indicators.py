@@ -1,0 +1,287 @@
+"""Technical-indicator features computed from OHLCV candles.
+
+Two feature sets share the same 15 column names (``FEATURE_NAMES``):
+
+``seed15``
+    The formulas of the old system, reproduced as-is so its results can be compared: raw price levels,
+    simple-moving-average RSI/ATR/ADX, Bollinger std with ddof=1.
+
+``default``
+    Scale-free (price-level features are expressed relative to the current close, volume is a log
+    deviation from its own recent mean) so a model trained on one market or exchange is not fed
+    inputs whose magnitude depends on the price level, and RSI/ATR/DI/ADX use Wilder smoothing as
+    TA-Lib defines it.
+
+Every value at row t uses rows <= t only; rows without enough history are NaN (never backfilled), so the
+leading ``warmup_bars(feature_set)`` rows are NaN and everything after is finite for finite candles.
+Degenerate denominators (flat prices, zero volume) map to a defined neutral value instead of NaN/inf so
+a flat stretch does not punch holes into the data set.
+
+Checked against TA-Lib 0.8.2: RSI, ATR and the Bollinger bands of the ``default`` set agree to float
+precision (pinned by golden values in tests/test_indicators.py). Deliberate differences from TA-Lib:
+
+* PLUS_DI / MINUS_DI: TA-Lib seeds the running DM and TR sums with the sum of the first ``period - 1``
+  values and applies one Wilder update on bar ``period``. Here all three (+DM, -DM, TR) use the same
+  Wilder smoothing as ATR: the seed is the simple mean of the first ``period`` values (bars 1..14), so
+  the first DI value (bar 14) and everything after differ slightly from TA-Lib; the difference decays
+  geometrically (factor 13/14 per bar). The first valid bar is the same (14).
+* ADX: Wilder smoothing of DX seeded with the mean of the first 14 DX values, as TA-Lib does; its DX
+  inputs inherit the DI difference above. First valid bar 27, as in TA-Lib.
+* MACD: EMA12 - EMA26 via pandas ``ewm(span, adjust=False)`` started at the first close, not TA-Lib's
+  SMA-seeded EMAs, and it is the MACD line only (no signal/histogram), divided by close. First valid
+  bar 25 (TA-Lib MACD reports from bar 33 because it also waits for the signal line).
+* EMA 20/50: same pandas ``ewm`` convention as MACD (TA-Lib seeds EMA with an SMA); the difference
+  decays with the EMA's own factor.
+
+Not TA-Lib indicators, so our own definitions: bb_position (position within TA-Lib-style ddof=0
+bands), channel_position, volume_ratio, and the default volume feature. The latter, ``log1p(volume)``
+minus its 50-bar mean, is scale-free only approximately: scaling volume by k shifts ``log1p(v)`` by
+``log(k) + O(1/v)``, so it is unchanged up to O(1/v) -- negligible for volumes >> 1, not for bars with
+volume below ~1 unit (the built-in BTC data has some). log1p rather than log keeps zero volume finite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "close",
+    "volume",
+    "rsi_14",
+    "macd",
+    "atr_14",
+    "bb_position",
+    "ema_20",
+    "ema_50",
+    "volume_ratio",
+    "donchian_high_20",
+    "donchian_low_20",
+    "channel_position",
+    "adx_14",
+    "plus_di_14",
+    "minus_di_14",
+)
+
+FEATURE_SETS: tuple[str, ...] = ("default", "seed15")
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+
+_RSI_PERIOD = 14
+_ATR_PERIOD = 14
+_ADX_PERIOD = 14
+_BB_PERIOD = 20
+_BB_K = 2.0
+_DONCHIAN_PERIOD = 20
+_VOLUME_RATIO_PERIOD = 20
+_VOLUME_LOG_PERIOD = 50
+_MACD_FAST, _MACD_SLOW = 12, 26
+
+# Index of the first non-NaN row of each feature, per set. These follow from the lookbacks above
+# (row 0 has no previous close, so diff-based series start at row 1); tests check them against the
+# actual output, and warmup_bars() is their maximum.
+_FIRST_VALID: dict[str, dict[str, int]] = {
+    "seed15": {
+        "close": 0,
+        "volume": 0,
+        "rsi_14": _RSI_PERIOD,
+        "macd": _MACD_SLOW - 1,
+        "atr_14": _ATR_PERIOD,
+        "bb_position": _BB_PERIOD - 1,
+        "ema_20": 20 - 1,
+        "ema_50": 50 - 1,
+        "volume_ratio": _VOLUME_RATIO_PERIOD - 1,
+        "donchian_high_20": _DONCHIAN_PERIOD - 1,
+        "donchian_low_20": _DONCHIAN_PERIOD - 1,
+        "channel_position": _DONCHIAN_PERIOD - 1,
+        "adx_14": 2 * _ADX_PERIOD - 1,
+        "plus_di_14": _ADX_PERIOD,
+        "minus_di_14": _ADX_PERIOD,
+    },
+}
+_FIRST_VALID["default"] = {**_FIRST_VALID["seed15"], "close": 1, "volume": _VOLUME_LOG_PERIOD - 1}
+
+
+def _check_feature_set(feature_set: str) -> None:
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature_set {feature_set!r}; valid feature sets are {list(FEATURE_SETS)}")
+
+
+def warmup_bars(feature_set: str) -> int:
+    """Number of leading rows that are NaN in ``compute_features`` output (the longest lookback).
+
+    A caller must send at least this many bars of history before the first bar it wants features for.
+    """
+    _check_feature_set(feature_set)
+    return max(_FIRST_VALID[feature_set].values())
+
+
+def _safe_ratio(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
+    """num / den, with ``when_zero`` where den == 0 (NaN inputs stay NaN, so warm-up is preserved)."""
+    out = num / den.where(den != 0)
+    return out.mask((den == 0) & num.notna(), when_zero)
+
+
+def _sma_nonneg(x: pd.Series, period: int) -> pd.Series:
+    """Rolling mean of a non-negative series, exactly 0 when the whole window is 0.
+
+    pandas' online rolling aggregations are only exact for constant windows by a special case (which
+    its rolling std does not always hit, see bb_position); a residue like 1e-16 in a flat stretch would
+    turn "no gains, no losses" (RSI 50) into "only gains" (RSI 100), so zero is made explicit.
+    """
+    return x.rolling(period).mean().mask(x.rolling(period).max() == 0, 0.0)
+
+
+def _wilder(x: pd.Series, period: int) -> pd.Series:
+    """Wilder smoothing as TA-Lib defines it, vectorised.
+
+    The first output is the simple mean of the first ``period`` valid values of ``x`` (at the position
+    of the last of them); after that s_t = s_{t-1} + (x_t - s_{t-1}) / period, which is exactly
+    ``ewm(alpha=1/period, adjust=False)`` started from the seed. Earlier positions are NaN.
+    """
+    valid = x.notna().to_numpy()
+    out = pd.Series(np.nan, index=x.index, dtype="float64")
+    if not valid.any():
+        return out
+    # The first valid position depends only on rows up to itself, so this stays causal.
+    seed_pos = int(np.argmax(valid)) + period - 1
+    if seed_pos >= len(x):
+        return out
+    seeded = x.to_numpy(dtype="float64", copy=True)
+    seeded[:seed_pos] = np.nan
+    seeded[seed_pos] = x.iloc[seed_pos - period + 1 : seed_pos + 1].mean()
+    # Leading NaNs are skipped by ewm(adjust=False): the recursion starts at the seed value.
+    return pd.Series(seeded, index=x.index).ewm(alpha=1.0 / period, adjust=False).mean()
+
+
+def _true_range(high: pd.Series, low: pd.Series, close: pd.Series) -> pd.Series:
+    """max(high-low, |high-prev close|, |low-prev close|); NaN on row 0 where there is no prev close."""
+    prev_close = close.shift(1)
+    tr = pd.concat([high - low, (high - prev_close).abs(), (low - prev_close).abs()], axis=1).max(axis=1)
+    return tr.where(prev_close.notna())
+
+
+def _directional_movement(high: pd.Series, low: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """+DM and -DM per Wilder; NaN on row 0 (np.where would otherwise turn the NaN diff into 0)."""
+    up = high.diff()
+    down = -low.diff()
+    plus_dm = pd.Series(np.where((up > down) & (up > 0), up, 0.0), index=high.index).where(up.notna())
+    minus_dm = pd.Series(np.where((down > up) & (down > 0), down, 0.0), index=high.index).where(down.notna())
+    return plus_dm, minus_dm
+
+
+def _rsi_from_averages(avg_gain: pd.Series, avg_loss: pd.Series) -> pd.Series:
+    # 100 - 100/(1+G/L) == 100*G/(G+L): this form needs no special case for L == 0 (-> 100) and
+    # only G == L == 0 (no movement at all) needs the neutral 50.
+    return _safe_ratio(100.0 * avg_gain, avg_gain + avg_loss, 50.0)
+
+
+def _dx(plus_di: pd.Series, minus_di: pd.Series) -> pd.Series:
+    return _safe_ratio(100.0 * (plus_di - minus_di).abs(), plus_di + minus_di, 0.0)
+
+
+def _validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(candles, pd.DataFrame):
+        raise TypeError(f"candles must be a pandas DataFrame, got {type(candles).__name__}")
+    for col in REQUIRED_COLUMNS:
+        if col not in candles.columns:
+            raise ValueError(
+                f"candles is missing required column {col!r}; need columns {list(REQUIRED_COLUMNS)}, "
+                f"got {list(candles.columns)}"
+            )
+    frame = candles.loc[:, list(REQUIRED_COLUMNS)].astype("float64")
+    # Non-positive prices would turn the log return and the /close ratios into +-inf.
+    for col in ("open", "high", "low", "close"):
+        bad = frame[col] <= 0
+        if bad.any():
+            first_bad = frame.index[bad.argmax()]
+            raise ValueError(f"candles column {col!r} must be > 0; first bad row {first_bad}")
+    bad = frame["volume"] < 0
+    if bad.any():
+        raise ValueError(f"candles column 'volume' must be >= 0; first bad row {frame.index[bad.argmax()]}")
+    return frame
+
+
+def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.DataFrame:
+    """Compute the 15 ``FEATURE_NAMES`` columns (float64, same index as ``candles``).
+
+    ``candles`` needs float columns open, high, low, close, volume; any index (datetime or not).
+    Row t uses rows <= t only; the first ``warmup_bars(feature_set)`` rows contain NaN.
+    """
+    _check_feature_set(feature_set)
+    c = _validate_candles(candles)
+    high, low, close, volume = c["high"], c["low"], c["close"], c["volume"]
+    wilder = feature_set == "default"
+
+    delta = close.diff()
+    gains, losses = delta.clip(lower=0.0), (-delta).clip(lower=0.0)  # clip keeps the row-0 NaN
+    tr = _true_range(high, low, close)
+    plus_dm, minus_dm = _directional_movement(high, low)
+
+    if wilder:
+        avg_gain, avg_loss = _wilder(gains, _RSI_PERIOD), _wilder(losses, _RSI_PERIOD)
+        atr = _wilder(tr, _ATR_PERIOD)
+        # Ratios of Wilder averages equal TA-Lib's ratios of Wilder sums (the factor `period` cancels).
+        tr_s, plus_s, minus_s = (_wilder(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
+    else:
+        avg_gain, avg_loss = _sma_nonneg(gains, _RSI_PERIOD), _sma_nonneg(losses, _RSI_PERIOD)
+        atr = _sma_nonneg(tr, _ATR_PERIOD)
+        # DI is a ratio of 14-bar sums; the ratio of 14-bar means is the same number.
+        tr_s, plus_s, minus_s = (_sma_nonneg(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
+
+    rsi = _rsi_from_averages(avg_gain, avg_loss)
+    plus_di = _safe_ratio(100.0 * plus_s, tr_s, 0.0)
+    minus_di = _safe_ratio(100.0 * minus_s, tr_s, 0.0)
+    dx = _dx(plus_di, minus_di)
+    adx = _wilder(dx, _ADX_PERIOD) if wilder else _sma_nonneg(dx, _ADX_PERIOD)
+
+    ema_fast = close.ewm(span=_MACD_FAST, adjust=False).mean()
+    ema_slow = close.ewm(span=_MACD_SLOW, adjust=False, min_periods=_MACD_SLOW).mean()
+    macd = ema_fast - ema_slow
+    ema_20 = close.ewm(span=20, adjust=False, min_periods=20).mean()
+    ema_50 = close.ewm(span=50, adjust=False, min_periods=50).mean()
+
+    bb_mid = close.rolling(_BB_PERIOD).mean()
+    bb_std = close.rolling(_BB_PERIOD).std(ddof=0 if wilder else 1)
+    # The online rolling std of a constant window can come out as ~1e-6 instead of 0, which would make
+    # the position of a flat window numerical noise; max == min detects a flat window exactly.
+    flat = close.rolling(_BB_PERIOD).max() == close.rolling(_BB_PERIOD).min()
+    bb_std = bb_std.mask(flat, 0.0)
+    bb_lower = bb_mid - _BB_K * bb_std
+    # (upper - lower) == 2 * k * std; a flat window has zero width -> the middle of the band.
+    bb_position = _safe_ratio(close - bb_lower, 2.0 * _BB_K * bb_std, 0.5)
+
+    volume_ratio = _safe_ratio(volume, _sma_nonneg(volume, _VOLUME_RATIO_PERIOD), 1.0)
+    dc_high = high.rolling(_DONCHIAN_PERIOD).max()
+    dc_low = low.rolling(_DONCHIAN_PERIOD).min()
+    channel_position = _safe_ratio(close - dc_low, dc_high - dc_low, 0.5)
+
+    if wilder:
+        log_volume = np.log1p(volume)
+        close_f = np.log(close / close.shift(1))
+        volume_f = log_volume - log_volume.rolling(_VOLUME_LOG_PERIOD).mean()
+        macd, atr = macd / close, atr / close
+        ema_20, ema_50 = ema_20 / close - 1.0, ema_50 / close - 1.0
+        dc_high, dc_low = dc_high / close - 1.0, dc_low / close - 1.0
+    else:
+        close_f, volume_f = close, volume
+
+    columns = {
+        "close": close_f,
+        "volume": volume_f,
+        "rsi_14": rsi,
+        "macd": macd,
+        "atr_14": atr,
+        "bb_position": bb_position,
+        "ema_20": ema_20,
+        "ema_50": ema_50,
+        "volume_ratio": volume_ratio,
+        "donchian_high_20": dc_high,
+        "donchian_low_20": dc_low,
+        "channel_position": channel_position,
+        "adx_14": adx,
+        "plus_di_14": plus_di,
+        "minus_di_14": minus_di,
+    }
+    out = pd.DataFrame(columns, index=candles.index).astype("float64")
+    return out.loc[:, list(FEATURE_NAMES)]

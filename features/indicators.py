@@ -34,10 +34,8 @@ precision (pinned by golden values in tests/test_indicators.py). Deliberate diff
   decays with the EMA's own factor.
 
 Not TA-Lib indicators, so our own definitions: bb_position (position within TA-Lib-style ddof=0
-bands), channel_position, volume_ratio, and the default volume feature. The latter, ``log1p(volume)``
-minus its 50-bar mean, is scale-free only approximately: scaling volume by k shifts ``log1p(v)`` by
-``log(k) + O(1/v)``, so it is unchanged up to O(1/v) -- negligible for volumes >> 1, not for bars with
-volume below ~1 unit (the built-in BTC data has some). log1p rather than log keeps zero volume finite.
+bands), channel_position, volume_ratio, and the default volume feature, ``log1p(volume / 50-bar mean
+volume)``: exactly scale-free, finite for zero volume, and 1 (log1p(1)) when the whole window is zero.
 """
 
 from __future__ import annotations
@@ -257,9 +255,9 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
     channel_position = _safe_ratio(close - dc_low, dc_high - dc_low, 0.5)
 
     if wilder:
-        log_volume = np.log1p(volume)
         close_f = np.log(close / close.shift(1))
-        volume_f = log_volume - log_volume.rolling(_VOLUME_LOG_PERIOD).mean()
+        # A ratio to its own 50-bar mean makes volume exactly scale-free; log1p keeps zero volume finite.
+        volume_f = np.log1p(_safe_ratio(volume, _sma_nonneg(volume, _VOLUME_LOG_PERIOD), 1.0))
         macd, atr = macd / close, atr / close
         ema_20, ema_50 = ema_20 / close - 1.0, ema_50 / close - 1.0
         dc_high, dc_low = dc_high / close - 1.0, dc_low / close - 1.0

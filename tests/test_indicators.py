@@ -152,9 +152,10 @@ def reference_features(frame: pd.DataFrame, feature_set: str) -> dict[str, list]
     if wilder:
         rel = lambda xs: [None if x is None else x / c[t] for t, x in enumerate(xs)]  # noqa: E731
         rel1 = lambda xs: [None if x is None else x / c[t] - 1 for t, x in enumerate(xs)]  # noqa: E731
-        logv = [math.log1p(x) for x in v]
         out["close"] = [None] + [math.log(c[t] / c[t - 1]) for t in range(1, n)]
-        out["volume"] = [_sub(logv[t], m) for t, m in enumerate(_sma(logv, 50))]
+        out["volume"] = [
+            None if m is None else math.log1p(v[t] / m if m != 0 else 1.0) for t, m in enumerate(_sma(v, 50))
+        ]
         out["macd"], out["atr_14"] = rel(macd), rel(atr)
         out["ema_20"], out["ema_50"] = rel1(ema20), rel1(ema50)
         out["donchian_high_20"], out["donchian_low_20"] = rel1(dh), rel1(dl)
@@ -418,12 +419,7 @@ def test_default_set_is_volume_scale_free(candles: pd.DataFrame) -> None:
     scaled["volume"] *= 1000.0
     base, big = compute_features(candles), compute_features(scaled)
     for name in FEATURE_NAMES:
-        if name == "volume":
-            # log1p(k v) = log k + log v + O(1/v): scale-free up to O(1/v); the fixture's volumes are
-            # ~1e5, so the residual is ~1e-5 (it would be large for volumes near 1, hence the bound).
-            np.testing.assert_allclose(big[name], base[name], atol=1e-4, err_msg=name)
-        else:
-            np.testing.assert_allclose(big[name], base[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(big[name], base[name], rtol=1e-9, atol=1e-12, err_msg=name)
     assert not np.allclose(
         compute_features(scaled, "seed15")["volume"], compute_features(candles, "seed15")["volume"]
     )

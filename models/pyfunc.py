@@ -60,7 +60,8 @@ class SignalModel(PythonModel):
         names = np.asarray(CLASS_NAMES + (NOT_READY,), dtype=object)
         return pd.DataFrame(
             {
-                "timestamp": candles.index,
+                # MLflow's schema enforcement only accepts timezone-naive datetimes: naive UTC out, as in.
+                "timestamp": candles.index.tz_convert("UTC").tz_localize(None),
                 "signal": names[label],
                 "label": label,
                 "p_sell": proba[:, 0],

@@ -102,6 +102,13 @@ def print_plan(plan: dict) -> None:
     print(f"models    {', '.join(plan['models'])}")
 
 
+def naive_utc(candles: pd.DataFrame) -> pd.DataFrame:
+    """Candles as the served model takes them: a `timestamp` column of timezone-naive UTC datetimes."""
+    frame = candles.reset_index()
+    frame["timestamp"] = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
 def score_champion(name: str, candles: pd.DataFrame, ds: Dataset, holdout_pos: np.ndarray, cfg: PipelineConfig):
     """Re-score the current production version on this run's holdout: (version, macro-F1 or None, note)."""
     champion = get_production(name)
@@ -109,13 +116,13 @@ def score_champion(name: str, candles: pd.DataFrame, ds: Dataset, holdout_pos: n
         return None, None, "no production version yet: nothing to compare against"
     model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
     last_bar = int(ds.bars[holdout_pos[-1]])
-    history = candles.iloc[: last_bar + 1].reset_index()
+    history = naive_utc(candles.iloc[: last_bar + 1])
     try:
         out = model.predict(history)
     except ValueError as exc:
         return champion.version, None, f"production v{champion.version} cannot score these candles: {exc}"
     out = out.set_index("timestamp")
-    rows = out.loc[ds.X.index[holdout_pos]]
+    rows = out.loc[ds.X.index[holdout_pos].tz_localize(None)]
     if not rows["ready"].all():
         return champion.version, None, f"production v{champion.version} lacks history for some holdout rows"
     note = ""
@@ -263,7 +270,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                     "feature_set": cfg.features, "bar": str(info.bar), "horizon": cfg.horizon,
                     "threshold": cfg.threshold, "vol_window": cfg.vol_window, "classes": list(CLASS_NAMES),
                 })
-                example = candles.iloc[-(signal_model.min_history + 5):].reset_index()
+                example = naive_utc(candles.iloc[-(signal_model.min_history + 5):])
                 signature = infer_signature(example, signal_model.predict_candles(example))
                 with tempfile.TemporaryDirectory() as tmp:
                     logged = mlflow.pyfunc.log_model(

@@ -21,6 +21,33 @@ def make_candles(
     """
     rng = np.random.default_rng(seed)
     log_ret = drift + vol * rng.standard_normal(n)
+    return candles_from_returns(log_ret, rng, start, freq, vol)
+
+
+def make_regime_candles(
+    n: int, seed: int = 11, persistence: float = 0.97, trend: float = 0.003, vol: float = 0.002,
+    start: str = "2024-01-01", freq: str = "30min",
+) -> pd.DataFrame:
+    """Candles with a planted, learnable signal: a hidden down / flat / up regime that persists.
+
+    Each bar keeps its regime with probability ``persistence`` (else draws a new one uniformly), and its
+    log return is ``regime * trend`` plus noise. Past returns reveal the regime, and the regime mostly
+    persists over the label horizon, so recent-momentum features predict the label well out of sample.
+    """
+    rng = np.random.default_rng(seed)
+    switch = rng.random(n) > persistence
+    draws = rng.integers(-1, 2, n)
+    # regime[t] = draws at the last switch up to t (forward fill of the switch points, causal)
+    last_switch = np.maximum.accumulate(np.where(switch, np.arange(n), 0))
+    regime = draws[last_switch]
+    log_ret = regime * trend + vol * rng.standard_normal(n)
+    return candles_from_returns(log_ret, rng, start, freq, vol)
+
+
+def candles_from_returns(log_ret: np.ndarray, rng: np.random.Generator, start: str, freq: str,
+                         vol: float) -> pd.DataFrame:
+    """OHLCV bars whose closes follow ``log_ret`` from 100, with random wicks and volume."""
+    n = len(log_ret)
     close = 100.0 * np.exp(np.cumsum(log_ret))
     open_ = np.concatenate([[100.0], close[:-1]])
     wick_hi = np.abs(rng.standard_normal(n)) * vol * 0.5

@@ -88,7 +88,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     first = run_pipeline(_cfg(learnable, store))
     assert first["gate"]["result"] == "passed", first["gate"]
     assert first["promoted"] and first["model_version"] == "1"
-    assert client.get_model_version_by_alias("test-model", PRODUCTION).version == "1"
+    assert str(client.get_model_version_by_alias("test-model", PRODUCTION).version) == "1"
     assert first["ensemble"]["holdout_macro_f1"] > 0.6
 
     run = client.get_run(first["run_id"])
@@ -124,7 +124,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     second = run_pipeline(_cfg(walk, store))
     assert second["gate"]["result"] == "failed"
     assert not second["promoted"] and second["model_version"] == "2"
-    assert client.get_model_version_by_alias("test-model", PRODUCTION).version == "1"
+    assert str(client.get_model_version_by_alias("test-model", PRODUCTION).version) == "1"
     assert client.get_model_version("test-model", "2").tags["gate"] == "failed"
     failed = {c["name"] for c in second["gate"]["checks"] if not c["passed"]}
     assert {"beats_best_baseline", "gain_is_significant"} & failed
@@ -178,6 +178,7 @@ def test_mlflow_run_smoke(store):
     client.create_experiment("smoke", artifact_location=(store / "artifacts").as_uri())
     data = _csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_EXPERIMENT_NAME")  # the CLI refuses it next to --experiment-name
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name",
            "smoke", "-P", f"data={data}", "-P", "n_trials=1", "-P", "models=lightgbm", "-P", "n_folds=3",
            "-P", "model_name=smoke-model", "-P", f"optuna_storage=sqlite:///{store / 'optuna.db'}"]

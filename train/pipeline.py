@@ -114,17 +114,18 @@ def score_champion(name: str, candles: pd.DataFrame, ds: Dataset, holdout_pos: n
     champion = get_production(name)
     if champion is None:
         return None, None, "no production version yet: nothing to compare against"
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
+    champion_version = str(champion.version)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion_version}")
     last_bar = int(ds.bars[holdout_pos[-1]])
     history = naive_utc(candles.iloc[: last_bar + 1])
     try:
         out = model.predict(history)
     except ValueError as exc:
-        return champion.version, None, f"production v{champion.version} cannot score these candles: {exc}"
+        return champion_version, None, f"production v{champion_version} cannot score these candles: {exc}"
     out = out.set_index("timestamp")
     rows = out.loc[ds.X.index[holdout_pos].tz_localize(None)]
     if not rows["ready"].all():
-        return champion.version, None, f"production v{champion.version} lacks history for some holdout rows"
+        return champion_version, None, f"production v{champion_version} lacks history for some holdout rows"
     note = ""
     tags = champion.tags
     same = {"features": cfg.features, "horizon": str(cfg.horizon), "threshold": str(cfg.threshold),
@@ -132,18 +133,22 @@ def score_champion(name: str, candles: pd.DataFrame, ds: Dataset, holdout_pos: n
     differs = [k for k, v in same.items() if tags.get(k) not in (None, v)]
     if differs:
         note = f"scored on this run's labels; production was trained with different {', '.join(differs)}"
-    return champion.version, macro_f1(ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
+    return champion_version, macro_f1(ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
 
 
 def stage_model_code(tmp: Path) -> list[str]:
-    """Copy the packages the served model imports, without data files or caches."""
-    paths = []
+    """Copy the code the served model unpickles, without data files, caches or the training steps.
+
+    That is ``features`` and ``models``, plus ``train/split.py``: the fitted ensemble keeps its CV
+    splitter as a parameter (scikit-learn's contract), so unpickling it needs that one module.
+    """
+    ignore = shutil.ignore_patterns("builtin", "__pycache__", "*.pyc")
     for package in ("features", "models"):
-        dst = tmp / package
-        shutil.copytree(tracking.REPO_ROOT / package, dst,
-                        ignore=shutil.ignore_patterns("builtin", "__pycache__", "*.pyc"))
-        paths.append(str(dst))
-    return paths
+        shutil.copytree(tracking.REPO_ROOT / package, tmp / package, ignore=ignore)
+    (tmp / "train").mkdir()
+    for module in ("__init__.py", "split.py"):
+        shutil.copy2(tracking.REPO_ROOT / "train" / module, tmp / "train" / module)
+    return [str(tmp / p) for p in ("features", "models", "train")]
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -174,7 +179,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                        f"h{cfg.horizon} {time.strftime('%Y-%m-%d %H:%M')}")
         mlflow.set_tags({"step": "pipeline", "feature_set": cfg.features, "git_commit": tracking.git_commit(),
                          "data_source": info.source, "data_sha256": info.sha256})
-        mlflow.log_params(cfg.to_dict())
+        tracking.log_params_once(cfg.to_dict())
         mlflow.log_dict(cfg.to_dict(), "config.json")
         mlflow.log_dict(plan, "plan.json")
         data_digest = tracking.log_dataset(candles, "candles", info.source, "candles")
@@ -295,13 +300,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 if champion_f1 is not None:
                     tags["production_holdout_macro_f1"] = f"{champion_f1:.6f}"
                 mv = register_candidate(logged.model_uri, cfg.model_name, tags)
+                version = str(mv.version)
                 promoted = False
                 if gate.passed:
-                    promote(cfg.model_name, mv.version, reason="passed the gate", run_id=parent.info.run_id)
+                    promote(cfg.model_name, version, reason="passed the gate", run_id=parent.info.run_id)
                     promoted = True
-                mlflow.set_tag("model_version", mv.version)
+                mlflow.set_tag("model_version", version)
 
-        mlflow.set_tags({"gate": gate.result, "model_version": mv.version})
+        mlflow.set_tags({"gate": gate.result, "model_version": version})
         mlflow.log_metrics({"holdout_macro_f1": ens_f1, "baseline_macro_f1": gate.baseline_macro_f1,
                             "holdout_accuracy": results["ensemble"]["accuracy"]})
         mlflow.log_metrics(stages.metrics())
@@ -313,9 +319,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "baselines": {k: m["macro_f1"] for k, m in base_metrics.items()},
         "gate": gate.to_dict(),
         "model_name": cfg.model_name,
-        "model_version": mv.version,
+        "model_version": version,
         "promoted": promoted,
-        "production_version": mv.version if promoted else champion_version,
+        "production_version": version if promoted else champion_version,
         "stages": stages.metrics(),
     }
     return summary

@@ -70,6 +70,14 @@ def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> st
     return dataset.digest
 
 
+def log_params_once(params: dict) -> None:
+    """Log params not logged yet: under `mlflow run` the launcher has already logged its own spelling
+    of each MLproject parameter (e.g. "90" for 90.0), and MLflow refuses to change a logged param."""
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
 def log_metrics(prefix: str, metrics: dict, run_id: str | None = None) -> None:
     """Log the scalar entries of ``metrics`` as ``<prefix><key>`` (lists, e.g. confusion matrices, skipped)."""
     scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}

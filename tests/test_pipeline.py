@@ -33,6 +33,7 @@ def store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # restored after the test if set meanwhile
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
     mlflow.set_tracking_uri(uri)
     yield tmp_path
@@ -178,7 +179,8 @@ def test_mlflow_run_smoke(store):
     client.create_experiment("smoke", artifact_location=(store / "artifacts").as_uri())
     data = _csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_EXPERIMENT_NAME")  # the CLI refuses it next to --experiment-name
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # the CLI refuses them beside --experiment-name
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name",
            "smoke", "-P", f"data={data}", "-P", "n_trials=1", "-P", "models=lightgbm", "-P", "n_folds=3",
            "-P", "model_name=smoke-model", "-P", f"optuna_storage=sqlite:///{store / 'optuna.db'}"]

@@ -45,13 +45,22 @@ def main() -> int:
     stages = summary["stages"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "config": cfg.to_dict(),
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": stages["peak_rss_mb"],
-        "stages": {k.removeprefix("stage_seconds_"): v for k, v in stages.items() if k.startswith("stage_seconds_")},
-        "peak_rss_mb_after_stage": {k.removeprefix("stage_peak_rss_mb_"): v for k, v in stages.items()
-                                    if k.startswith("stage_peak_rss_mb_")},
+        "stages": {
+            k.removeprefix("stage_seconds_"): v for k, v in stages.items() if k.startswith("stage_seconds_")
+        },
+        "peak_rss_mb_after_stage": {
+            k.removeprefix("stage_peak_rss_mb_"): v
+            for k, v in stages.items()
+            if k.startswith("stage_peak_rss_mb_")
+        },
         "holdout_macro_f1": summary["ensemble"]["holdout_macro_f1"],
         "gate": summary["gate"]["result"],
     }
@@ -59,9 +68,13 @@ def main() -> int:
     for name, secs in result["stages"].items():
         print(f"{name:<22}{secs:>9.1f}{result['peak_rss_mb_after_stage'][name]:>13.0f}")
     print(f"{'total (wall)':<22}{wall:>9.1f}{result['peak_rss_mb']:>13.0f}")
-    print(f"time:   {wall / TARGET_SECONDS:.2f}x the 5-minute target; old system took "
-          f"{OLD_SYSTEM_SECONDS[0] / wall:.1f}x-{OLD_SYSTEM_SECONDS[1] / wall:.1f}x as long")
-    print(f"memory: {result['peak_rss_mb'] / TARGET_MB:.2f}x the 2 GB target (old system: {OLD_SYSTEM_MB} MB)")
+    print(
+        f"time:   {wall / TARGET_SECONDS:.2f}x the 5-minute target; old system took "
+        f"{OLD_SYSTEM_SECONDS[0] / wall:.1f}x-{OLD_SYSTEM_SECONDS[1] / wall:.1f}x as long"
+    )
+    print(
+        f"memory: {result['peak_rss_mb'] / TARGET_MB:.2f}x the 2 GB target (old system: {OLD_SYSTEM_MB} MB)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -117,10 +117,27 @@ def evaluate_gate(
             f"'{best_name}' > 0 in {p_gain:.1%} of resamples (5th percentile {gain_p5:+.4f})",
         )
     )
-    if champion_f1 is None:
+    if champion_version is None:
         checks.append(
-            GateCheck("not_worse_than_production", True, None, None,
-                      champion_note or "no production version yet: nothing to compare against")
+            GateCheck(
+                "not_worse_than_production",
+                True,
+                None,
+                None,
+                champion_note or "no production version yet: nothing to compare against",
+            )
+        )
+    elif champion_f1 is None:
+        # A production version exists but could not be scored on these candles: an incomparable
+        # comparison must not let the candidate replace it silently.
+        checks.append(
+            GateCheck(
+                "not_worse_than_production",
+                False,
+                None,
+                None,
+                f"production v{champion_version} could not be compared: {champion_note}",
+            )
         )
     else:
         checks.append(

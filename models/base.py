@@ -49,7 +49,9 @@ def check_model_names(names: list[str] | tuple[str, ...]) -> list[str]:
     names = list(names)
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
-        raise ValueError(f"unknown model name(s) {unknown}; choose from {list(MODEL_NAMES)} (comma-separated)")
+        raise ValueError(
+            f"unknown model name(s) {unknown}; choose from {list(MODEL_NAMES)} (comma-separated)"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"model names repeat in {names}; list each model once")
     if not names:

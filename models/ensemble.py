@@ -107,7 +107,9 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         if self.weights is not None:
             weights = np.asarray(self.weights, dtype=float)
             if weights.shape != (len(names),) or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"weights must be {len(names)} non-negative numbers, not all 0: {self.weights}")
+                raise ValueError(
+                    f"weights must be {len(names)} non-negative numbers, not all 0: {self.weights}"
+                )
             self.weights_ = weights / weights.sum()
             self.oof_macro_f1_ = None
         else:

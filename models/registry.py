@@ -46,7 +46,7 @@ def promote(
     """Point ``production`` at ``version`` and record the move; returns the version it replaced."""
     client = client or MlflowClient()
     previous = get_production(name, client)
-    previous_version = previous.version if previous else None
+    previous_version = str(previous.version) if previous else None
     now = datetime.now(UTC).isoformat(timespec="seconds")
     audit = {
         "promoted_at": now,

@@ -25,8 +25,13 @@ def make_candles(
 
 
 def make_regime_candles(
-    n: int, seed: int = 11, persistence: float = 0.97, trend: float = 0.003, vol: float = 0.002,
-    start: str = "2024-01-01", freq: str = "30min",
+    n: int,
+    seed: int = 11,
+    persistence: float = 0.97,
+    trend: float = 0.003,
+    vol: float = 0.002,
+    start: str = "2024-01-01",
+    freq: str = "30min",
 ) -> pd.DataFrame:
     """Candles with a planted, learnable signal: a hidden down / flat / up regime that persists.
 
@@ -44,8 +49,9 @@ def make_regime_candles(
     return candles_from_returns(log_ret, rng, start, freq, vol)
 
 
-def candles_from_returns(log_ret: np.ndarray, rng: np.random.Generator, start: str, freq: str,
-                         vol: float) -> pd.DataFrame:
+def candles_from_returns(
+    log_ret: np.ndarray, rng: np.random.Generator, start: str, freq: str, vol: float
+) -> pd.DataFrame:
     """OHLCV bars whose closes follow ``log_ret`` from 100, with random wicks and volume."""
     n = len(log_ret)
     close = 100.0 * np.exp(np.cumsum(log_ret))

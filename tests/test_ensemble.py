@@ -21,9 +21,13 @@ def _data(n=900, seed=0):
 
 def _ensemble(**kw):
     return WeightedSoftVoting(
-        [("lr", LogisticRegression(max_iter=500)),
-         ("lgbm", build_model("lightgbm", {"n_estimators": 20, "num_leaves": 8}, n_jobs=1))],
-        cv=PurgedWalkForward(n_splits=3, horizon=2), **kw)
+        [
+            ("lr", LogisticRegression(max_iter=500)),
+            ("lgbm", build_model("lightgbm", {"n_estimators": 20, "num_leaves": 8}, n_jobs=1)),
+        ],
+        cv=PurgedWalkForward(n_splits=3, horizon=2),
+        **kw,
+    )
 
 
 def test_estimator_contract():
@@ -59,8 +63,10 @@ def test_weights_fitted_out_of_fold_prefer_the_informative_model():
         ColumnTransformer([("noise", "passthrough", [1, 2, 3, 4])]),
         build_model("lightgbm", {"n_estimators": 10}, n_jobs=1),
     )
-    est = WeightedSoftVoting([("informed", LogisticRegression(max_iter=500)), ("blind", blind)],
-                             cv=PurgedWalkForward(n_splits=3, horizon=2)).fit(Xn, y)
+    est = WeightedSoftVoting(
+        [("informed", LogisticRegression(max_iter=500)), ("blind", blind)],
+        cv=PurgedWalkForward(n_splits=3, horizon=2),
+    ).fit(Xn, y)
     assert est.named_weights_["informed"] > est.named_weights_["blind"]
     # out-of-fold rows are validation rows of the purged folds only, never the first training block
     assert est.oof_index_.min() > 0 and len(np.unique(est.oof_index_)) == len(est.oof_index_)

@@ -24,7 +24,11 @@ def test_skilled_candidate_passes_every_check():
     report = _gate(*_setup(accuracy=0.5))
     assert report.passed and report.result == "passed"
     assert [c.name for c in report.checks] == [
-        "macro_f1_floor", "beats_best_baseline", "gain_is_significant", "not_worse_than_production"]
+        "macro_f1_floor",
+        "beats_best_baseline",
+        "gain_is_significant",
+        "not_worse_than_production",
+    ]
     assert report.baseline_name == "stratified"  # majority-only has macro-F1 ~0.22 here
 
 
@@ -95,3 +99,10 @@ def test_baselines_use_training_labels_only():
     assert np.allclose(base["majority"][0], [0.2, 0.7, 0.1])
     share = np.bincount(base["stratified"].argmax(axis=1), minlength=3) / 500
     assert share[1] == pytest.approx(0.7, abs=0.07)
+
+
+def test_production_that_cannot_be_scored_blocks_promotion():
+    y, pred, base_pred, base_f1 = _setup(accuracy=0.5)
+    report = _gate(y, pred, base_pred, base_f1, champion_version="4", champion_note="trained on 4h bars")
+    assert report.failed_checks() == ["not_worse_than_production"]
+    assert "v4" in report.checks[-1].detail and "4h bars" in report.checks[-1].detail

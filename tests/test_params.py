@@ -17,16 +17,26 @@ from train.tune import SPACES
 
 # sklearn-API name -> name in LightGBM's model string "[name: value]" section.
 LGBM_NAMES = {
-    "learning_rate": "learning_rate", "num_leaves": "num_leaves", "max_depth": "max_depth",
-    "min_child_samples": "min_data_in_leaf", "min_child_weight": "min_sum_hessian_in_leaf",
-    "subsample": "bagging_fraction", "colsample_bytree": "feature_fraction",
-    "reg_alpha": "lambda_l1", "reg_lambda": "lambda_l2",
+    "learning_rate": "learning_rate",
+    "num_leaves": "num_leaves",
+    "max_depth": "max_depth",
+    "min_child_samples": "min_data_in_leaf",
+    "min_child_weight": "min_sum_hessian_in_leaf",
+    "subsample": "bagging_fraction",
+    "colsample_bytree": "feature_fraction",
+    "reg_alpha": "lambda_l1",
+    "reg_lambda": "lambda_l2",
 }
 # sklearn-API name -> name in XGBoost's saved learner config (tree_train_param).
 XGB_NAMES = {
-    "learning_rate": "eta", "max_depth": "max_depth", "min_child_weight": "min_child_weight",
-    "subsample": "subsample", "colsample_bytree": "colsample_bytree", "gamma": "min_split_loss",
-    "reg_alpha": "alpha", "reg_lambda": "lambda",
+    "learning_rate": "eta",
+    "max_depth": "max_depth",
+    "min_child_weight": "min_child_weight",
+    "subsample": "subsample",
+    "colsample_bytree": "colsample_bytree",
+    "gamma": "min_split_loss",
+    "reg_alpha": "alpha",
+    "reg_lambda": "lambda",
 }
 
 
@@ -50,7 +60,7 @@ def _sampled_params(name, n=4):
 
 def _lgbm_effective(model) -> dict[str, str]:
     text = model.booster_.model_to_string()
-    section = text[text.index("parameters:"):text.index("end of parameters")]
+    section = text[text.index("parameters:") : text.index("end of parameters")]
     pairs = [line.strip("[]").split(": ", 1) for line in section.splitlines() if line.startswith("[")]
     return {k: v for k, v in pairs}
 
@@ -129,8 +139,15 @@ def test_every_space_key_is_covered():
     proven = {
         "lightgbm": set(LGBM_NAMES) | {"n_estimators", "class_weight"},
         "xgboost": set(XGB_NAMES) | {"n_estimators", "class_weight"},
-        "random_forest": {"n_estimators", "max_depth", "min_samples_split", "min_samples_leaf",
-                          "max_features", "max_samples", "class_weight"},
+        "random_forest": {
+            "n_estimators",
+            "max_depth",
+            "min_samples_split",
+            "min_samples_leaf",
+            "max_features",
+            "max_samples",
+            "class_weight",
+        },
     }
     for name in MODEL_NAMES:
         assert set(_sampled_params(name, 1)[0]) <= proven[name], name

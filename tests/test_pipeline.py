@@ -46,8 +46,16 @@ def _csv(frame: pd.DataFrame, path: Path) -> str:
 
 
 def _cfg(data: str, tmp: Path, **kw) -> PipelineConfig:
-    base = dict(data=data, n_trials=3, timeout=0.0, models="lightgbm,random_forest", n_folds=3,
-                model_name="test-model", optuna_storage=f"sqlite:///{tmp / 'optuna.db'}", n_jobs=2)
+    base = dict(
+        data=data,
+        n_trials=3,
+        timeout=0.0,
+        models="lightgbm,random_forest",
+        n_folds=3,
+        model_name="test-model",
+        optuna_storage=f"sqlite:///{tmp / 'optuna.db'}",
+        n_jobs=2,
+    )
     return PipelineConfig(**(base | kw))
 
 
@@ -77,8 +85,9 @@ def _fresh_process_predict(model_uri: str, candles_csv: str, tracking_uri: str, 
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,8 +105,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     assert run.data.tags["gate"] == "passed" and run.data.tags["model_version"] == "1"
     assert run.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
     assert run.data.metrics["baseline_macro_f1"] == pytest.approx(max(first["baselines"].values()))
-    children = client.search_runs([run.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = sorted(c.data.tags["mlflow.runName"] for c in children)
     assert names == ["ensemble", "tune-lightgbm", "tune-random_forest"]
     for child in children:
@@ -111,8 +119,9 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     version = client.get_model_version("test-model", "1")
     assert version.tags["gate"] == "passed" and float(version.tags["holdout_macro_f1"]) > 0.6
 
-    served = _fresh_process_predict(f"models:/test-model@{PRODUCTION}", learnable, mlflow.get_tracking_uri(),
-                                    store)
+    served = _fresh_process_predict(
+        f"models:/test-model@{PRODUCTION}", learnable, mlflow.get_tracking_uri(), store
+    )
     assert served["columns"] == ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
     assert served["rows"] == 3000
     assert served["not_ready"] == served["first_ready_row"] == served["metadata"]["min_history_bars"] - 1
@@ -179,15 +188,39 @@ def test_mlflow_run_smoke(store):
     client.create_experiment("smoke", artifact_location=(store / "artifacts").as_uri())
     data = _csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # the CLI refuses them beside --experiment-name
+    for var in (
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+    ):  # the CLI refuses them beside --experiment-name
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name",
-           "smoke", "-P", f"data={data}", "-P", "n_trials=1", "-P", "models=lightgbm", "-P", "n_folds=3",
-           "-P", "model_name=smoke-model", "-P", f"optuna_storage=sqlite:///{store / 'optuna.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "smoke",
+        "-P",
+        f"data={data}",
+        "-P",
+        "n_trials=1",
+        "-P",
+        "models=lightgbm",
+        "-P",
+        "n_folds=3",
+        "-P",
+        "model_name=smoke-model",
+        "-P",
+        f"optuna_storage=sqlite:///{store / 'optuna.db'}",
+    ]
     out = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "== summary" in out.stdout and "registry  smoke-model v1" in out.stdout
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
-                              "tags.step = 'pipeline'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "tags.step = 'pipeline'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["model_version"] == "1" and runs[0].data.tags["gate"] in ("passed", "failed")

@@ -17,8 +17,9 @@ def served():
     candles = make_regime_candles(800, seed=3)
     X = compute_features(candles).dropna()
     y = np.random.default_rng(0).integers(0, 3, len(X))
-    ens = WeightedSoftVoting([("lgbm", build_model("lightgbm", {"n_estimators": 10}, n_jobs=1))],
-                             weights=[1.0]).fit(X, y)
+    ens = WeightedSoftVoting(
+        [("lgbm", build_model("lightgbm", {"n_estimators": 10}, n_jobs=1))], weights=[1.0]
+    ).fit(X, y)
     return SignalModel(ens, "default", pd.Timedelta("30min")), candles, ens
 
 
@@ -33,7 +34,7 @@ def test_signals_match_the_ensemble_on_the_same_features(served):
     out = model.predict(None, _bot_frame(candles))
     assert list(out.columns) == ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
     ready = out["ready"].to_numpy()
-    assert (~ready[: warmup_bars("default")]).all() and ready[warmup_bars("default"):].all()
+    assert (~ready[: warmup_bars("default")]).all() and ready[warmup_bars("default") :].all()
     expected = ens.predict_proba(compute_features(candles).dropna())
     assert np.allclose(out.loc[ready, ["p_sell", "p_hold", "p_buy"]].to_numpy(), expected)
     assert (out.loc[ready, "label"].to_numpy() == expected.argmax(axis=1)).all()
@@ -50,7 +51,8 @@ def test_a_short_window_gives_the_same_signal_as_the_full_history_for_its_last_r
     assert recent["ready"].iloc[-1]
     # the EMAs start later in the short window, so values converge rather than match exactly
     assert recent[["p_sell", "p_hold", "p_buy"]].iloc[-1].to_numpy() == pytest.approx(
-        full[["p_sell", "p_hold", "p_buy"]].iloc[-1].to_numpy(), abs=1e-2)
+        full[["p_sell", "p_hold", "p_buy"]].iloc[-1].to_numpy(), abs=1e-2
+    )
 
 
 def test_too_few_candles_are_marked_not_guessed(served):
@@ -66,11 +68,14 @@ def test_wrong_bar_size_is_refused(served):
         model.predict(None, _bot_frame(hourly))
 
 
-@pytest.mark.parametrize("breakage,message", [
-    (lambda f: f.drop(columns="volume"), "volume"),
-    (lambda f: f.iloc[::-1], "sort"),
-    (lambda f: f.assign(close=f["close"].where(f.index != 5)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda f: f.drop(columns="volume"), "volume"),
+        (lambda f: f.iloc[::-1], "sort"),
+        (lambda f: f.assign(close=f["close"].where(f.index != 5)), "NaN"),
+    ],
+)
 def test_bad_candles_are_refused(served, breakage, message):
     model, candles, _ = served
     with pytest.raises(DataError, match=message):

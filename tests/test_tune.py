@@ -19,13 +19,25 @@ def _data(n=900, seed=0):
 def test_objective_is_mean_fold_macro_f1_and_reports_running_mean():
     X, y = _data()
     cv = PurgedWalkForward(n_splits=3, horizon=2)
-    params = {"n_estimators": 30, "num_leaves": 20, "learning_rate": 0.1, "max_depth": 5,
-              "min_child_samples": 10, "min_child_weight": 1e-3, "subsample": 1.0, "colsample_bytree": 1.0,
-              "reg_alpha": 1e-8, "reg_lambda": 1e-8, "class_weight": None}
+    params = {
+        "n_estimators": 30,
+        "num_leaves": 20,
+        "learning_rate": 0.1,
+        "max_depth": 5,
+        "min_child_samples": 10,
+        "min_child_weight": 1e-3,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "reg_alpha": 1e-8,
+        "reg_lambda": 1e-8,
+        "class_weight": None,
+    }
     value = make_objective("lightgbm", X, y, cv, n_jobs=1)(optuna.trial.FixedTrial(params))
     model = build_model("lightgbm", params, n_jobs=1)
-    folds = [macro_f1(y[te], fit_predict_fold(model, X, y, tr, te, np.arange(3)).argmax(axis=1))
-             for tr, te in cv.split(X)]
+    folds = [
+        macro_f1(y[te], fit_predict_fold(model, X, y, tr, te, np.arange(3)).argmax(axis=1))
+        for tr, te in cv.split(X)
+    ]
     assert value == pytest.approx(np.mean(folds))
 
     study = optuna.create_study(direction="maximize")
@@ -35,21 +47,25 @@ def test_objective_is_mean_fold_macro_f1_and_reports_running_mean():
     assert len(scores) == 3
     # the pruner sees the running mean after each fold
     assert [trial.intermediate_values[k] for k in range(3)] == pytest.approx(
-        [np.mean(scores[: k + 1]) for k in range(3)])
+        [np.mean(scores[: k + 1]) for k in range(3)]
+    )
 
 
 def test_study_resumes_up_to_n_trials(tmp_path):
     X, y = _data()
     cv = PurgedWalkForward(n_splits=2, horizon=2)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    first = run_study("random_forest", X, y, cv, n_trials=2, timeout=None, storage=storage, study_name="s",
-                      n_jobs=1)
+    first = run_study(
+        "random_forest", X, y, cv, n_trials=2, timeout=None, storage=storage, study_name="s", n_jobs=1
+    )
     assert len(first.trials) == 2
-    again = run_study("random_forest", X, y, cv, n_trials=2, timeout=None, storage=storage, study_name="s",
-                      n_jobs=1)
+    again = run_study(
+        "random_forest", X, y, cv, n_trials=2, timeout=None, storage=storage, study_name="s", n_jobs=1
+    )
     assert len(again.trials) == 2  # already complete: nothing rerun
-    more = run_study("random_forest", X, y, cv, n_trials=3, timeout=None, storage=storage, study_name="s",
-                     n_jobs=1)
+    more = run_study(
+        "random_forest", X, y, cv, n_trials=3, timeout=None, storage=storage, study_name="s", n_jobs=1
+    )
     assert len(more.trials) == 3
     # the resumed sampler does not replay the first run's draws
     assert more.trials[2].params != more.trials[0].params

@@ -72,10 +72,22 @@ class PipelineConfig:
 
     def fingerprint(self, data_sha256: str, model: str, space_version: int) -> str:
         """Identity of a study: everything that changes what a trial measures (not n_trials/timeout)."""
-        keys = ("data", "timeframe", "days", "horizon", "threshold", "vol_window", "features", "n_folds",
-                "holdout_frac", "seed")
+        keys = (
+            "data",
+            "timeframe",
+            "days",
+            "horizon",
+            "threshold",
+            "vol_window",
+            "features",
+            "n_folds",
+            "holdout_frac",
+            "seed",
+        )
         payload = {k: getattr(self, k) for k in keys} | {
-            "data_sha256": data_sha256, "model": model, "space_version": space_version,
+            "data_sha256": data_sha256,
+            "model": model,
+            "space_version": space_version,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -120,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for f in fields(PipelineConfig):
         kind = {"int": int, "float": float, "bool": _bool, "str": str}[f.type]
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
-                            help=f"{HELP[f.name]} (default: {f.default!r})")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=kind,
+            default=f.default,
+            help=f"{HELP[f.name]} (default: {f.default!r})",
+        )
     return parser
 
 

@@ -13,7 +13,9 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
@@ -23,9 +25,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from evaluation.gate import GateConfig, evaluate_gate
+from evaluation.gate import GateConfig, GateReport, evaluate_gate
 from evaluation.metrics import baseline_predictions, classification_metrics, macro_f1, plot_confusion_matrix
-from features.data import DataError, load_candles
+from features.data import DataError, DataInfo, load_candles
 from features.dataset import Dataset, InsufficientDataError, build_dataset
 from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
@@ -34,7 +36,7 @@ from models.pyfunc import SignalModel
 from models.registry import PRODUCTION, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, parse_args
-from train.split import PurgedWalkForward, holdout_split
+from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
 from train.tune import SPACE_VERSION, run_study
 
 log = logging.getLogger("train.pipeline")
@@ -75,8 +77,13 @@ def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
 
     folds = []
     for fold in cv.describe(len(split.dev)):
-        folds.append(fold | {"train_time": [str(ts[i]) for i in fold["train"]],
-                             "validation_time": [str(ts[i]) for i in fold["validation"]]})
+        folds.append(
+            fold
+            | {
+                "train_time": [str(ts[i]) for i in fold["train"]],
+                "validation_time": [str(ts[i]) for i in fold["validation"]],
+            }
+        )
     return {
         "data": info.to_dict() | {"description": info.describe()},
         "rows_after_features_and_labels": ds.n_rows,
@@ -97,8 +104,10 @@ def print_plan(plan: dict) -> None:
     print(f"gap       {plan['purge_gap_rows']} rows purged")
     print(f"holdout   {hold['rows']:,} rows  {hold['time'][0]} .. {hold['time'][1]}")
     for f in plan["folds"]:
-        print(f"fold {f['fold']}    train {f['n_train']:>6,} rows to {f['train_time'][1]} | "
-              f"validate {f['n_validation']:,} rows {f['validation_time'][0]} .. {f['validation_time'][1]}")
+        print(
+            f"fold {f['fold']}    train {f['n_train']:>6,} rows to {f['train_time'][1]} | "
+            f"validate {f['n_validation']:,} rows {f['validation_time'][0]} .. {f['validation_time'][1]}"
+        )
     print(f"models    {', '.join(plan['models'])}")
 
 
@@ -109,31 +118,35 @@ def naive_utc(candles: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def score_champion(name: str, candles: pd.DataFrame, ds: Dataset, holdout_pos: np.ndarray, cfg: PipelineConfig):
+def score_champion(name: str, data: Prepared, cfg: PipelineConfig):
     """Re-score the current production version on this run's holdout: (version, macro-F1 or None, note)."""
     champion = get_production(name)
     if champion is None:
         return None, None, "no production version yet: nothing to compare against"
     champion_version = str(champion.version)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{champion_version}")
-    last_bar = int(ds.bars[holdout_pos[-1]])
-    history = naive_utc(candles.iloc[: last_bar + 1])
+    holdout_pos = data.split.holdout
+    history = naive_utc(data.candles.iloc[: int(data.ds.bars[holdout_pos[-1]]) + 1])
     try:
         out = model.predict(history)
-    except ValueError as exc:
+    except ValueError as exc:  # e.g. trained on another bar size: incomparable, and said so
         return champion_version, None, f"production v{champion_version} cannot score these candles: {exc}"
-    out = out.set_index("timestamp")
-    rows = out.loc[ds.X.index[holdout_pos].tz_localize(None)]
+    rows = out.set_index("timestamp").loc[data.ds.X.index[holdout_pos].tz_localize(None)]
     if not rows["ready"].all():
         return champion_version, None, f"production v{champion_version} lacks history for some holdout rows"
-    note = ""
-    tags = champion.tags
-    same = {"features": cfg.features, "horizon": str(cfg.horizon), "threshold": str(cfg.threshold),
-            "vol_window": str(cfg.vol_window)}
-    differs = [k for k, v in same.items() if tags.get(k) not in (None, v)]
-    if differs:
-        note = f"scored on this run's labels; production was trained with different {', '.join(differs)}"
-    return champion_version, macro_f1(ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
+    same = {
+        "features": cfg.features,
+        "horizon": str(cfg.horizon),
+        "threshold": str(cfg.threshold),
+        "vol_window": str(cfg.vol_window),
+    }
+    differs = [k for k, v in same.items() if champion.tags.get(k) not in (None, v)]
+    note = (
+        f"scored on this run's labels; production was trained with other {', '.join(differs)}"
+        if differs
+        else ""
+    )
+    return champion_version, macro_f1(data.ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
 
 
 def stage_model_code(tmp: Path) -> list[str]:
@@ -151,188 +164,316 @@ def stage_model_code(tmp: Path) -> list[str]:
     return [str(tmp / p) for p in ("features", "models", "train")]
 
 
+@dataclass
+class Prepared:
+    """Everything derived from the candles before any model sees them."""
+
+    candles: pd.DataFrame
+    info: DataInfo
+    ds: Dataset
+    split: HoldoutSplit
+    cv: PurgedWalkForward
+    plan: dict
+
+    @property
+    def dev(self) -> tuple[pd.DataFrame, pd.Series]:
+        return self.ds.X.iloc[self.split.dev], self.ds.y.iloc[self.split.dev]
+
+    @property
+    def holdout(self) -> tuple[pd.DataFrame, np.ndarray]:
+        return self.ds.X.iloc[self.split.holdout], self.ds.y.to_numpy()[self.split.holdout]
+
+
+@dataclass
+class Tuned:
+    run_id: str
+    params: dict
+    cv_macro_f1_mean: float
+    cv_macro_f1_std: float
+    n_trials: int
+
+
+@dataclass
+class Evaluation:
+    results: dict  # model name (and "ensemble") -> holdout metrics
+    baselines: dict  # baseline name -> holdout metrics
+    gate: GateReport
+    champion_version: str | None
+    champion_f1: float | None
+
+
+def prepare(cfg: PipelineConfig) -> Prepared:
+    candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
+    ds = build_dataset(candles, cfg.features, cfg.horizon, cfg.threshold, cfg.vol_window)
+    split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
+    cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)
+    return Prepared(candles, info, ds, split, cv, describe_plan(cfg, info, ds, split, cv))
+
+
+def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
+    """Tags, parameters, configuration, plan and dataset of the pipeline run; returns the data digest."""
+    info = data.info
+    source = "builtin" if info.source == "builtin" else Path(info.source).name
+    mlflow.set_tag(
+        "mlflow.runName",
+        f"pipeline {source} {cfg.timeframe or str(info.bar)} {cfg.features} "
+        f"h{cfg.horizon} {time.strftime('%Y-%m-%d %H:%M')}",
+    )
+    mlflow.set_tags(
+        {
+            "step": "pipeline",
+            "feature_set": cfg.features,
+            "git_commit": tracking.git_commit(),
+            "data_source": info.source,
+            "data_sha256": info.sha256,
+        }
+    )
+    tracking.log_params_once(cfg.to_dict())
+    mlflow.log_dict(cfg.to_dict(), "config.json")
+    mlflow.log_dict(data.plan, "plan.json")
+    return tracking.log_dataset(data.candles, "candles", info.source, "candles")
+
+
+def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
+    """One Optuna study for model family ``name`` in its own child run."""
+    study_name = f"{name}-{cfg.fingerprint(data.info.sha256, name, SPACE_VERSION)}"
+    X_dev, y_dev = data.dev
+    with mlflow.start_run(run_name=f"tune-{name}", nested=True) as child:
+        mlflow.set_tags(
+            {"step": "tune", "model_family": name, "optuna_study": study_name, "feature_set": cfg.features}
+        )
+        study = run_study(
+            name,
+            X_dev,
+            y_dev,
+            data.cv,
+            cfg.n_trials,
+            cfg.timeout or None,
+            cfg.optuna_storage,
+            study_name,
+            seed=cfg.seed,
+            n_jobs=n_jobs,
+        )
+        best = study.best_trial
+        trials = study.trials_dataframe()
+        tuned = Tuned(
+            child.info.run_id,
+            best.params,
+            best.value,
+            best.user_attrs.get("cv_macro_f1_std", float("nan")),
+            len(trials),
+        )
+        mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+        mlflow.log_params({"optuna_study": study_name, "n_trials_requested": cfg.n_trials})
+        mlflow.log_metrics(
+            {
+                "cv_macro_f1_mean": tuned.cv_macro_f1_mean,
+                "cv_macro_f1_std": tuned.cv_macro_f1_std,
+                "n_trials_complete": int((trials["state"] == "COMPLETE").sum()),
+                "n_trials_pruned": int((trials["state"] == "PRUNED").sum()),
+            }
+        )
+        mlflow.log_text(trials.to_csv(index=False), "trials.csv")
+        mlflow.log_dict(best.params, "best_params.json")
+    return tuned
+
+
+def fit_ensemble(
+    cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int
+) -> WeightedSoftVoting:
+    mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
+    X_dev, y_dev = data.dev
+    estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=n_jobs)) for n, t in tuned.items()]
+    # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
+    ensemble = WeightedSoftVoting(estimators, cv=data.cv).fit(X_dev, y_dev)
+    mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
+    mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
+    X_hold, y_hold = data.holdout
+    tracking.log_dataset(X_dev.assign(label=y_dev), "development", data.info.source, "training")
+    tracking.log_dataset(X_hold.assign(label=y_hold), "holdout", data.info.source, "evaluation")
+    return ensemble
+
+
+def evaluate(
+    cfg: PipelineConfig, data: Prepared, ensemble: WeightedSoftVoting, tuned: dict[str, Tuned]
+) -> Evaluation:
+    """Holdout metrics of every model and the baselines, the champion's score, and the gate."""
+    X_hold, y_hold = data.holdout
+    results = {}
+    for name, model in ensemble.named_estimators_.items():
+        results[name] = classification_metrics(y_hold, model.predict_proba(X_hold))
+        tracking.log_metrics("holdout_", results[name], run_id=tuned[name].run_id)
+    ens_proba = ensemble.predict_proba(X_hold)
+    results["ensemble"] = classification_metrics(y_hold, ens_proba)
+    tracking.log_metrics("holdout_", results["ensemble"])
+    base = baseline_predictions(data.dev[1], len(y_hold), cfg.seed)
+    base_metrics = {k: classification_metrics(y_hold, p) for k, p in base.items()}
+    for k, m in base_metrics.items():
+        tracking.log_metrics(f"baseline_{k}_", m)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, m in results.items():
+            plot_confusion_matrix(m["confusion_matrix"], f"{name}: holdout", Path(tmp) / f"cm_{name}.png")
+        mlflow.log_artifacts(tmp, "confusion_matrix")
+    mlflow.log_dict({"models": results, "baselines": base_metrics}, "holdout_metrics.json")
+
+    champion_version, champion_f1, champion_note = score_champion(cfg.model_name, data, cfg)
+    if champion_f1 is not None:
+        mlflow.log_metric("production_holdout_macro_f1", champion_f1)
+    gate = evaluate_gate(
+        y_hold,
+        ens_proba.argmax(axis=1),
+        {k: p.argmax(axis=1) for k, p in base.items()},
+        {k: m["macro_f1"] for k, m in base_metrics.items()},
+        results["ensemble"]["macro_f1"],
+        GateConfig(cfg.gate_min_f1, cfg.gate_margin, cfg.gate_confidence),
+        block=max(cfg.horizon * 10, 20),
+        champion_f1=champion_f1,
+        champion_version=champion_version,
+        champion_note=champion_note,
+        seed=cfg.seed,
+    )
+    mlflow.log_dict(gate.to_dict(), "gate_report.json")
+    mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
+    mlflow.set_tag("gate", gate.result)
+    return Evaluation(results, base_metrics, gate, champion_version, champion_f1)
+
+
+def register(
+    cfg: PipelineConfig,
+    data: Prepared,
+    ensemble: WeightedSoftVoting,
+    ev: Evaluation,
+    pipeline_run_id: str,
+    data_digest: str,
+) -> tuple[str, bool]:
+    """Log the served model, register it as a new version with its gate tags, promote if it passed."""
+    info = data.info
+    signal_model = SignalModel(
+        ensemble,
+        cfg.features,
+        info.bar,
+        metadata={
+            "feature_set": cfg.features,
+            "bar": str(info.bar),
+            "horizon": cfg.horizon,
+            "threshold": cfg.threshold,
+            "vol_window": cfg.vol_window,
+            "classes": list(CLASS_NAMES),
+        },
+    )
+    example = naive_utc(data.candles.iloc[-(signal_model.min_history + 5) :])
+    with warnings.catch_warnings():
+        # `label` is an integer column by design (-1 marks rows without history), never NaN.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        signature = infer_signature(example, signal_model.predict_candles(example))
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=signal_model,
+            code_paths=stage_model_code(Path(tmp)),
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"{d}=={dist_version(d)}" for d in MODEL_REQUIREMENTS],
+            metadata={"min_history_bars": signal_model.min_history} | signal_model.metadata,
+        )
+    gate = ev.gate
+    tags = {
+        "gate": gate.result,
+        "holdout_macro_f1": f"{gate.candidate_macro_f1:.6f}",
+        "baseline_macro_f1": f"{gate.baseline_macro_f1:.6f}",
+        "baseline_name": gate.baseline_name,
+        "gate_failed_checks": ",".join(gate.failed_checks()),
+        "features": cfg.features,
+        "horizon": cfg.horizon,
+        "threshold": cfg.threshold,
+        "vol_window": cfg.vol_window,
+        "bar": str(info.bar),
+        "data_sha256": info.sha256,
+        "data_digest": data_digest,
+        "pipeline_run_id": pipeline_run_id,
+    }
+    if ev.champion_f1 is not None:
+        tags["production_holdout_macro_f1"] = f"{ev.champion_f1:.6f}"
+    version = str(register_candidate(logged.model_uri, cfg.model_name, tags).version)
+    if gate.passed:
+        promote(cfg.model_name, version, reason="passed the gate", run_id=pipeline_run_id)
+    mlflow.set_tag("model_version", version)
+    return version, gate.passed
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step and return the summary (also printed by ``main``)."""
     stages = Stages()
     n_jobs = cfg.n_jobs or default_n_jobs()
 
     with stages("data"):
-        candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
-        ds = build_dataset(candles, cfg.features, cfg.horizon, cfg.threshold, cfg.vol_window)
-        split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
-        cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)
-        plan = describe_plan(cfg, info, ds, split, cv)
-    print_plan(plan)
+        data = prepare(cfg)
+    print_plan(data.plan)
     if cfg.dry_run:
         print("dry run: nothing trained, nothing logged, nothing registered")
-        return {"dry_run": True, "plan": plan}
+        return {"dry_run": True, "plan": data.plan}
 
     tracking.check_reachable()
     tracking.use_experiment()
-    X_dev, y_dev = ds.X.iloc[split.dev], ds.y.iloc[split.dev]
-    X_hold, y_hold = ds.X.iloc[split.holdout], ds.y.to_numpy()[split.holdout]
-    summary: dict = {"models": {}, "plan": plan}
-
     with mlflow.start_run() as parent:
-        source = "builtin" if info.source == "builtin" else Path(info.source).name
-        mlflow.set_tag("mlflow.runName", f"pipeline {source} {cfg.timeframe or str(info.bar)} {cfg.features} "
-                       f"h{cfg.horizon} {time.strftime('%Y-%m-%d %H:%M')}")
-        mlflow.set_tags({"step": "pipeline", "feature_set": cfg.features, "git_commit": tracking.git_commit(),
-                         "data_source": info.source, "data_sha256": info.sha256})
-        tracking.log_params_once(cfg.to_dict())
-        mlflow.log_dict(cfg.to_dict(), "config.json")
-        mlflow.log_dict(plan, "plan.json")
-        data_digest = tracking.log_dataset(candles, "candles", info.source, "candles")
-
-        studies, best_params = {}, {}
+        digest = log_inputs(cfg, data)
+        tuned = {}
         for name in cfg.model_list:
-            study_name = f"{name}-{cfg.fingerprint(info.sha256, name, SPACE_VERSION)}"
-            with stages(f"tune_{name}"), mlflow.start_run(run_name=f"tune-{name}", nested=True) as child:
-                mlflow.set_tags({"step": "tune", "model_family": name, "optuna_study": study_name,
-                                 "feature_set": cfg.features})
-                study = run_study(name, X_dev, y_dev, cv, cfg.n_trials, cfg.timeout or None,
-                                  cfg.optuna_storage, study_name, seed=cfg.seed, n_jobs=n_jobs)
-                best = study.best_trial
-                best_params[name] = best.params
-                trials = study.trials_dataframe()
-                mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-                mlflow.log_params({"optuna_storage_study": study_name, "n_trials_requested": cfg.n_trials})
-                mlflow.log_metrics({
-                    "cv_macro_f1_mean": best.value,
-                    "cv_macro_f1_std": best.user_attrs.get("cv_macro_f1_std", float("nan")),
-                    "n_trials_complete": int((trials["state"] == "COMPLETE").sum()),
-                    "n_trials_pruned": int((trials["state"] == "PRUNED").sum()),
-                })
-                mlflow.log_text(trials.to_csv(index=False), "trials.csv")
-                mlflow.log_dict(best.params, "best_params.json")
-                studies[name] = child.info.run_id
-                summary["models"][name] = {"cv_macro_f1_mean": best.value,
-                                           "cv_macro_f1_std": best.user_attrs.get("cv_macro_f1_std")}
-            print(f"tuned     {name:<14} cv macro-F1 {best.value:.4f} "
-                  f"({len(trials)} trials, {stages.seconds[f'tune_{name}']:.0f}s)")
-
-        with mlflow.start_run(run_name="ensemble", nested=True) as ens_run:
+            with stages(f"tune_{name}"):
+                tuned[name] = tune(cfg, data, name, n_jobs)
+            print(
+                f"tuned     {name:<14} cv macro-F1 {tuned[name].cv_macro_f1_mean:.4f} "
+                f"({tuned[name].n_trials} trials, {stages.seconds[f'tune_{name}']:.0f}s)"
+            )
+        with mlflow.start_run(run_name="ensemble", nested=True):
             with stages("ensemble"):
-                mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
-                estimators = [(n, build_model(n, best_params[n], seed=cfg.seed, n_jobs=n_jobs))
-                              for n in cfg.model_list]
-                # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
-                ensemble = WeightedSoftVoting(estimators, cv=cv).fit(X_dev, y_dev)
-                mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
-                mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
-                tracking.log_dataset(ds.X.iloc[split.dev].assign(label=y_dev), "development", info.source,
-                                     "training")
-                tracking.log_dataset(ds.X.iloc[split.holdout].assign(label=y_hold), "holdout", info.source,
-                                     "evaluation")
-
+                ensemble = fit_ensemble(cfg, data, tuned, n_jobs)
             with stages("evaluate"):
-                results = {}
-                for name, model in ensemble.named_estimators_.items():
-                    results[name] = classification_metrics(y_hold, model.predict_proba(X_hold))
-                    tracking.log_metrics("holdout_", results[name], run_id=studies[name])
-                    summary["models"][name]["holdout_macro_f1"] = results[name]["macro_f1"]
-                ens_proba = ensemble.predict_proba(X_hold)
-                results["ensemble"] = classification_metrics(y_hold, ens_proba)
-                tracking.log_metrics("holdout_", results["ensemble"])
-                base = baseline_predictions(y_dev, len(y_hold), cfg.seed)
-                base_metrics = {k: classification_metrics(y_hold, p) for k, p in base.items()}
-                for k, m in base_metrics.items():
-                    tracking.log_metrics(f"baseline_{k}_", m)
-                with tempfile.TemporaryDirectory() as tmp:
-                    for name, m in results.items():
-                        plot_confusion_matrix(m["confusion_matrix"], f"{name}: holdout", Path(tmp) / f"cm_{name}.png")
-                    mlflow.log_artifacts(tmp, "confusion_matrix")
-                mlflow.log_dict({"models": results, "baselines": base_metrics}, "holdout_metrics.json")
-
-                champion_version, champion_f1, champion_note = score_champion(
-                    cfg.model_name, candles, ds, split.holdout, cfg)
-                if champion_f1 is not None:
-                    mlflow.log_metric("production_holdout_macro_f1", champion_f1)
-                ens_f1 = results["ensemble"]["macro_f1"]
-                gate = evaluate_gate(
-                    y_hold, ens_proba.argmax(axis=1),
-                    {k: p.argmax(axis=1) for k, p in base.items()},
-                    {k: m["macro_f1"] for k, m in base_metrics.items()},
-                    ens_f1,
-                    GateConfig(cfg.gate_min_f1, cfg.gate_margin, cfg.gate_confidence),
-                    block=max(cfg.horizon * 10, 20),
-                    champion_f1=champion_f1, champion_version=champion_version, champion_note=champion_note,
-                    seed=cfg.seed,
-                )
-                if champion_version is not None and champion_f1 is None:
-                    # The champion could not be scored on these candles: an incomparable comparison must not
-                    # silently let the candidate replace it.
-                    for check in gate.checks:
-                        if check.name == "not_worse_than_production":
-                            check.passed = False
-                    gate.passed = False
-                mlflow.log_dict(gate.to_dict(), "gate_report.json")
-                mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
-                mlflow.set_tag("gate", gate.result)
-
+                ev = evaluate(cfg, data, ensemble, tuned)
             with stages("register"):
-                signal_model = SignalModel(ensemble, cfg.features, info.bar, metadata={
-                    "feature_set": cfg.features, "bar": str(info.bar), "horizon": cfg.horizon,
-                    "threshold": cfg.threshold, "vol_window": cfg.vol_window, "classes": list(CLASS_NAMES),
-                })
-                example = naive_utc(candles.iloc[-(signal_model.min_history + 5):])
-                signature = infer_signature(example, signal_model.predict_candles(example))
-                with tempfile.TemporaryDirectory() as tmp:
-                    logged = mlflow.pyfunc.log_model(
-                        name="model",
-                        python_model=signal_model,
-                        code_paths=stage_model_code(Path(tmp)),
-                        signature=signature,
-                        input_example=example,
-                        pip_requirements=[f"{d}=={dist_version(d)}" for d in MODEL_REQUIREMENTS],
-                        metadata={"min_history_bars": signal_model.min_history} | signal_model.metadata,
-                    )
-                tags = {
-                    "gate": gate.result,
-                    "holdout_macro_f1": f"{ens_f1:.6f}",
-                    "baseline_macro_f1": f"{gate.baseline_macro_f1:.6f}",
-                    "baseline_name": gate.baseline_name,
-                    "gate_failed_checks": ",".join(gate.failed_checks()),
-                    "features": cfg.features, "horizon": cfg.horizon, "threshold": cfg.threshold,
-                    "vol_window": cfg.vol_window, "bar": str(info.bar), "data_sha256": info.sha256,
-                    "data_digest": data_digest, "pipeline_run_id": parent.info.run_id,
-                }
-                if champion_f1 is not None:
-                    tags["production_holdout_macro_f1"] = f"{champion_f1:.6f}"
-                mv = register_candidate(logged.model_uri, cfg.model_name, tags)
-                version = str(mv.version)
-                promoted = False
-                if gate.passed:
-                    promote(cfg.model_name, version, reason="passed the gate", run_id=parent.info.run_id)
-                    promoted = True
-                mlflow.set_tag("model_version", version)
+                version, promoted = register(cfg, data, ensemble, ev, parent.info.run_id, digest)
+        ens = ev.results["ensemble"]
+        mlflow.set_tags({"gate": ev.gate.result, "model_version": version})
+        mlflow.log_metrics(
+            {
+                "holdout_macro_f1": ens["macro_f1"],
+                "baseline_macro_f1": ev.gate.baseline_macro_f1,
+                "holdout_accuracy": ens["accuracy"],
+            }
+            | stages.metrics()
+        )
+        mlflow.log_dict(ev.gate.to_dict(), "gate_report.json")
 
-        mlflow.set_tags({"gate": gate.result, "model_version": version})
-        mlflow.log_metrics({"holdout_macro_f1": ens_f1, "baseline_macro_f1": gate.baseline_macro_f1,
-                            "holdout_accuracy": results["ensemble"]["accuracy"]})
-        mlflow.log_metrics(stages.metrics())
-        mlflow.log_dict(gate.to_dict(), "gate_report.json")
-
-    summary |= {
+    return {
         "run_id": parent.info.run_id,
-        "ensemble": {"holdout_macro_f1": ens_f1, "weights": ensemble.named_weights_},
-        "baselines": {k: m["macro_f1"] for k, m in base_metrics.items()},
-        "gate": gate.to_dict(),
+        "plan": data.plan,
+        "models": {
+            n: {
+                "cv_macro_f1_mean": t.cv_macro_f1_mean,
+                "cv_macro_f1_std": t.cv_macro_f1_std,
+                "holdout_macro_f1": ev.results[n]["macro_f1"],
+            }
+            for n, t in tuned.items()
+        },
+        "ensemble": {"holdout_macro_f1": ens["macro_f1"], "weights": ensemble.named_weights_},
+        "baselines": {k: m["macro_f1"] for k, m in ev.baselines.items()},
+        "gate": ev.gate.to_dict(),
         "model_name": cfg.model_name,
         "model_version": version,
         "promoted": promoted,
-        "production_version": version if promoted else champion_version,
+        "production_version": version if promoted else ev.champion_version,
         "stages": stages.metrics(),
     }
-    return summary
 
 
 def print_summary(s: dict) -> None:
     print("\n== summary " + "=" * 60)
     print(f"{'model':<16}{'cv macro-F1':>14}{'holdout macro-F1':>19}{'weight':>9}")
     for name, m in s["models"].items():
-        print(f"{name:<16}{m['cv_macro_f1_mean']:>14.4f}{m['holdout_macro_f1']:>19.4f}"
-              f"{s['ensemble']['weights'][name]:>9.2f}")
+        print(
+            f"{name:<16}{m['cv_macro_f1_mean']:>14.4f}{m['holdout_macro_f1']:>19.4f}"
+            f"{s['ensemble']['weights'][name]:>9.2f}"
+        )
     print(f"{'ensemble':<16}{'':>14}{s['ensemble']['holdout_macro_f1']:>19.4f}")
     for name, f1 in s["baselines"].items():
         print(f"{'baseline ' + name:<30}{f1:>19.4f}")
@@ -343,7 +484,8 @@ def print_summary(s: dict) -> None:
     alias = f"{PRODUCTION} -> v{s['production_version']}" if s["production_version"] else f"no {PRODUCTION}"
     moved = "moved to this version" if s["promoted"] else "not moved"
     print(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")
-    print(f"run       {s['run_id']}  ({s['stages']['total_seconds']:.0f}s, peak {s['stages']['peak_rss_mb']:.0f} MB)")
+    stages = s["stages"]
+    print(f"run       {s['run_id']}  ({stages['total_seconds']:.0f}s, peak {stages['peak_rss_mb']:.0f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         summary = run_pipeline(cfg)
-    except (DataError, InsufficientDataError, tracking.TrackingUnavailable, ValueError, TypeError,
-            MlflowException) as exc:
+    except (
+        DataError,
+        InsufficientDataError,
+        tracking.TrackingUnavailable,
+        ValueError,
+        TypeError,
+        MlflowException,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not summary.get("dry_run"):

@@ -36,7 +36,9 @@ class HoldoutSplit:
     gap: int
 
 
-def holdout_split(n_rows: int, horizon: int, holdout_frac: float = 0.2, gap: int | None = None) -> HoldoutSplit:
+def holdout_split(
+    n_rows: int, horizon: int, holdout_frac: float = 0.2, gap: int | None = None
+) -> HoldoutSplit:
     """Last ``holdout_frac`` of the rows is the holdout; ``gap`` (>= horizon) rows before it are purged."""
     gap = horizon if gap is None else gap
     if not 0.0 < holdout_frac < 1.0:

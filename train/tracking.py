@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,8 +57,14 @@ def use_experiment() -> None:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -65,7 +72,10 @@ def git_commit() -> str:
 
 def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> str:
     """Log a dataset input (schema, profile, digest; not the rows) and return its digest."""
-    dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
+    with warnings.catch_warnings():
+        # MLflow guesses a source type from the string and warns that a local path fits two of its kinds.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
 
@@ -79,7 +89,7 @@ def log_params_once(params: dict) -> None:
 
 
 def log_metrics(prefix: str, metrics: dict, run_id: str | None = None) -> None:
-    """Log the scalar entries of ``metrics`` as ``<prefix><key>`` (lists, e.g. confusion matrices, skipped)."""
+    """Log the scalar entries of ``metrics`` as ``<prefix><key>``; lists (confusion matrices) are skipped."""
     scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     if run_id is None:
         mlflow.log_metrics(scalars)

@@ -122,8 +122,9 @@ def run_study(
         direction="maximize",
         load_if_exists=True,
         # Seed offset by the trials already present: a resumed sampler must not replay the same draws.
-        sampler=optuna.samplers.TPESampler(seed=seed + len(_load_trials(storage, study_name)),
-                                           multivariate=True),
+        sampler=optuna.samplers.TPESampler(
+            seed=seed + len(_load_trials(storage, study_name)), multivariate=True
+        ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     )
     study.set_user_attr("model", name)

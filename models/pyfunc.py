@@ -19,6 +19,14 @@ NOT_READY = "insufficient_history"
 OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready")
 
 
+def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
+    """Candles in the convention of ``features.data`` as the served model takes them: a ``timestamp``
+    column of timezone-naive UTC datetimes (MLflow's schema check refuses timezone-aware ones)."""
+    frame = candles.reset_index()
+    frame["timestamp"] = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
 class SignalModel(PythonModel):
     """Wraps a fitted ensemble with the feature set and bar size it was trained on."""
 

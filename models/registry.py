@@ -1,13 +1,31 @@
-"""Model Registry operations: register a candidate, read and move the ``production`` alias.
+"""Model Registry operations: register candidates, move the ``production`` alias, keep its history.
 
-MLflow keeps no history of where an alias pointed; every move made here leaves tags on the version that
-received it (when, who, why, which run, which version it replaced) and on the registered model
-(the previous production version), so a person or a rollback can retrace it.
+MLflow's registry has aliases but no history of where an alias pointed. Every move made here is
+recorded in the registry itself, so it survives a new machine pointed at the same tracking server:
+
+* a registered-model tag ``audit.<seq>`` per move (JSON: action, from, to, when, who, why, run id);
+* tags on the version that received the alias (``promoted_at``, ``promoted_by``, ``promotion_reason`` ...);
+* the run that made the move (the pipeline run, or the run a ``promote`` / ``rollback`` command opens)
+  logs the same record as ``audit.json``.
+
+Moves are serialised by a lock that uses the registry's own uniqueness guarantee: creating a registered
+model whose name already exists fails atomically on every backend (SQLite, PostgreSQL, a tracking
+server), so ``<name>.production-lock`` exists exactly while one process is moving the alias. Two
+simultaneous moves therefore run one after the other and are both recorded in order; one that cannot
+get the lock in time is refused with a clear message and changes nothing.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import mlflow
@@ -16,11 +34,57 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 PRODUCTION = "production"
+AUDIT_PREFIX = "audit."
+LOCK_SUFFIX = ".production-lock"
+PROMOTIONS = ("promote", "force_promote")
+MAX_REASON = 500
+
+
+class RegistryError(RuntimeError):
+    """A refused registry operation; the message says why and what to do. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of the ``production`` alias."""
+
+    seq: int
+    action: str  # "promote" (the version passed its gate), "force_promote" or "rollback"
+    from_version: str | None
+    to_version: str
+    at: str
+    by: str
+    reason: str
+    run_id: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AliasMove:
+        return cls(**json.loads(text))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _code(exc: MlflowException) -> str:
+    return str(getattr(exc, "error_code", ""))
 
 
 def _not_found(exc: MlflowException) -> bool:
-    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE") and (
-        "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
+    text = str(exc).lower()
+    return _code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        _code(exc) == "INVALID_PARAMETER_VALUE" and ("not found" in text or "does not exist" in text)
     )
 
 
@@ -35,28 +99,266 @@ def get_production(name: str, client: MlflowClient | None = None) -> ModelVersio
         raise
 
 
+def get_version(name: str, version: str, client: MlflowClient | None = None) -> ModelVersion:
+    """A model version, or a RegistryError that lists the versions that do exist."""
+    client = client or MlflowClient()
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        try:
+            known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        except MlflowException:
+            known = []
+        listed = ", ".join(map(str, known)) if known else "none"
+        raise RegistryError(f"model '{name}' has no version {version} (versions: {listed})") from exc
+
+
 def register_candidate(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     """A new version of ``name`` from ``model_uri``, created with its tags in one call."""
     return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
 
-def promote(
-    name: str, version: str, reason: str, run_id: str | None = None, client: MlflowClient | None = None
-) -> str | None:
-    """Point ``production`` at ``version`` and record the move; returns the version it replaced."""
+def history(name: str, client: MlflowClient | None = None) -> list[AliasMove]:
+    """Every recorded move of ``production``, oldest first."""
     client = client or MlflowClient()
-    previous = get_production(name, client)
-    previous_version = str(previous.version) if previous else None
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    audit = {
-        "promoted_at": now,
-        "promoted_by": getpass.getuser(),
-        "promotion_reason": reason,
-        "promoted_by_run": run_id or "",
-        "replaced_version": previous_version or "",
-    }
-    for key, value in audit.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, PRODUCTION, version)
-    client.set_registered_model_tag(name, "production_previous_version", previous_version or "")
-    return previous_version
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise RegistryError(f"there is no registered model '{name}'") from exc
+        raise
+    moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
+    return sorted(moves, key=lambda m: m.seq)
+
+
+def holders(moves: list[AliasMove]) -> list[str]:
+    """The stack of production versions the history implies: promotions push, a rollback pops back to
+    its target. ``holders[-2]`` is where the next rollback goes."""
+    stack: list[str] = []
+    for move in moves:
+        if move.action == "rollback" and move.to_version in stack:
+            del stack[stack.index(move.to_version) + 1 :]
+        else:
+            stack.append(move.to_version)
+    return stack
+
+
+@contextmanager
+def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stale_after: float = 300.0):
+    """Hold the alias lock of ``name`` (see the module docstring); RegistryError after ``timeout`` s."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    owner = f"{_who()} pid {os.getpid()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={"owner": owner, "acquired_at": _now()},
+                description=f"Lock held while the production alias of '{name}' moves; deleted on release.",
+            )
+            break
+        except MlflowException as exc:
+            if _code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException as exc:
+            if _not_found(exc):
+                continue  # released meanwhile: try again at once
+            raise
+        age = time.time() - held.creation_timestamp / 1000
+        if age > stale_after:  # its owner died without releasing it
+            _delete_quietly(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"another promotion or rollback of '{name}' is in progress ({held.tags.get('owner', '?')}, "
+                f"since {held.tags.get('acquired_at', '?')}); nothing was changed. Try again; if that "
+                f"process died, its lock expires {stale_after:.0f}s after it was taken."
+            )
+        time.sleep(0.1 + random.random() * 0.2)
+    try:
+        yield
+    finally:
+        _delete_quietly(client, lock)
+
+
+def _delete_quietly(client: MlflowClient, name: str) -> None:
+    try:
+        client.delete_registered_model(name)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+
+
+def _move(
+    name: str,
+    choose: Callable[[str | None, list[AliasMove]], tuple[str, str]],
+    reason: str,
+    run_id: str | None,
+    client: MlflowClient,
+    lock_timeout: float,
+) -> AliasMove:
+    """Under the lock: ``choose(current, history) -> (version, action)`` (may raise RegistryError), then
+    move the alias and record the move."""
+    with production_lock(name, client, timeout=lock_timeout):
+        current = get_production(name, client)
+        current_version = str(current.version) if current else None
+        moves = history(name, client)
+        version, action = choose(current_version, moves)
+        move = AliasMove(
+            seq=(moves[-1].seq if moves else 0) + 1,
+            action=action,
+            from_version=current_version,
+            to_version=version,
+            at=_now(),
+            by=_who(),
+            reason=reason[:MAX_REASON],
+            run_id=run_id or "",
+        )
+        client.set_registered_model_alias(name, PRODUCTION, version)
+        try:
+            client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{move.seq:06d}", move.to_json())
+        except Exception:
+            # Never leave the alias somewhere the history does not say.
+            if current_version is None:
+                client.delete_registered_model_alias(name, PRODUCTION)
+            else:
+                client.set_registered_model_alias(name, PRODUCTION, current_version)
+            raise
+        stamp = {
+            "promoted_at": move.at,
+            "promoted_by": move.by,
+            "promotion_reason": move.reason,
+            "promotion_action": action,
+            "promoted_by_run": move.run_id,
+            "replaced_version": current_version or "",
+        }
+        for key, value in stamp.items():
+            client.set_model_version_tag(name, version, key, value)
+    _notify(name, move)
+    return move
+
+
+def _notify(name: str, move: AliasMove) -> None:
+    from models.notify import notify
+
+    event = "rollback" if move.action == "rollback" else "promotion"
+    notify(
+        event,
+        f"{name}: production v{move.from_version or '-'} -> v{move.to_version} ({move.action})",
+        {"reason": move.reason, "by": move.by, "run_id": move.run_id},
+    )
+
+
+_ANY = object()
+
+
+def promote(
+    name: str,
+    version: str,
+    reason: str,
+    force: bool = False,
+    run_id: str | None = None,
+    client: MlflowClient | None = None,
+    lock_timeout: float = 60.0,
+    expect_current: str | None | object = _ANY,
+) -> AliasMove:
+    """Point ``production`` at ``version``. A version that did not pass its gate needs ``force`` and a
+    reason; that is recorded as a ``force_promote``. With ``expect_current`` (a version, or None for "no
+    production yet") the move is refused if production changed meanwhile: a challenger is promoted only
+    over the champion it was compared with."""
+    client = client or MlflowClient()
+    version = str(version)
+    mv = get_version(name, version, client)
+    gate = mv.tags.get("gate", "unknown")
+    if gate != "passed":
+        if not force:
+            failed = mv.tags.get("gate_failed_checks", "")
+            raise RegistryError(
+                f"version {version} of '{name}' did not pass its gate (gate={gate}"
+                f"{', failed: ' + failed if failed else ''}); promote it anyway with force=true and a reason"
+            )
+        if not reason.strip():
+            raise RegistryError(f"a forced promotion of version {version} (gate={gate}) needs a reason")
+
+    def choose(current: str | None, moves: list[AliasMove]) -> tuple[str, str]:
+        if current == version:
+            raise RegistryError(f"version {version} of '{name}' is already production; nothing changed")
+        if expect_current is not _ANY and current != expect_current:
+            raise RegistryError(
+                f"production of '{name}' moved to v{current} after version {version} was compared with "
+                f"v{expect_current or '-'}; not promoted. Compare it with v{current} or promote it by hand."
+            )
+        return version, "promote" if gate == "passed" else "force_promote"
+
+    return _move(name, choose, reason or "promoted", run_id, client, lock_timeout)
+
+
+def rollback(
+    name: str,
+    version: str | None = None,
+    reason: str = "",
+    run_id: str | None = None,
+    client: MlflowClient | None = None,
+    lock_timeout: float = 60.0,
+) -> AliasMove:
+    """Move ``production`` back to the version that held it before the current one (or to ``version``,
+    which must have been production before or have passed its gate)."""
+    client = client or MlflowClient()
+    if version is not None:
+        version = str(version)
+        target = get_version(name, version, client)
+
+    def choose(current: str | None, moves: list[AliasMove]) -> tuple[str, str]:
+        if current is None:
+            raise RegistryError(f"'{name}' has no production version; there is nothing to roll back")
+        if version is None:
+            stack = holders(moves)
+            if len(stack) < 2 or stack[-1] != current:
+                raise RegistryError(
+                    f"'{name}' has no earlier production version on record to roll back to "
+                    f"(production is v{current}); nothing changed. Name a version to move to instead."
+                )
+            return stack[-2], "rollback"
+        if version == current:
+            raise RegistryError(f"version {version} of '{name}' is already production; nothing changed")
+        was_production = any(m.to_version == version for m in moves)
+        if not was_production and target.tags.get("gate") != "passed":
+            raise RegistryError(
+                f"version {version} of '{name}' was never production and did not pass its gate; "
+                "roll back only to a known-good version, or use promote with force=true and a reason"
+            )
+        return version, "rollback"
+
+    return _move(name, choose, reason or "rollback", run_id, client, lock_timeout)
+
+
+def status(name: str, client: MlflowClient | None = None) -> dict:
+    """The production version with its gate result and metrics, and the ordered history of moves."""
+    client = client or MlflowClient()
+    moves = history(name, client)
+    current = get_production(name, client)
+    out: dict = {"model_name": name, "production": None, "history": [asdict(m) for m in moves]}
+    if current is not None:
+        tags = current.tags
+        out["production"] = {
+            "version": str(current.version),
+            "gate": tags.get("gate"),
+            "holdout_macro_f1": tags.get("holdout_macro_f1"),
+            "baseline_macro_f1": tags.get("baseline_macro_f1"),
+            "features": tags.get("features"),
+            "bar": tags.get("bar"),
+            "promoted_at": tags.get("promoted_at"),
+            "promoted_by": tags.get("promoted_by"),
+            "promotion_reason": tags.get("promotion_reason"),
+            "run_id": current.run_id,
+        }
+        if not moves or moves[-1].to_version != str(current.version):
+            out["warning"] = (
+                f"production is v{current.version} but the last recorded move is to "
+                f"v{moves[-1].to_version if moves else '-'}: the alias was moved outside this tool"
+            )
+    return out

@@ -92,7 +92,7 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("true", "1", "yes", "y"):
         return True
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune, ensemble, evaluate, gate and register a buy/sell/hold classifier.",
     )
     for f in fields(PipelineConfig):
-        kind = {"int": int, "float": float, "bool": _bool, "str": str}[f.type]
+        kind = {"int": int, "float": float, "bool": parse_bool, "str": str}[f.type]
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,

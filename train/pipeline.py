@@ -32,8 +32,9 @@ from features.dataset import Dataset, InsufficientDataError, build_dataset
 from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
-from models.pyfunc import SignalModel
-from models.registry import PRODUCTION, get_production, promote, register_candidate
+from models.notify import notify
+from models.pyfunc import SignalModel, as_model_input
+from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, parse_args
 from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
@@ -111,42 +112,42 @@ def print_plan(plan: dict) -> None:
     print(f"models    {', '.join(plan['models'])}")
 
 
-def naive_utc(candles: pd.DataFrame) -> pd.DataFrame:
-    """Candles as the served model takes them: a `timestamp` column of timezone-naive UTC datetimes."""
-    frame = candles.reset_index()
-    frame["timestamp"] = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
-    return frame
-
-
 def score_champion(name: str, data: Prepared, cfg: PipelineConfig):
-    """Re-score the current production version on this run's holdout: (version, macro-F1 or None, note)."""
+    """Re-score the current production version on this run's holdout: (version, macro-F1 or None, note).
+
+    The champion computes its own features from the candles, so a different feature set is still a fair
+    comparison on the same labels. A different label definition or bar size is not: then the score is
+    None and the note says why (the gate fails that check rather than compare the incomparable).
+    """
     champion = get_production(name)
     if champion is None:
         return None, None, "no production version yet: nothing to compare against"
-    champion_version = str(champion.version)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion_version}")
+    version, tags = str(champion.version), champion.tags
+    label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
+    differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
+    if differs:
+        return (
+            version,
+            None,
+            (
+                f"production v{version} predicts another label ({'; '.join(differs)}): not "
+                "comparable on these labels"
+            ),
+        )
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     holdout_pos = data.split.holdout
-    history = naive_utc(data.candles.iloc[: int(data.ds.bars[holdout_pos[-1]]) + 1])
+    history = as_model_input(data.candles.iloc[: int(data.ds.bars[holdout_pos[-1]]) + 1])
     try:
         out = model.predict(history)
-    except ValueError as exc:  # e.g. trained on another bar size: incomparable, and said so
-        return champion_version, None, f"production v{champion_version} cannot score these candles: {exc}"
+    except ValueError as exc:  # e.g. trained on another bar size
+        return version, None, f"production v{version} cannot score these candles: {exc}"
     rows = out.set_index("timestamp").loc[data.ds.X.index[holdout_pos].tz_localize(None)]
     if not rows["ready"].all():
-        return champion_version, None, f"production v{champion_version} lacks history for some holdout rows"
-    same = {
-        "features": cfg.features,
-        "horizon": str(cfg.horizon),
-        "threshold": str(cfg.threshold),
-        "vol_window": str(cfg.vol_window),
-    }
-    differs = [k for k, v in same.items() if champion.tags.get(k) not in (None, v)]
-    note = (
-        f"scored on this run's labels; production was trained with other {', '.join(differs)}"
-        if differs
-        else ""
-    )
-    return champion_version, macro_f1(data.ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
+        return version, None, f"production v{version} lacks history for some holdout rows"
+    note = ""
+    if tags.get("features", cfg.features) != cfg.features:
+        note = f"production uses the '{tags['features']}' feature set, this candidate '{cfg.features}'"
+    return version, macro_f1(data.ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
 
 
 def stage_model_code(tmp: Path) -> list[str]:
@@ -359,9 +360,14 @@ def register(
             "threshold": cfg.threshold,
             "vol_window": cfg.vol_window,
             "classes": list(CLASS_NAMES),
+            # The last candle any training label looked at: later candles are out of sample for this model.
+            "trained_until": str(
+                data.candles.index[int(data.ds.bars[data.split.dev[-1]]) + cfg.horizon].tz_localize(None)
+            ),
+            "holdout": [str(t.tz_localize(None)) for t in data.ds.X.index[data.split.holdout[[0, -1]]]],
         },
     )
-    example = naive_utc(data.candles.iloc[-(signal_model.min_history + 5) :])
+    example = as_model_input(data.candles.iloc[-(signal_model.min_history + 5) :])
     with warnings.catch_warnings():
         # `label` is an integer column by design (-1 marks rows without history), never NaN.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
@@ -395,10 +401,31 @@ def register(
     if ev.champion_f1 is not None:
         tags["production_holdout_macro_f1"] = f"{ev.champion_f1:.6f}"
     version = str(register_candidate(logged.model_uri, cfg.model_name, tags).version)
-    if gate.passed:
-        promote(cfg.model_name, version, reason="passed the gate", run_id=pipeline_run_id)
     mlflow.set_tag("model_version", version)
-    return version, gate.passed
+    notify(
+        f"gate_{gate.result}",
+        f"{cfg.model_name} v{version}: gate {gate.result}",
+        {
+            "holdout_macro_f1": round(gate.candidate_macro_f1, 4),
+            "baseline_macro_f1": round(gate.baseline_macro_f1, 4),
+            "failed_checks": ",".join(gate.failed_checks()) or None,
+        },
+    )
+    if not gate.passed:
+        return version, False
+    try:
+        promote(
+            cfg.model_name,
+            version,
+            reason="passed the gate",
+            run_id=pipeline_run_id,
+            expect_current=ev.champion_version,
+        )
+    except RegistryError as exc:  # production moved while this run was being evaluated
+        print(f"warning: {exc}", file=sys.stderr)
+        mlflow.set_tag("promotion_refused", str(exc)[:500])
+        return version, False
+    return version, True
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:

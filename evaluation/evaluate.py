@@ -1,0 +1,136 @@
+"""`evaluate` step: score any registered version or alias on candles, out of sample, logged as a run.
+
+    python -m evaluation.evaluate --model-uri models:/crypto-signal-ensemble@production --data new.csv
+
+The model computes its own features; labels follow the model's own definition (horizon, threshold,
+volatility window, from its metadata). Only candles after the model's training window
+(``trained_until`` in its metadata) are scored, so the numbers are out of sample by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
+from features.data import DataError, load_candles
+from features.labels import make_labels
+from models.pyfunc import as_model_input
+from train import tracking
+
+MIN_SCORED_ROWS = 100
+PROBA = ["p_sell", "p_hold", "p_buy"]
+
+
+def score_model(model, candles: pd.DataFrame, seed: int = 0) -> dict:
+    """Out-of-sample metrics of a loaded pyfunc model on ``candles``, with baselines.
+
+    Raises ValueError when the model lacks the metadata to label the candles or too few candles fall
+    after its training window.
+    """
+    meta = model.metadata.metadata or {}
+    missing = [k for k in ("horizon", "threshold", "vol_window", "trained_until") if k not in meta]
+    if missing:
+        raise ValueError(
+            f"the model's metadata lacks {missing}: it was not logged by this project's pipeline"
+        )
+    labels = make_labels(
+        candles["close"], int(meta["horizon"]), float(meta["threshold"]), int(meta["vol_window"])
+    )
+    out = model.predict(as_model_input(candles))
+    trained_until = pd.Timestamp(meta["trained_until"])
+    timestamps = out["timestamp"]
+    scored = out["ready"].to_numpy() & labels.notna().to_numpy() & (timestamps > trained_until).to_numpy()
+    if scored.sum() < MIN_SCORED_ROWS:
+        raise ValueError(
+            f"only {int(scored.sum())} candles can be scored out of sample (need {MIN_SCORED_ROWS}): "
+            f"the model saw data up to {trained_until}, these candles end at {timestamps.iloc[-1]}; give newer candles"
+        )
+    y = labels.to_numpy()[scored].astype(np.int64)
+    metrics = classification_metrics(y, out.loc[scored, PROBA].to_numpy())
+    # Baselines learn class frequencies from labelled candles before the scored window when there are
+    # enough of them, else from the scored labels themselves (which only flatters the baselines).
+    before = labels.to_numpy()[(timestamps <= trained_until).to_numpy() & labels.notna().to_numpy()]
+    prior = before.astype(np.int64) if len(before) >= MIN_SCORED_ROWS else y
+    baselines = {
+        k: classification_metrics(y, p) for k, p in baseline_predictions(prior, len(y), seed).items()
+    }
+    return {
+        "metrics": metrics,
+        "baselines": baselines,
+        "rows_scored": int(scored.sum()),
+        "window": [str(timestamps[scored].iloc[0]), str(timestamps[scored].iloc[-1])],
+        "trained_until": str(trained_until),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
+    parser.add_argument("--data", default="builtin")
+    parser.add_argument("--timeframe", default="")
+    parser.add_argument("--days", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    try:
+        tracking.check_reachable()
+        candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
+        model = mlflow.pyfunc.load_model(args.model_uri)
+        result = score_model(model, candles, args.seed)
+        tracking.use_experiment()
+        with mlflow.start_run(run_name=f"evaluate {args.model_uri}"):
+            mlflow.set_tags(
+                {
+                    "step": "evaluate",
+                    "model_uri": args.model_uri,
+                    "data_source": info.source,
+                    "data_sha256": info.sha256,
+                    "model_id": model.metadata.model_id or "",
+                }
+            )
+            mlflow.log_params(
+                {
+                    "model_uri": args.model_uri,
+                    "data": args.data,
+                    "timeframe": args.timeframe,
+                    "days": args.days,
+                    "seed": args.seed,
+                }
+            )
+            tracking.log_dataset(candles, "candles", info.source, "evaluation")
+            tracking.log_metrics("holdout_", result["metrics"])
+            for name, m in result["baselines"].items():
+                tracking.log_metrics(f"baseline_{name}_", m)
+            best = max(m["macro_f1"] for m in result["baselines"].values())
+            mlflow.log_metrics({"baseline_macro_f1": best, "rows_scored": result["rows_scored"]})
+            mlflow.log_dict(result, "evaluation.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = plot_confusion_matrix(
+                    result["metrics"]["confusion_matrix"], f"{args.model_uri}", Path(tmp) / "cm_evaluated.png"
+                )
+                mlflow.log_artifact(str(path), "confusion_matrix")
+    except (DataError, ValueError, tracking.TrackingUnavailable, MlflowException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    m = result["metrics"]
+    print(
+        f"{args.model_uri}: {result['rows_scored']:,} candles {result['window'][0]} .. {result['window'][1]} "
+        f"(model trained until {result['trained_until']})"
+    )
+    print(f"  macro-F1 {m['macro_f1']:.4f}  accuracy {m['accuracy']:.4f}  log loss {m['log_loss']:.4f}")
+    for name, b in result["baselines"].items():
+        print(f"  baseline {name:<11} macro-F1 {b['macro_f1']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

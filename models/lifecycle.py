@@ -1,0 +1,151 @@
+"""Registry lifecycle commands: promote, rollback, status, history.
+
+    python -m models.lifecycle promote  --model-name NAME --version 3 --reason "why" [--force true]
+    python -m models.lifecycle rollback --model-name NAME [--version 2] [--reason "why"]
+    python -m models.lifecycle status   --model-name NAME [--json true]
+    python -m models.lifecycle history  --model-name NAME [--json true]
+
+Each move opens one MLflow run (step tag ``promote`` / ``rollback``) that logs the audit record, so the
+registry history names the run that made the move. A refused move leaves a FAILED run with the reason,
+and changes nothing in the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from models.registry import RegistryError, history, promote, rollback, status
+from train import tracking
+from train.config import parse_bool
+
+DEFAULT_MODEL = "crypto-signal-ensemble"
+
+
+def _move(kind: str, args: argparse.Namespace) -> int:
+    version = args.version or None
+    run_name = f"{kind} {args.model_name}" + (f" v{version}" if version else "")
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(
+            {
+                "step": kind,
+                "model_name": args.model_name,
+                "requested_version": version or "",
+                "reason": args.reason[:500],
+                "force": str(getattr(args, "force", False)).lower(),
+            }
+        )
+        try:
+            if kind == "promote":
+                move = promote(
+                    args.model_name, version, args.reason, force=args.force, run_id=run.info.run_id
+                )
+            else:
+                move = rollback(args.model_name, version, args.reason, run_id=run.info.run_id)
+        except RegistryError as exc:
+            mlflow.set_tag("refused", str(exc)[:500])
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.log_dict(asdict(move), "audit.json")
+        mlflow.set_tags({"from_version": move.from_version or "", "to_version": move.to_version})
+    print(
+        f"{move.action}: {args.model_name} production v{move.from_version or '-'} -> v{move.to_version} "
+        f"(move #{move.seq}, run {run.info.run_id})"
+    )
+    return 0
+
+
+def _print_history(moves: list[dict]) -> None:
+    if not moves:
+        print("no recorded moves of production")
+    for m in moves:
+        print(
+            f"#{m['seq']:<3} {m['at']}  {m['action']:<13} v{m['from_version'] or '-'} -> v{m['to_version']}  "
+            f"by {m['by']}  run {m['run_id'] or '-'}  reason: {m['reason']}"
+        )
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = status(args.model_name)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    prod = info["production"]
+    if prod is None:
+        print(f"{args.model_name}: no production version")
+    else:
+        print(
+            f"{args.model_name}: production v{prod['version']}  gate {prod['gate']}  holdout macro-F1 "
+            f"{prod['holdout_macro_f1']} (baseline {prod['baseline_macro_f1']}) features {prod['features']} "
+            f"bars {prod['bar']}"
+        )
+        print(f"  since {prod['promoted_at']} by {prod['promoted_by']}: {prod['promotion_reason']}")
+    if "warning" in info:
+        print(f"warning: {info['warning']}")
+    _print_history(info["history"])
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    moves = [asdict(m) for m in history(args.model_name)]
+    if args.json:
+        print(json.dumps(moves, indent=2))
+    else:
+        _print_history(moves)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models.lifecycle", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("promote", "point production at a version"),
+        ("rollback", "move production back to the version that held it before"),
+        ("status", "the production version, its numbers and the history"),
+        ("history", "the ordered moves of production"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model-name", default=DEFAULT_MODEL)
+        if name in ("promote", "rollback"):
+            p.add_argument(
+                "--version",
+                default="",
+                required=name == "promote",
+                help="version number"
+                + (" (default: the previous production version)" if name == "rollback" else ""),
+            )
+            p.add_argument(
+                "--reason", default="", help="why; recorded in the history (required with --force)"
+            )
+        if name == "promote":
+            p.add_argument(
+                "--force",
+                type=parse_bool,
+                default=False,
+                help="promote a version that failed its gate (needs --reason)",
+            )
+        if name in ("status", "history"):
+            p.add_argument("--json", type=parse_bool, default=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        tracking.check_reachable()
+        if args.command in ("promote", "rollback"):
+            tracking.use_experiment()
+            return _move(args.command, args)
+        return _status(args) if args.command == "status" else _history(args)
+    except (RegistryError, tracking.TrackingUnavailable, MlflowException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

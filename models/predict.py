@@ -1,0 +1,62 @@
+"""`predict` step: signals and class probabilities for candles, exactly as a trading bot gets them.
+
+    python -m models.predict --data candles.csv --output signals.csv
+    python -m models.predict --model-uri models:/crypto-signal-ensemble/3 --data builtin --days 7
+
+Loads the model from the registry (default: the ``production`` alias), feeds it the candles and writes
+one row per candle (CSV, or Parquet when the output ends in .parquet). Nothing is logged or registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from features.data import DataError, load_candles
+from models.pyfunc import as_model_input
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
+    parser.add_argument("--data", default="builtin", help="'builtin' or a CSV/Parquet candle file")
+    parser.add_argument("--timeframe", default="", help="resample first (must match the model's bars)")
+    parser.add_argument("--days", type=int, default=0, help="only the last N days (0 = all)")
+    parser.add_argument("--output", default="signals.csv", help="output file (.csv or .parquet)")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    if output.suffix not in (".csv", ".parquet"):
+        print(f"error: --output must end in .csv or .parquet, got {args.output!r}", file=sys.stderr)
+        return 1
+    try:
+        candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
+        model = mlflow.pyfunc.load_model(args.model_uri)
+        signals = model.predict(as_model_input(candles))
+    except (DataError, ValueError, MlflowException, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".parquet":
+        signals.to_parquet(output, index=False)
+    else:
+        signals.to_csv(output, index=False)
+    ready = signals[signals["ready"]]
+    print(
+        f"{args.model_uri}: {len(signals):,} candles ({info.describe()}), {len(ready):,} with a signal "
+        f"-> {output}"
+    )
+    if len(ready):
+        last = ready.iloc[-1]
+        print(
+            f"  last: {last['timestamp']}  {last['signal']}  (sell {last['p_sell']:.3f}, "
+            f"hold {last['p_hold']:.3f}, buy {last['p_buy']:.3f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,7 +51,8 @@ def score_model(model, candles: pd.DataFrame, seed: int = 0) -> dict:
     if scored.sum() < MIN_SCORED_ROWS:
         raise ValueError(
             f"only {int(scored.sum())} candles can be scored out of sample (need {MIN_SCORED_ROWS}): "
-            f"the model saw data up to {trained_until}, these candles end at {timestamps.iloc[-1]}; give newer candles"
+            f"the model saw data up to {trained_until}, these candles end at {timestamps.iloc[-1]}; "
+            "give newer candles"
         )
     y = labels.to_numpy()[scored].astype(np.int64)
     metrics = classification_metrics(y, out.loc[scored, PROBA].to_numpy())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from features.data import count_gaps, infer_bar, normalize_candles
@@ -17,6 +19,14 @@ from features.labels import CLASS_NAMES
 
 NOT_READY = "insufficient_history"
 OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready")
+
+
+class InvalidCandles(MlflowException, ValueError):
+    """Candles the model refuses. An MlflowException so a model server answers 400 with this message
+    (a plain exception's text is replaced by a generic one), and a ValueError for Python callers."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +52,10 @@ class SignalModel(PythonModel):
         return warmup_bars(self.feature_set) + 1
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predict_candles(model_input)
+        try:
+            return self.predict_candles(model_input)
+        except ValueError as exc:  # bad candles (features.data.DataError is one): say why, loudly
+            raise InvalidCandles(str(exc)) from exc
 
     def predict_candles(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """Signals for ``model_input`` candles (timestamp, open, high, low, close, volume), oldest first.

@@ -8,7 +8,7 @@ from features.data import DataError
 from features.indicators import compute_features, warmup_bars
 from models.base import build_model
 from models.ensemble import WeightedSoftVoting
-from models.pyfunc import NOT_READY, SignalModel
+from models.pyfunc import NOT_READY, InvalidCandles, SignalModel
 from tests.helpers import make_regime_candles
 
 
@@ -64,7 +64,7 @@ def test_too_few_candles_are_marked_not_guessed(served):
 def test_wrong_bar_size_is_refused(served):
     model, candles, _ = served
     hourly = candles.iloc[::2]
-    with pytest.raises(ValueError, match="trained on 0 days 00:30:00 bars"):
+    with pytest.raises(InvalidCandles, match="trained on 0 days 00:30:00 bars"):
         model.predict(None, _bot_frame(hourly))
 
 
@@ -78,5 +78,6 @@ def test_wrong_bar_size_is_refused(served):
 )
 def test_bad_candles_are_refused(served, breakage, message):
     model, candles, _ = served
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(InvalidCandles, match=message) as exc:
         model.predict(None, breakage(_bot_frame(candles)))
+    assert isinstance(exc.value.__cause__, DataError)

@@ -218,10 +218,9 @@ def test_wrong_bar_size_is_refused_with_the_reason(served):
     response = _invoke(served, body)
     assert response.status_code == 400, response.text[:2000]
     error = response.json()
-    assert error["error_code"] == "BAD_REQUEST"
-    # MLflow replaces a model's own exception message with a generic one; the reason is in stack_trace.
-    assert "compatible with the model" in error["message"]
-    assert "trained on 0 days 00:30:00 bars" in error["stack_trace"]
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    # the model's own reason reaches the client (models.pyfunc.InvalidCandles is an MlflowException)
+    assert "trained on 0 days 00:30:00 bars" in error["message"]
 
 
 def test_malformed_json_is_refused(served):

@@ -7,6 +7,8 @@ import pytest
 
 from tests.helpers import make_candles
 
+pytest_plugins = ["tests.servers"]
+
 
 @pytest.fixture
 def candles() -> pd.DataFrame:

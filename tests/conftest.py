@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import make_candles
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.webhook"]
 
 
 @pytest.fixture

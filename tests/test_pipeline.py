@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from evaluation.evaluate import main as evaluate_main
+from models.predict import main as predict_main
 from models.registry import PRODUCTION
 from tests.helpers import make_candles, make_regime_candles
 from train.config import PipelineConfig
@@ -128,6 +130,31 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     assert set(served["signals"]) <= {"sell", "hold", "buy"} and len(served["signals"]) >= 2
     assert served["unready_signals"] == ["insufficient_history"]
     assert not served["nan_in_ready"] and served["sum_ok"]
+
+    # `evaluate` scores only candles after the model's training window: on the same candles, exactly
+    # the pipeline's holdout, so it must reproduce the holdout macro-F1.
+    assert evaluate_main(["--model-uri", f"models:/test-model@{PRODUCTION}", "--data", learnable]) == 0
+    evaluated = client.search_runs([run.info.experiment_id], "tags.step = 'evaluate'")[0]
+    assert evaluated.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
+    assert evaluated.data.metrics["rows_scored"] == first["plan"]["holdout"]["rows"]
+    early = _csv(make_regime_candles(3000, seed=11).iloc[:2000], store / "early.csv")
+    assert evaluate_main(["--model-uri", "models:/test-model/1", "--data", early]) == 1
+    assert predict_main(["--data", learnable, "--output", str(store / "signals.parquet")]) == 1  # other name
+    assert (
+        predict_main(
+            [
+                "--model-uri",
+                "models:/test-model/1",
+                "--data",
+                learnable,
+                "--output",
+                str(store / "signals.parquet"),
+            ]
+        )
+        == 0
+    )
+    signals = pd.read_parquet(store / "signals.parquet")
+    assert len(signals) == 3000 and signals["ready"].sum() == 3000 - served["not_ready"]
 
     # A no-signal candidate, judged against the production version on its own holdout.
     walk = _csv(make_candles(3000, seed=5, vol=0.004), store / "walk.csv")

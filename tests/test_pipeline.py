@@ -116,7 +116,43 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
             assert "cv_macro_f1_mean" in child.data.metrics
     ensemble_run = next(c for c in children if c.data.tags["mlflow.runName"] == "ensemble")
     artifacts = {a.path for a in client.list_artifacts(ensemble_run.info.run_id)}
-    assert {"gate_report.json", "holdout_metrics.json", "confusion_matrix"} <= artifacts
+    assert {"gate_report.json", "holdout_metrics.json", "backtest.csv", "backtest.json"} <= artifacts
+    # one self-contained report per pipeline run, with its plots; the gate report links to it
+    assert {"report.html", "plots", "gate_report.json", "config.json", "plan.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+    plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {
+        "equity.png",
+        "confusion_matrix_ensemble.png",
+        "reliability.png",
+        "feature_importance.png",
+        "optuna_history_lightgbm.png",
+    } <= plots
+    html = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report.html"))
+    page = html.read_text()
+    assert "data:image/png;base64," in page and "gain_is_significant" in page and "http://" not in page
+    gate_json = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate_report.json")
+        ).read_text()
+    )
+    assert gate_json["report"] == f"runs:/{run.info.run_id}/report.html"
+    metrics = ensemble_run.data.metrics
+    assert {
+        "backtest_sharpe",
+        "backtest_sortino",
+        "backtest_max_drawdown",
+        "backtest_turnover",
+        "backtest_dsr",
+        "buyhold_total_return",
+        "buyhold_sharpe",
+    } <= set(metrics)
+    # the planted regime is tradable: after fees the edge is real, and the deflated Sharpe ratio says so
+    assert (
+        metrics["backtest_total_return"] > metrics["buyhold_total_return"] and metrics["backtest_dsr"] > 0.95
+    )
+    assert run.data.metrics["lookahead_changed_values"] == 0
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["candles"]
     version = client.get_model_version("test-model", "1")
     assert version.tags["gate"] == "passed" and float(version.tags["holdout_macro_f1"]) > 0.6
@@ -168,6 +204,11 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     champion = next(c for c in second["gate"]["checks"] if c["name"] == "not_worse_than_production")
     assert champion["value"] is not None  # production v1 was re-scored on the random walk's holdout
     assert client.get_run(second["run_id"]).data.tags["gate"] == "failed"
+    walk_ensemble = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{second['run_id']}' and tags.step = 'ensemble'"
+    )[0]
+    # no edge on a random walk: after fees the backtest is not significantly positive
+    assert walk_ensemble.data.metrics["backtest_dsr"] < 0.95
 
 
 def test_dry_run_writes_nothing(store, capsys):

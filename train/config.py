@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+from evaluation.backtest import MODES
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
 
@@ -33,6 +34,9 @@ class PipelineConfig:
     gate_confidence: float = 0.95
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
+    backtest_mode: str = "long_short"
+    fee_bps: float = 10.0
+    slippage_bps: float = 5.0
 
     def __post_init__(self):
         for f in fields(self):
@@ -52,6 +56,9 @@ class PipelineConfig:
             (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
             (0 <= self.gate_confidence < 1, "gate_confidence must be in [0, 1)"),
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
+            (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
+            (self.fee_bps >= 0, "fee_bps must be >= 0 basis points"),
+            (self.slippage_bps >= 0, "slippage_bps must be >= 0 basis points"),
             (bool(self.model_name.strip()), "model_name must not be empty"),
         ]
         for ok, message in checks:
@@ -122,6 +129,9 @@ HELP = {
     "gate_confidence": "gate: required bootstrap probability that the gain over the baseline is > 0",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
     "n_jobs": "threads per model fit (0 = all cores)",
+    "backtest_mode": "holdout backtest: long_short (sell = short) or long_only (sell = flat)",
+    "fee_bps": "holdout backtest: fee per unit of notional traded, in basis points",
+    "slippage_bps": "holdout backtest: slippage per unit of notional traded, in basis points",
 }
 
 

@@ -15,18 +15,31 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 
+from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
 from evaluation.gate import GateConfig, GateReport, evaluate_gate
+from evaluation.lookahead import analyse
 from evaluation.metrics import baseline_predictions, classification_metrics, macro_f1, plot_confusion_matrix
+from evaluation.plots import (
+    gain_importance,
+    holdout_permutation_importance,
+    plot_equity,
+    plot_importance,
+    plot_optuna,
+    plot_reliability,
+)
+from evaluation.report import write_report
 from features.data import DataError, DataInfo, load_candles
 from features.dataset import Dataset, InsufficientDataError, build_dataset
 from features.labels import CLASS_NAMES
@@ -41,6 +54,7 @@ from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
 from train.tune import SPACE_VERSION, run_study
 
 log = logging.getLogger("train.pipeline")
+REPORT = "report.html"
 
 # Distributions the logged model needs at load time; versions are read from this environment.
 MODEL_REQUIREMENTS = ("mlflow", "lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "numpy", "cloudpickle")
@@ -192,6 +206,7 @@ class Tuned:
     cv_macro_f1_mean: float
     cv_macro_f1_std: float
     n_trials: int
+    study: optuna.Study
 
 
 @dataclass
@@ -201,6 +216,9 @@ class Evaluation:
     gate: GateReport
     champion_version: str | None
     champion_f1: float | None
+    ensemble_proba: np.ndarray
+    backtest: BacktestResult
+    deflated_sharpe: dict
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
@@ -263,6 +281,7 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
             best.value,
             best.user_attrs.get("cv_macro_f1_std", float("nan")),
             len(trials),
+            study,
         )
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.log_params({"optuna_study": study_name, "n_trials_requested": cfg.n_trials})
@@ -311,11 +330,33 @@ def evaluate(
     base_metrics = {k: classification_metrics(y_hold, p) for k, p in base.items()}
     for k, m in base_metrics.items():
         tracking.log_metrics(f"baseline_{k}_", m)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, m in results.items():
-            plot_confusion_matrix(m["confusion_matrix"], f"{name}: holdout", Path(tmp) / f"cm_{name}.png")
-        mlflow.log_artifacts(tmp, "confusion_matrix")
     mlflow.log_dict({"models": results, "baselines": base_metrics}, "holdout_metrics.json")
+
+    # Trade the ensemble's holdout signals after costs. The deflated Sharpe ratio counts every Optuna
+    # trial it took to get here, so a lucky best-of-many shows as luck.
+    signals = pd.Series(ens_proba.argmax(axis=1), index=X_hold.index)
+    bt_config = BacktestConfig(mode=cfg.backtest_mode, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+    bt = backtest(data.candles, signals, bt_config, bar=data.info.bar)
+    dsr = deflated_sharpe(bt.returns, max(1, sum(t.n_trials for t in tuned.values())))
+    tracking.log_metrics("backtest_", bt.metrics)
+    tracking.log_metrics("buyhold_", bt.benchmark_metrics)
+    mlflow.log_metrics({"backtest_dsr": dsr["dsr"], "backtest_psr": dsr["psr"]})
+    table = pd.DataFrame(
+        {"position": bt.position, "return": bt.returns, "buyhold_return": bt.benchmark_returns}
+    )
+    table["equity"] = (1 + table["return"]).cumprod()
+    table["buyhold_equity"] = (1 + table["buyhold_return"]).cumprod()
+    mlflow.log_text(table.to_csv(index_label="period_start"), "backtest.csv")
+    mlflow.log_dict(
+        {
+            "config": asdict(bt_config),
+            "metrics": bt.metrics,
+            "buyhold": bt.benchmark_metrics,
+            "deflated_sharpe": dsr,
+            "signals_dropped_at_end": bt.n_dropped,
+        },
+        "backtest.json",
+    )
 
     champion_version, champion_f1, champion_note = score_champion(cfg.model_name, data, cfg)
     if champion_f1 is not None:
@@ -333,10 +374,104 @@ def evaluate(
         champion_note=champion_note,
         seed=cfg.seed,
     )
-    mlflow.log_dict(gate.to_dict(), "gate_report.json")
     mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
     mlflow.set_tag("gate", gate.result)
-    return Evaluation(results, base_metrics, gate, champion_version, champion_f1)
+    return Evaluation(results, base_metrics, gate, champion_version, champion_f1, ens_proba, bt, dsr)
+
+
+def report(
+    cfg: PipelineConfig,
+    data: Prepared,
+    ensemble: WeightedSoftVoting,
+    tuned: dict[str, Tuned],
+    ev: Evaluation,
+    run_id: str,
+) -> dict:
+    """Plots and the one-page HTML report of the pipeline run; returns the gate report that links to it.
+
+    Everything here describes decisions already taken: nothing feeds back into a model or the gate.
+    It logs to the pipeline run ``run_id`` (the active run is the ensemble's).
+    """
+    client = MlflowClient()
+    X_hold, y_hold = data.holdout
+    gate = ev.gate.to_dict() | {"report": f"runs:/{run_id}/{REPORT}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = Path(tmp) / "plots"
+        plots.mkdir()
+        images = [
+            (
+                f"Holdout equity after costs ({cfg.backtest_mode}) against buy-and-hold",
+                plot_equity(ev.backtest.equity, ev.backtest.benchmark_equity, plots / "equity.png"),
+            )
+        ]
+        for name, m in ev.results.items():
+            images.append(
+                (
+                    f"Confusion matrix on the holdout: {name}",
+                    plot_confusion_matrix(
+                        m["confusion_matrix"], f"{name}: holdout", plots / f"confusion_matrix_{name}.png"
+                    ),
+                )
+            )
+        images.append(
+            (
+                "Reliability of the ensemble's class probabilities on the holdout",
+                plot_reliability(y_hold, ev.ensemble_proba, plots / "reliability.png"),
+            )
+        )
+        gain = {n: gain_importance(m, list(X_hold.columns)) for n, m in ensemble.named_estimators_.items()}
+        permutation = holdout_permutation_importance(ensemble, X_hold, y_hold, seed=cfg.seed, n_repeats=3)
+        images.append(
+            (
+                "Feature importance: gain per model, permutation (macro-F1 drop) on the holdout",
+                plot_importance(gain, permutation, plots / "feature_importance.png"),
+            )
+        )
+        for name, t in tuned.items():
+            images += [
+                (f"Optuna study: {name} ({p.stem.split('_')[1]})", p) for p in plot_optuna(t.study, plots)
+            ]
+        lookahead = analyse(
+            data.candles,
+            feature_sets=(cfg.features,),
+            cuts=10,
+            horizon=cfg.horizon,
+            threshold=cfg.threshold,
+            vol_window=cfg.vol_window,
+            seed=cfg.seed,
+        )
+        changed = sum(c.changed for cols in lookahead.counts.values() for c in cols.values())
+        client.log_metric(run_id, "lookahead_changed_values", changed)
+        ctx = {
+            "title": f"{cfg.model_name}: pipeline run",
+            "run_id": run_id,
+            "gate": gate,
+            "data": data.plan["data"],
+            "plan": data.plan,
+            "models": {
+                n: {
+                    "cv_macro_f1_mean": t.cv_macro_f1_mean,
+                    "cv_macro_f1_std": t.cv_macro_f1_std,
+                    "holdout": ev.results[n],
+                }
+                for n, t in tuned.items()
+            },
+            "ensemble": {"weights": ensemble.named_weights_, "holdout": ev.results["ensemble"]},
+            "baselines": ev.baselines,
+            "backtest": {
+                "config": asdict(ev.backtest.config),
+                "metrics": ev.backtest.metrics,
+                "benchmark_metrics": ev.backtest.benchmark_metrics,
+                "deflated_sharpe": ev.deflated_sharpe,
+            },
+            "lookahead": {"passed": lookahead.passed, "detail": lookahead.to_markdown()},
+            "images": images,
+            "config": cfg.to_dict(),
+        }
+        write_report(ctx, Path(tmp) / REPORT)
+        client.log_artifacts(run_id, str(plots), "plots")
+        client.log_artifact(run_id, str(Path(tmp) / REPORT))
+    return gate
 
 
 def register(
@@ -457,6 +592,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 ensemble = fit_ensemble(cfg, data, tuned, n_jobs)
             with stages("evaluate"):
                 ev = evaluate(cfg, data, ensemble, tuned)
+            with stages("report"):  # before registering: a failure here leaves the registry untouched
+                gate_report = report(cfg, data, ensemble, tuned, ev, parent.info.run_id)
+                mlflow.log_dict(gate_report, "gate_report.json")
             with stages("register"):
                 version, promoted = register(cfg, data, ensemble, ev, parent.info.run_id, digest)
         ens = ev.results["ensemble"]
@@ -469,7 +607,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             }
             | stages.metrics()
         )
-        mlflow.log_dict(ev.gate.to_dict(), "gate_report.json")
+        mlflow.log_dict(gate_report, "gate_report.json")
 
     return {
         "run_id": parent.info.run_id,

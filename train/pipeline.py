@@ -464,7 +464,12 @@ def report(
                 "benchmark_metrics": ev.backtest.benchmark_metrics,
                 "deflated_sharpe": ev.deflated_sharpe,
             },
-            "lookahead": {"passed": lookahead.passed, "detail": lookahead.to_markdown()},
+            "lookahead": {
+                "passed": lookahead.passed,
+                "detail": f"features and labels recomputed on truncated histories at {lookahead.n_cuts} cut "
+                f"points ({lookahead.values_checked:,} values): {changed} changed"
+                + "".join(f"; {fs}: {', '.join(cols)}" for fs, cols in lookahead.leaking_columns().items()),
+            },
             "images": images,
             "config": cfg.to_dict(),
         }

@@ -19,14 +19,18 @@ class GateConfig:
     min_confidence: float = 0.95
     champion_tolerance: float = 0.0
     n_boot: int = 500
+    # Minimum deflated Sharpe ratio of the holdout backtest after costs; 0 leaves the check out.
+    min_dsr: float = 0.0
 
     def __post_init__(self):
-        for name in ("min_macro_f1", "min_margin", "champion_tolerance"):
+        for name in ("min_macro_f1", "min_margin", "champion_tolerance", "min_dsr"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not np.isfinite(value):
                 raise TypeError(f"gate setting {name} must be a finite number, got {value!r}")
         if not 0.0 <= self.min_confidence < 1.0:
             raise ValueError(f"gate_confidence must be in [0, 1), got {self.min_confidence!r}")
+        if not 0.0 <= self.min_dsr < 1.0:
+            raise ValueError(f"gate_min_dsr must be in [0, 1) (0 = off), got {self.min_dsr!r}")
 
 
 @dataclass
@@ -77,13 +81,15 @@ def evaluate_gate(
     champion_version: str | None = None,
     champion_note: str = "",
     seed: int = 0,
+    dsr: float | None = None,
 ) -> GateReport:
     """Decide whether the candidate may become ``production``.
 
     Checks: (1) holdout macro-F1 >= a floor; (2) it beats the best trivial baseline by a margin;
     (3) a moving-block bootstrap says the gain over that baseline is positive with the required
     confidence (so a lucky holdout does not pass); (4) it is not worse than the current production
-    version scored on the same holdout (passes trivially when there is none).
+    version scored on the same holdout (passes trivially when there is none); and, when
+    ``config.min_dsr`` > 0, (5) the holdout backtest's deflated Sharpe ratio ``dsr`` reaches it.
     """
     best_name = max(baseline_f1, key=baseline_f1.get)
     best_f1 = baseline_f1[best_name]
@@ -148,6 +154,18 @@ def evaluate_gate(
                 -config.champion_tolerance,
                 f"candidate {candidate_f1:.4f} vs production v{champion_version} {champion_f1:.4f} on the "
                 f"same holdout (tolerance {config.champion_tolerance:.4f}). {champion_note}".strip(),
+            )
+        )
+    if config.min_dsr > 0:
+        value = float("nan") if dsr is None else float(dsr)
+        checks.append(
+            GateCheck(
+                "backtest_deflated_sharpe",
+                bool(value >= config.min_dsr),  # NaN (no trades, no variance) fails
+                value,
+                config.min_dsr,
+                f"deflated Sharpe ratio of the holdout backtest after costs {value:.3f} vs required "
+                f"{config.min_dsr:.3f}",
             )
         )
     return GateReport(

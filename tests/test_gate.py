@@ -106,3 +106,17 @@ def test_production_that_cannot_be_scored_blocks_promotion():
     report = _gate(y, pred, base_pred, base_f1, champion_version="4", champion_note="trained on 4h bars")
     assert report.failed_checks() == ["not_worse_than_production"]
     assert "v4" in report.checks[-1].detail and "4h bars" in report.checks[-1].detail
+
+
+def test_backtest_check_only_when_asked_for():
+    y, pred, base_pred, base_f1 = _setup(accuracy=0.5)
+    f1 = macro_f1(y, pred)
+    assert "backtest_deflated_sharpe" not in [c.name for c in _gate(y, pred, base_pred, base_f1).checks]
+    strict = GateConfig(min_dsr=0.95)
+    ok = evaluate_gate(y, pred, base_pred, base_f1, f1, strict, block=20, dsr=0.97)
+    assert ok.passed and ok.checks[-1].name == "backtest_deflated_sharpe"
+    for dsr in (0.5, float("nan"), None):  # luck, no trades, nothing computed: all fail
+        report = evaluate_gate(y, pred, base_pred, base_f1, f1, strict, block=20, dsr=dsr)
+        assert report.failed_checks() == ["backtest_deflated_sharpe"]
+    with pytest.raises(ValueError, match="gate_min_dsr"):
+        GateConfig(min_dsr=1.5)

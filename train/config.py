@@ -32,6 +32,7 @@ class PipelineConfig:
     gate_min_f1: float = 0.36
     gate_margin: float = 0.02
     gate_confidence: float = 0.95
+    gate_min_dsr: float = 0.0
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
     backtest_mode: str = "long_short"
@@ -55,6 +56,7 @@ class PipelineConfig:
             (self.n_folds >= 2, "n_folds must be >= 2"),
             (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
             (0 <= self.gate_confidence < 1, "gate_confidence must be in [0, 1)"),
+            (0 <= self.gate_min_dsr < 1, "gate_min_dsr must be in [0, 1) (0 = off)"),
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
             (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
             (self.fee_bps >= 0, "fee_bps must be >= 0 basis points"),
@@ -127,6 +129,7 @@ HELP = {
     "gate_min_f1": "gate: minimum holdout macro-F1",
     "gate_margin": "gate: minimum macro-F1 margin over the best trivial baseline",
     "gate_confidence": "gate: required bootstrap probability that the gain over the baseline is > 0",
+    "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the holdout backtest after costs (0 = no check)",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
     "n_jobs": "threads per model fit (0 = all cores)",
     "backtest_mode": "holdout backtest: long_short (sell = short) or long_only (sell = flat)",

@@ -367,12 +367,13 @@ def evaluate(
         {k: p.argmax(axis=1) for k, p in base.items()},
         {k: m["macro_f1"] for k, m in base_metrics.items()},
         results["ensemble"]["macro_f1"],
-        GateConfig(cfg.gate_min_f1, cfg.gate_margin, cfg.gate_confidence),
+        GateConfig(cfg.gate_min_f1, cfg.gate_margin, cfg.gate_confidence, min_dsr=cfg.gate_min_dsr),
         block=max(cfg.horizon * 10, 20),
         champion_f1=champion_f1,
         champion_version=champion_version,
         champion_note=champion_note,
         seed=cfg.seed,
+        dsr=dsr["dsr"],
     )
     mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
     mlflow.set_tag("gate", gate.result)

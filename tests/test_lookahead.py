@@ -7,7 +7,6 @@ import math
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -302,14 +301,13 @@ def test_mlproject_entry_point_mirrors_the_cli(csv_path: Path, capsys):
 
 @pytest.mark.slow
 def test_builtin_data_passes_from_the_command_line():
-    started = time.perf_counter()
+    """The shipped data, both feature sets and the label, at the command's default 50 cut points."""
     proc = subprocess.run(
-        [sys.executable, "-m", "evaluation.lookahead", "--data", "builtin", "--cuts", "8"],
+        [sys.executable, "-m", "evaluation.lookahead", "--data", "builtin"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASSED" in proc.stdout and "35,019 rows" in proc.stdout and "8 cuts" in proc.stdout
-    assert time.perf_counter() - started < 20
+    assert "PASSED" in proc.stdout and "35,019 rows" in proc.stdout and "50 cuts" in proc.stdout

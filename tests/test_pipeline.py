@@ -153,6 +153,10 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
         metrics["backtest_total_return"] > metrics["buyhold_total_return"] and metrics["backtest_dsr"] > 0.95
     )
     assert run.data.metrics["lookahead_changed_values"] == 0
+    # the pipeline run carries the backtest figures too, under the same names
+    assert {k: run.data.metrics[k] for k in metrics if k.startswith(("backtest_", "buyhold_"))} == {
+        k: v for k, v in metrics.items() if k.startswith(("backtest_", "buyhold_"))
+    }
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["candles"]
     version = client.get_model_version("test-model", "1")
     assert version.tags["gate"] == "passed" and float(version.tags["holdout_macro_f1"]) > 0.6

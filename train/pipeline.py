@@ -610,7 +610,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 "holdout_macro_f1": ens["macro_f1"],
                 "baseline_macro_f1": ev.gate.baseline_macro_f1,
                 "holdout_accuracy": ens["accuracy"],
+                "backtest_dsr": ev.deflated_sharpe["dsr"],
+                "backtest_psr": ev.deflated_sharpe["psr"],
             }
+            | {f"backtest_{k}": v for k, v in ev.backtest.metrics.items()}
+            | {f"buyhold_{k}": v for k, v in ev.backtest.benchmark_metrics.items()}
             | stages.metrics()
         )
         mlflow.log_dict(gate_report, "gate_report.json")

@@ -67,3 +67,27 @@ def candles_from_returns(
         index=index,
         dtype="float64",
     )
+
+
+def write_csv(frame: pd.DataFrame, path) -> str:
+    """Write candles as a user's CSV file (a `timestamp` column, ISO times) and return its path."""
+    frame.reset_index().to_csv(path, index=False)
+    return str(path)
+
+
+def tiny_config(data: str, tmp, model_name: str, **overrides):
+    """Pipeline settings small enough for a test: LightGBM only, 2 trials, 3 folds, one thread (OpenMP
+    spinning on a busy 2-core machine costs minutes), the Optuna storage under ``tmp``."""
+    from train.config import PipelineConfig
+
+    settings = dict(
+        data=data,
+        n_trials=2,
+        timeout=0.0,
+        models="lightgbm",
+        n_folds=3,
+        model_name=model_name,
+        optuna_storage=f"sqlite:///{tmp}/optuna.db",
+        n_jobs=1,
+    )
+    return PipelineConfig(**(settings | overrides))

@@ -300,8 +300,21 @@ def throwaway_database(prefix: str = "cs_test") -> Iterator[str]:
 # ---------------------------------------------------------------------------------------- MLflow server
 
 
-def mlflow_server_command(backend_uri: str, artifacts_dir: Path | str, port: int) -> list[str]:
-    """The ``mlflow server`` command line :func:`mlflow_server` runs (with :data:`SERVER_ENV`)."""
+def mlflow_server_command(
+    backend_uri: str, artifacts_dir: Path | str, port: int, serve_artifacts: bool = True
+) -> list[str]:
+    """The ``mlflow server`` command line :func:`mlflow_server` runs (with :data:`SERVER_ENV`).
+
+    ``serve_artifacts``: the server proxies artifacts into ``artifacts_dir`` (new runs log
+    ``mlflow-artifacts:/`` URIs); without it, clients wrote local paths under ``artifacts_dir`` themselves
+    and the server only reads them there.
+    """
+    artifacts = str(Path(artifacts_dir).resolve())
+    artifact_args = (
+        ["--artifacts-destination", artifacts]
+        if serve_artifacts
+        else ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+    )
     return [
         sys.executable,
         "-m",
@@ -309,8 +322,7 @@ def mlflow_server_command(backend_uri: str, artifacts_dir: Path | str, port: int
         "server",
         "--backend-store-uri",
         backend_uri,
-        "--artifacts-destination",
-        str(Path(artifacts_dir).resolve()),
+        *artifact_args,
         "--host",
         LOCALHOST,
         "--port",
@@ -328,6 +340,8 @@ def mlflow_server(
     log_path: Path | str | None = None,
     startup_timeout_s: float = 90,
     port_attempts: int = 3,
+    serve_artifacts: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run ``mlflow server`` on a free 127.0.0.1 port; yield ``http://127.0.0.1:<port>``; stop it after.
 
@@ -344,12 +358,12 @@ def mlflow_server(
         os.close(fd)
         log_path = Path(name)
     log_path = Path(log_path)
-    env = {**os.environ, **SERVER_ENV}
+    env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
     proc = None
     try:
         for attempt in range(1, port_attempts + 1):
             port = free_port()
-            cmd = mlflow_server_command(backend_uri, artifacts_dir, port)
+            cmd = mlflow_server_command(backend_uri, artifacts_dir, port, serve_artifacts)
             with open(log_path, "ab") as log:
                 log.write(f"\n$ {' '.join(cmd)}\n".encode())
                 log.flush()

@@ -10,8 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from models.lifecycle import main as lifecycle
 from models.registry import PRODUCTION, history
-from tests.helpers import make_regime_candles
-from train.config import PipelineConfig
+from tests.helpers import make_regime_candles, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -25,18 +24,7 @@ def _production_run_id() -> str:
 
 def test_pipeline_twice_promote_rollback(tracking_backend, tmp_path, hook):
     client = MlflowClient()
-    data = tmp_path / "regime.csv"
-    make_regime_candles(3000, seed=11).reset_index().to_csv(data, index=False)
-    cfg = PipelineConfig(
-        data=str(data),
-        n_trials=2,
-        timeout=0.0,
-        models="lightgbm",
-        n_folds=3,
-        model_name=NAME,
-        optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-        n_jobs=2,
-    )
+    cfg = tiny_config(write_csv(make_regime_candles(3000, seed=11), tmp_path / "regime.csv"), tmp_path, NAME)
     run_of = {}
 
     first = run_pipeline(cfg)

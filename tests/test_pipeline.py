@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from evaluation.evaluate import main as evaluate_main
 from models.predict import main as predict_main
 from models.registry import PRODUCTION
-from tests.helpers import make_candles, make_regime_candles
+from tests.helpers import make_candles, make_regime_candles, tiny_config, write_csv
 from train.config import PipelineConfig
 from train.pipeline import main, run_pipeline
 
@@ -42,23 +42,8 @@ def store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def _csv(frame: pd.DataFrame, path: Path) -> str:
-    frame.reset_index().to_csv(path, index=False)
-    return str(path)
-
-
 def _cfg(data: str, tmp: Path, **kw) -> PipelineConfig:
-    base = dict(
-        data=data,
-        n_trials=3,
-        timeout=0.0,
-        models="lightgbm,random_forest",
-        n_folds=3,
-        model_name="test-model",
-        optuna_storage=f"sqlite:///{tmp / 'optuna.db'}",
-        n_jobs=2,
-    )
-    return PipelineConfig(**(base | kw))
+    return tiny_config(data, tmp, "test-model", **({"n_trials": 3, "models": "lightgbm,random_forest"} | kw))
 
 
 def _fresh_process_predict(model_uri: str, candles_csv: str, tracking_uri: str, cwd: Path) -> dict:
@@ -96,7 +81,7 @@ def _fresh_process_predict(model_uri: str, candles_csv: str, tracking_uri: str, 
 
 def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     client = MlflowClient()
-    learnable = _csv(make_regime_candles(3000, seed=11), store / "regime.csv")
+    learnable = write_csv(make_regime_candles(3000, seed=11), store / "regime.csv")
     first = run_pipeline(_cfg(learnable, store))
     assert first["gate"]["result"] == "passed", first["gate"]
     assert first["promoted"] and first["model_version"] == "1"
@@ -177,7 +162,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     evaluated = client.search_runs([run.info.experiment_id], "tags.step = 'evaluate'")[0]
     assert evaluated.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
     assert evaluated.data.metrics["rows_scored"] == first["plan"]["holdout"]["rows"]
-    early = _csv(make_regime_candles(3000, seed=11).iloc[:2000], store / "early.csv")
+    early = write_csv(make_regime_candles(3000, seed=11).iloc[:2000], store / "early.csv")
     assert evaluate_main(["--model-uri", "models:/test-model/1", "--data", early]) == 1
     assert predict_main(["--data", learnable, "--output", str(store / "signals.parquet")]) == 1  # other name
     assert (
@@ -197,7 +182,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     assert len(signals) == 3000 and signals["ready"].sum() == 3000 - served["not_ready"]
 
     # A no-signal candidate, judged against the production version on its own holdout.
-    walk = _csv(make_candles(3000, seed=5, vol=0.004), store / "walk.csv")
+    walk = write_csv(make_candles(3000, seed=5, vol=0.004), store / "walk.csv")
     second = run_pipeline(_cfg(walk, store))
     assert second["gate"]["result"] == "failed"
     assert not second["promoted"] and second["model_version"] == "2"
@@ -216,7 +201,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
 
 
 def test_dry_run_writes_nothing(store, capsys):
-    data = _csv(make_candles(2600, seed=2, vol=0.004), store / "c.csv")
+    data = write_csv(make_candles(2600, seed=2, vol=0.004), store / "c.csv")
     assert main(["--data", data, "--dry-run", "true"]) == 0
     out = capsys.readouterr().out
     assert "holdout" in out and "fold 4" in out and "dry run" in out
@@ -247,7 +232,7 @@ def test_wrong_parameter_type_is_refused(store, capsys):
 def test_unreachable_tracking_server_fails_before_training(store, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     mlflow.set_tracking_uri("http://127.0.0.1:9")
-    data = _csv(make_candles(2600, seed=2, vol=0.004), store / "c.csv")
+    data = write_csv(make_candles(2600, seed=2, vol=0.004), store / "c.csv")
     assert main(["--data", data, "--n-trials", "1", "--models", "lightgbm"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the MLflow tracking store" in err and "127.0.0.1:9" in err
@@ -258,7 +243,7 @@ def test_mlflow_run_smoke(store):
     """`mlflow run . --env-manager local` with tiny parameters, as a user would run it."""
     client = MlflowClient()
     client.create_experiment("smoke", artifact_location=(store / "artifacts").as_uri())
-    data = _csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
+    data = write_csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for var in (
         "MLFLOW_EXPERIMENT_NAME",

@@ -26,8 +26,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION
-from tests.helpers import make_regime_candles
-from train.config import PipelineConfig
+from tests.helpers import make_regime_candles, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -103,19 +102,8 @@ def served(tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         try:
             candles = make_regime_candles(3000, seed=11)
-            candles.reset_index().to_csv(tmp / "regime.csv", index=False)
-            result = run_pipeline(
-                PipelineConfig(
-                    data=str(tmp / "regime.csv"),
-                    n_trials=2,
-                    timeout=0.0,
-                    models="lightgbm",
-                    n_folds=3,
-                    model_name=MODEL_NAME,
-                    optuna_storage=f"sqlite:///{tmp / 'optuna.db'}",
-                    n_jobs=2,
-                )
-            )
+            data = write_csv(candles, tmp / "regime.csv")
+            result = run_pipeline(tiny_config(data, tmp, MODEL_NAME))
             assert result["gate"]["result"] == "passed", result["gate"]
             assert result["promoted"]
             version = MlflowClient().get_model_version_by_alias(MODEL_NAME, PRODUCTION).version

@@ -17,9 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION, get_production
-from tests.helpers import make_regime_candles
+from tests.helpers import make_regime_candles, tiny_config
 from tests.servers import TrackingServer, mlflow_server, pg_connect, port_is_open
-from train.config import PipelineConfig
 from train.pipeline import main, run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -50,18 +49,7 @@ def test_pipeline_tracks_and_registers_through_postgres_server(
     data = tmp_path / "regime.csv"
     candles.reset_index().to_csv(data, index=False)
 
-    summary = run_pipeline(
-        PipelineConfig(
-            data=str(data),
-            n_trials=2,
-            timeout=0.0,
-            models="lightgbm",
-            n_folds=3,
-            model_name="pg-model",
-            optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-            n_jobs=2,
-        )
-    )
+    summary = run_pipeline(tiny_config(str(data), tmp_path, "pg-model"))
 
     client = MlflowClient()
     assert mlflow.get_tracking_uri() == pg_tracking_server

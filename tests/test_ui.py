@@ -36,8 +36,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,18 +46,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from models.registry import PRODUCTION
-from tests.helpers import make_regime_candles
-from tests.servers import (
-    LOCALHOST,
-    SERVER_ENV,
-    ServerStartError,
-    die_with_parent,
-    free_port,
-    stop_process,
-    wait_http,
-    wait_log,
-)
-from train.config import PipelineConfig
+from tests.helpers import make_regime_candles, tiny_config
+from tests.servers import LOCALHOST, mlflow_server
 from train.pipeline import run_pipeline
 
 try:
@@ -171,18 +159,7 @@ def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         mlflow.set_tracking_uri(uri)
         try:
-            result = run_pipeline(
-                PipelineConfig(
-                    data=str(candles),
-                    n_trials=2,
-                    timeout=0.0,
-                    models="lightgbm",
-                    n_folds=3,
-                    model_name=MODEL,
-                    optuna_storage=f"sqlite:///{tmp / 'optuna.db'}",
-                    n_jobs=1,  # one thread: OpenMP spinning under a busy 2-core machine costs minutes
-                )
-            )
+            result = run_pipeline(tiny_config(str(candles), tmp, MODEL))
             assert result["gate"]["result"] == "passed", result["gate"]
             client = MlflowClient(uri)
             run = client.get_run(result["run_id"])
@@ -215,57 +192,14 @@ def ui_server(ui_store: dict) -> Iterator[str]:
     reads them there: ``--default-artifact-root`` is that directory and artifact proxying is off.
     """
     tmp: Path = ui_store["dir"]
-    log_path = tmp / "mlflow-server.log"
-    env = {**os.environ, **SERVER_ENV, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    proc = None
-    try:
-        for attempt in range(3):
-            port = free_port()
-            cmd = [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                ui_store["uri"],
-                "--default-artifact-root",
-                str(tmp / "mlruns"),
-                "--no-serve-artifacts",
-                "--host",
-                LOCALHOST,
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ]
-            with open(log_path, "ab") as log:
-                log.write(f"\n$ {' '.join(cmd)}\n".encode())
-                log.flush()
-                offset = log.tell()
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=tmp,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
-                )
-            try:
-                banner = f"running on http://{LOCALHOST}:{port}"
-                wait_log(log_path, banner, timeout_s=90, proc=proc, offset=offset)
-                wait_http(f"http://{LOCALHOST}:{port}/health", timeout_s=30, proc=proc, log_path=log_path)
-                break
-            except ServerStartError as exc:
-                stop_process(proc)
-                if attempt < 2 and "address already in use" in str(exc).lower():
-                    continue
-                raise
-        yield f"http://{LOCALHOST}:{port}/"
-    finally:
-        if proc is not None:
-            stop_process(proc)
+    with mlflow_server(
+        ui_store["uri"],
+        tmp / "mlruns",
+        serve_artifacts=False,
+        log_path=tmp / "mlflow-server.log",
+        extra_env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
+    ) as url:
+        yield f"{url}/"
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import json
 import logging
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ from models.registry import PRODUCTION, RegistryError, get_production, promote, 
 from train import tracking
 from train.config import PipelineConfig, parse_args
 from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
-from train.tune import SPACE_VERSION, run_study
+from train.tune import SPACE_VERSION, TuningError, run_study, study_name_for
 
 log = logging.getLogger("train.pipeline")
 REPORT = "report.html"
@@ -255,7 +256,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
 
 def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
     """One Optuna study for model family ``name`` in its own child run."""
-    study_name = f"{name}-{cfg.fingerprint(data.info.sha256, name, SPACE_VERSION)}"
+    study_name = study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION))
     X_dev, y_dev = data.dev
     with mlflow.start_run(run_name=f"tune-{name}", nested=True) as child:
         mlflow.set_tags(
@@ -663,6 +664,12 @@ def print_summary(s: dict) -> None:
     print(f"run       {s['run_id']}  ({stages['total_seconds']:.0f}s, peak {stages['peak_rss_mb']:.0f} MB)")
 
 
+def terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: open MLflow runs are ended as KILLED
+    and the Optuna trial in flight is marked FAILED, instead of both being left RUNNING."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -672,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         DataError,
         InsufficientDataError,
         tracking.TrackingUnavailable,
+        TuningError,
         ValueError,
         TypeError,
         MlflowException,
@@ -685,4 +693,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminate_as_interrupt)
     sys.exit(main())

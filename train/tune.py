@@ -9,6 +9,9 @@ stop a bad trial early. No tracking calls here: the pipeline logs what the study
 from __future__ import annotations
 
 import logging
+import random
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +101,49 @@ def make_objective(name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None
     return objective
 
 
+class TuningError(RuntimeError):
+    """A study that produced nothing usable; the message says what to change."""
+
+
+def storage_url(url: str) -> str:
+    """The storage URL with an explicit PostgreSQL driver.
+
+    SQLAlchemy 2 reads a bare ``postgresql://`` as psycopg 3, which is not installed; the pinned driver
+    is psycopg2, so ``postgresql://`` means ``postgresql+psycopg2://`` here.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None):
+    """An Optuna RDB storage with heartbeats: a trial whose worker died (even by SIGKILL) stops counting
+    as running after ``grace_period`` seconds and is marked FAILED when any worker next starts, so a
+    rerun resumes and loses at most the trial that was in flight."""
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage_url(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period or 4 * heartbeat_interval,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers starting together on an empty database race to create Optuna's schema; the
+            # loser finds it made by the winner on the next attempt.
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
+
+
+def study_name_for(model: str, fingerprint: str) -> str:
+    """The study a model's trials go to; the pipeline and every `tune` worker derive the same name."""
+    return f"{model}-{fingerprint}"
+
+
 def run_study(
     name: str,
     X,
@@ -105,25 +151,30 @@ def run_study(
     cv,
     n_trials: int,
     timeout: float | None,
-    storage: str,
+    storage,
     study_name: str,
     seed: int = 0,
     n_jobs: int | None = None,
+    worker_id: int = 0,
 ) -> optuna.Study:
-    """Create or resume the study and run it until it holds ``n_trials`` finished trials (or times out).
+    """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
-    Trials finished by an earlier, interrupted run count towards ``n_trials``, so rerunning the same
-    command resumes rather than restarts.
+    Trials finished earlier (by an interrupted run, or by other workers on this or other machines that
+    share ``storage``) count towards ``n_trials``: rerunning resumes, and any number of workers fill one
+    study together. ``storage`` is a URL or an Optuna storage object.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(storage) if isinstance(storage, str) else storage
+    existing = _load_trials(storage, study_name)
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
         direction="maximize",
         load_if_exists=True,
-        # Seed offset by the trials already present: a resumed sampler must not replay the same draws.
+        # Seed offset by the trials already there and by the worker: a resumed or parallel sampler must
+        # not replay another's draws. The constant liar keeps parallel workers apart while trials run.
         sampler=optuna.samplers.TPESampler(
-            seed=seed + len(_load_trials(storage, study_name)), multivariate=True
+            seed=seed + len(existing) + 7919 * worker_id, multivariate=True, constant_liar=True
         ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     )
@@ -137,9 +188,11 @@ def run_study(
             n_trials=remaining,
             timeout=timeout,
             catch=(),
+            # other workers' trials count too: stop once the study as a whole is full
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
         )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        raise RuntimeError(
+        raise TuningError(
             f"study '{study_name}' has no completed trial (timeout {timeout}s too short, or every trial "
             "was pruned); raise --timeout or --n-trials"
         )
@@ -147,8 +200,116 @@ def run_study(
     return study
 
 
-def _load_trials(storage: str, study_name: str) -> list:
+def _load_trials(storage, study_name: str) -> list:
     try:
         return optuna.load_study(study_name=study_name, storage=storage).trials
     except KeyError:  # no such study yet
         return []
+
+
+def tune_worker(
+    cfg, model: str, worker_id: int = 0, study_name: str | None = None, heartbeat: int = 30
+) -> optuna.Study:
+    """One worker of the study the pipeline will use for ``model``: same data, folds and study name."""
+    from train.pipeline import prepare  # the pipeline's own data preparation, so the folds are identical
+
+    data = prepare(cfg)
+    name = study_name or study_name_for(model, cfg.fingerprint(data.info.sha256, model, SPACE_VERSION))
+    X_dev, y_dev = data.dev
+    return run_study(
+        model,
+        X_dev,
+        y_dev,
+        data.cv,
+        cfg.n_trials,
+        cfg.timeout or None,
+        make_storage(cfg.optuna_storage, heartbeat_interval=heartbeat),
+        name,
+        seed=cfg.seed,
+        n_jobs=cfg.n_jobs or None,
+        worker_id=worker_id,
+    )
+
+
+def _worker(args: tuple) -> tuple[int, int]:
+    cfg, model, worker_id, study_name, heartbeat = args
+    study = tune_worker(cfg, model, worker_id, study_name, heartbeat)
+    return worker_id, sum(t.state in FINISHED for t in study.trials)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tune`: join (or create) a model's study and fill it, with one or more local worker processes.
+
+    Run the same command on several machines with a shared ``--optuna-storage postgresql://...`` (give
+    each machine its own ``--worker-id``) and they fill one study; the pipeline, run afterwards with
+    the same data, label and fold options, finds the study full and uses it.
+    """
+    import argparse
+    import dataclasses
+    import multiprocessing
+    import os
+    import sys
+
+    from train.config import build_parser
+
+    parser = build_parser()
+    parser.prog = "python -m train.tune"
+    parser.description = main.__doc__.splitlines()[0]
+    parser.add_argument("--model", required=True, choices=list(SPACES), help="model family to tune")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--worker-id", type=int, default=0, help="distinct per machine: seeds its samplers")
+    parser.add_argument("--study-name", default="", help="override the derived study name")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between heartbeats; a dead worker's trial fails after 4",
+    )
+    args = parser.parse_args(argv)
+    extra = {k: getattr(args, k) for k in ("model", "processes", "worker_id", "study_name", "heartbeat")}
+    try:
+        from train.config import PipelineConfig
+
+        cfg = PipelineConfig(**{k: v for k, v in vars(args).items() if k not in extra})
+        if extra["processes"] < 1:
+            raise ValueError(f"--processes must be >= 1, got {extra['processes']}")
+        # Threads per fit: the cores of this machine shared by its worker processes (no oversubscription).
+        n_jobs = cfg.n_jobs or max(1, (os.cpu_count() or 1) // extra["processes"])
+        cfg = dataclasses.replace(cfg, n_jobs=n_jobs, optuna_storage=storage_url(cfg.optuna_storage))
+        jobs = [
+            (
+                cfg,
+                extra["model"],
+                extra["worker_id"] * 1000 + k,
+                extra["study_name"] or None,
+                extra["heartbeat"],
+            )
+            for k in range(extra["processes"])
+        ]
+        if len(jobs) == 1:
+            results = [_worker(jobs[0])]
+        else:
+            with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+                results = pool.map(_worker, jobs)
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, TuningError, argparse.ArgumentTypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"study for {extra['model']}: {max(n for _, n in results)} finished trials "
+        f"({len(results)} worker process(es), {cfg.n_jobs} thread(s) each) in {cfg.optuna_storage}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.exit(main())

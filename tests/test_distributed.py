@@ -1,0 +1,127 @@
+"""Distributed tuning: `python -m train.tune` workers in separate processes fill one Optuna study in a
+real PostgreSQL database (a throwaway one per test), a SIGKILLed worker loses at most the trial in
+flight, and the pipeline afterwards uses the finished study."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import make_regime_candles, tiny_config, write_csv
+from tests.servers import postgres_available, throwaway_database
+from train.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture
+def pg_storage():
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_database("cs_optuna") as url:
+        yield url.replace("postgresql+psycopg2://", "postgresql://")  # as a user writes it
+
+
+@pytest.fixture
+def candles_csv(tmp_path):
+    return write_csv(make_regime_candles(2600, seed=4), tmp_path / "candles.csv")
+
+
+def _tune(candles_csv, storage, *extra, n_trials=6):
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.tune",
+        "--model",
+        "lightgbm",
+        "--data",
+        candles_csv,
+        "--n-folds",
+        "3",
+        "--n-trials",
+        str(n_trials),
+        "--timeout",
+        "0",
+        "--n-jobs",
+        "1",
+        "--optuna-storage",
+        storage,
+        *extra,
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _only_study(storage):
+    url = storage.replace("postgresql://", "postgresql+psycopg2://")
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url)
+
+
+def test_two_workers_fill_one_study_without_duplicates(pg_storage, candles_csv):
+    workers = [_tune(candles_csv, pg_storage, "--worker-id", str(k)) for k in range(2)]
+    for proc in workers:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    study = _only_study(pg_storage)
+    finished = [t for t in study.trials if t.state in FINISHED]
+    # the study is full; a worker may finish the trial it had started when the other filled it
+    assert 6 <= len(finished) <= 7
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params)  # the two samplers did not propose the same trials
+
+
+def test_killed_worker_loses_at_most_the_trial_in_flight(pg_storage, candles_csv):
+    proc = _tune(candles_csv, pg_storage, "--heartbeat", "1", n_trials=200)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it has finished a couple of trials
+        try:
+            if sum(t.state in FINISHED for t in _only_study(pg_storage).trials) >= 2:
+                break
+        except ValueError:  # the study does not exist yet
+            pass
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = _only_study(pg_storage).trials
+    done_before = sum(t.state in FINISHED for t in before)
+    assert done_before >= 2 and len(before) - done_before <= 1
+    time.sleep(5)  # past the grace period of four 1-second heartbeats
+    rerun = _tune(candles_csv, pg_storage, "--heartbeat", "1", n_trials=done_before + 2)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    after = _only_study(pg_storage).trials
+    assert sum(t.state in FINISHED for t in after) == done_before + 2  # resumed, not restarted
+    assert [t.params for t in after[:done_before]] == [t.params for t in before[:done_before]]
+    # the trial that was running when the worker died is marked failed, not left running
+    assert not [t for t in after if t.state == optuna.trial.TrialState.RUNNING]
+    assert sum(t.state == optuna.trial.TrialState.FAIL for t in after) == len(before) - done_before
+
+
+def test_pipeline_uses_the_study_the_workers_filled(pg_storage, candles_csv, tmp_path, monkeypatch):
+    proc = _tune(candles_csv, pg_storage, "--processes", "2", n_trials=4)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "2 worker process(es), 1 thread(s) each" in out
+    n_before = len(_only_study(pg_storage).trials)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = run_pipeline(
+        tiny_config(candles_csv, tmp_path, "dist-model", n_trials=4, optuna_storage=pg_storage)
+    )
+    assert len(_only_study(pg_storage).trials) == n_before  # nothing re-tuned: the study was already full
+    tune_run = MlflowClient().search_runs(
+        [MlflowClient().get_run(summary["run_id"]).info.experiment_id], "tags.step = 'tune'"
+    )[0]
+    assert tune_run.data.tags["optuna_study"] == _only_study(pg_storage).study_name
+    assert tune_run.data.metrics["n_trials_complete"] + tune_run.data.metrics["n_trials_pruned"] >= 4

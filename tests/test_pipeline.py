@@ -103,7 +103,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     artifacts = {a.path for a in client.list_artifacts(ensemble_run.info.run_id)}
     assert {"gate_report.json", "holdout_metrics.json", "backtest.csv", "backtest.json"} <= artifacts
     # one self-contained report per pipeline run, with its plots; the gate report links to it
-    assert {"report.html", "plots", "gate_report.json", "config.json", "plan.json"} <= {
+    assert {"report.html", "plots", "gate_report.json", "config.json", "plan.json", "environment.json"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)
     }
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,19 +57,42 @@ def use_experiment() -> None:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    )
+    return out.stdout.strip()
+
+
 def git_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
+        return _git("rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def environment() -> dict:
+    """What produced a run, logged as ``environment.json``: code version (and whether the working tree
+    had uncommitted changes), Python, and the versions of the packages that shape the results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    packages = {}
+    for dist in ("mlflow", "optuna", "lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "numpy"):
+        try:
+            packages[dist] = version(dist)
+        except PackageNotFoundError:
+            packages[dist] = None
+    return {
+        "git_commit": git_commit(),
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+    }
 
 
 def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> str:

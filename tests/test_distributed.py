@@ -125,3 +125,54 @@ def test_pipeline_uses_the_study_the_workers_filled(pg_storage, candles_csv, tmp
     )[0]
     assert tune_run.data.tags["optuna_study"] == _only_study(pg_storage).study_name
     assert tune_run.data.metrics["n_trials_complete"] + tune_run.data.metrics["n_trials_pruned"] >= 4
+
+
+def test_interrupted_pipeline_leaves_no_running_runs(tmp_path, candles_csv):
+    """SIGTERM in the middle of tuning: the pipeline run and its open child run are ended (FAILED), not
+    left RUNNING, and the finished trials stay in the study."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="interrupt")
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.pipeline",
+        "--data",
+        candles_csv,
+        "--models",
+        "lightgbm",
+        "--n-folds",
+        "3",
+        "--n-trials",
+        "200",
+        "--timeout",
+        "0",
+        "--n-jobs",
+        "1",
+        "--optuna-storage",
+        storage,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    finished = 0
+    while time.monotonic() < deadline and finished < 2:
+        time.sleep(0.5)
+        try:
+            (summary,) = optuna.get_all_study_summaries(storage)
+            finished = sum(
+                t.state in FINISHED
+                for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+            )
+        except (ValueError, KeyError, Exception):  # storage or study not created yet
+            continue
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("interrupt").experiment_id])
+    assert {r.data.tags["mlflow.runName"].split()[0] for r in runs} == {"pipeline", "tune-lightgbm"}
+    assert {r.info.status for r in runs} == {"FAILED"}  # none left RUNNING
+    assert finished >= 2

@@ -666,7 +666,7 @@ def print_summary(s: dict) -> None:
 
 
 def terminate_as_interrupt(signum, frame) -> None:
-    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: open MLflow runs are ended as KILLED
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: open MLflow runs are ended (FAILED)
     and the Optuna trial in flight is marked FAILED, instead of both being left RUNNING."""
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 

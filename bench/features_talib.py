@@ -23,10 +23,7 @@ end before the last 10% of the data); ``differs`` otherwise, e.g. scattered rows
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import time
 from fractions import Fraction
@@ -38,20 +35,12 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine, write_result  # noqa: E402
 from features.data import load_builtin  # noqa: E402
 from features.indicators import FEATURE_SETS, compute_features  # noqa: E402
 
 BURN_INS = (0, 100, 500)
 REL_TOL = 1e-6
-
-
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def best_seconds(fn, repeats: int) -> tuple[float, list[float]]:
@@ -196,7 +185,6 @@ def main() -> int:
     agreement["bb_position"]["exact_referee"] = referee
 
     result = {
-        "date": time.strftime("%Y-%m-%d"),
         "machine": machine() | {"load_avg_1_5_15_at_start": load_before},
         "talib_version": talib_version,
         "rows": rows,
@@ -235,8 +223,7 @@ def main() -> int:
     )
     load_at_end = result["machine"]["load_avg_1_5_15"]
     print(f"\nload average (1/5/15 min) at start {load_before}, at end {load_at_end}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

@@ -18,9 +18,7 @@ recorded too. Skips with a message if PostgreSQL is unreachable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.common import machine, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -115,19 +115,12 @@ def main() -> int:
             f"({row['fold_fit_speedup_vs_first']:.2f}x)"
         )
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": cores,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "command": "python -m train.tune --model lightgbm --processes K --n-jobs max(1, cores // K) "
         f"--n-trials {args.n_trials} --timeout 0 --days {args.days} --optuna-storage <throwaway PostgreSQL>",
         "runs": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

@@ -11,9 +11,7 @@ documented 10-30 minutes and 2 GB.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.common import machine, write_result  # noqa: E402
 
 OLD_SYSTEM_SECONDS = (600, 1800)
 OLD_SYSTEM_MB = 2048
@@ -44,12 +44,7 @@ def main() -> int:
         wall = time.perf_counter() - start
     stages = summary["stages"]
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "config": cfg.to_dict(),
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": stages["peak_rss_mb"],
@@ -75,8 +70,7 @@ def main() -> int:
     print(
         f"memory: {result['peak_rss_mb'] / TARGET_MB:.2f}x the 2 GB target (old system: {OLD_SYSTEM_MB} MB)"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

@@ -32,9 +32,7 @@ second is rows / mean; the shares of ``pyfunc.predict`` spent on each part are r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,17 +44,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine, write_result  # noqa: E402
+
 MODEL_NAME = "crypto-signal-ensemble"
 QUICK = ["--n-trials", "3", "--timeout", "0"]
-
-
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def timed(paths: dict, repeats: int, warmup: int) -> dict:
@@ -213,7 +204,6 @@ def main() -> int:
                 os.chdir(cwd)
 
     result = {
-        "date": time.strftime("%Y-%m-%d"),
         "machine": machine() | {"load_avg_1_5_15_at_start": load_at_start},
         "training": training,
         **measured,
@@ -237,8 +227,7 @@ def main() -> int:
     load_at_end = result["machine"]["load_avg_1_5_15"]
     print(f"load average (1/5/15 min) at start {load_at_start}, at end {load_at_end}")
     print(f"wall {result['wall_seconds']} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

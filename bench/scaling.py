@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.common import machine, write_result  # noqa: E402
 
 PIPELINE_ARGS = ["--models", "lightgbm", "--n-trials", "4", "--timeout", "0", "--n-folds", "5"]
 MEAN_BLOCK = 48
@@ -168,21 +169,14 @@ def main() -> int:
             f"time x{growth[-1]['time_x']}, peak memory x{growth[-1]['memory_x']}"
         )
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "pipeline_args": PIPELINE_ARGS,
         "data": f"stationary block bootstrap (mean block {MEAN_BLOCK} bars, seed 0) of the builtin 30m bars, "
         "smaller sets are its prefixes; Parquet",
         "sizes": rows,
         "growth": growth,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

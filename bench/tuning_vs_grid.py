@@ -20,15 +20,15 @@ reaches the grid's best score, and its best within the budget.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.common import machine, write_result  # noqa: E402
 
 GRID = {
     "learning_rate": [0.03, 0.1, 0.3],
@@ -176,13 +176,7 @@ def main() -> int:
     )
 
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "data": {
             "source": "builtin",
             "timeframe": args.timeframe,
@@ -230,8 +224,7 @@ def main() -> int:
         else round(n_points * cfg.n_folds / reached_fits, 2),
         "verdict": verdict,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(args.out, result)
     return 0
 
 

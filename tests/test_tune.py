@@ -94,3 +94,24 @@ def test_fold_without_a_class_fails_loudly():
     study = optuna.create_study(direction="maximize")
     with pytest.raises(ValueError, match="no example of class"):
         study.optimize(make_objective("xgboost", X, y, cv, n_jobs=1), n_trials=1, catch=())
+
+
+def test_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path):
+    """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial with no
+    heartbeat; Optuna alone would keep it RUNNING for ever. Once older than the grace period it is failed
+    when a worker next starts a trial; a younger one (another worker's, still sampling) is left alone."""
+    import time
+
+    from train.tune import make_storage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    orphan = study.ask()  # created, never beaten: its worker "died" here
+    time.sleep(1.5)
+    young = study.ask()
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states == {
+        orphan.number: optuna.trial.TrialState.FAIL,
+        young.number: optuna.trial.TrialState.RUNNING,
+    }

@@ -13,6 +13,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,37 @@ def storage_url(url: str) -> str:
     return url
 
 
+class HeartbeatStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, also failing trials whose worker died before their first heartbeat.
+
+    Optuna only fails a RUNNING trial whose last heartbeat is older than the grace period; a worker
+    killed between creating a trial and its heartbeat thread's first beat (while the sampler draws the
+    trial's parameters) leaves a trial with no heartbeat at all, which would stay RUNNING forever.
+    Such a trial is stale once it started longer than the grace period ago: a live worker has beaten
+    by then. The start time is the creating worker's clock (in UTC), as Optuna writes it.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models  # Optuna's own table models (pinned version)
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import orm
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace)  # stored as naive UTC
+        with _create_scoped_session(self.scoped_session, True) as session:
+            never_beaten = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel._datetime_start_utc < cutoff)
+                .all()
+            )
+            stale += [t.trial_id for t in never_beaten if not t.heartbeats and t.trial_id not in stale]
+        return stale
+
+
 def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (even by SIGKILL) stops counting
     as running after ``grace_period`` seconds and is marked FAILED when any worker next starts, so a
@@ -126,7 +158,7 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | Non
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                return HeartbeatStorage(
                     storage_url(url),
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period or 4 * heartbeat_interval,

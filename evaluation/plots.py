@@ -206,7 +206,13 @@ def _xgb_feature(key: str, names: list[str]) -> str:
 
 
 def holdout_permutation_importance(
-    model, X: pd.DataFrame, y, seed: int = 0, n_repeats: int = 5, n_jobs: int = 1
+    model,
+    X: pd.DataFrame,
+    y,
+    seed: int = 0,
+    n_repeats: int = 5,
+    n_jobs: int = 1,
+    max_rows: int | None = 20_000,
 ) -> pd.DataFrame:
     """Drop in holdout macro-F1 when one feature's values are shuffled (index feature, columns mean, std).
 
@@ -215,20 +221,29 @@ def holdout_permutation_importance(
     computed here may feed back into a model, or the holdout stops being out of sample. Shuffling breaks
     the time order of a feature but keeps the other features' rows, so correlated features share their
     importance (each looks less important than the pair). Sorted by mean, largest first.
+
+    A holdout longer than ``max_rows`` is scored on ``max_rows`` of its rows drawn at random (seeded),
+    the same rows for the baseline and every shuffle, so the cost stops growing with the data (it was
+    29 s of a 77 s run at 100k candles); ``attrs["rows"]`` says how many were used. ``None``: all rows.
     """
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import make_scorer
 
     # macro_f1 is the gate's metric: labels 0, 1, 2 always, a class never predicted scores 0.
     scorer = make_scorer(macro_f1)
+    y = np.asarray(y)
+    if max_rows is not None and len(X) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(len(X), size=max_rows, replace=False))
+        X, y = X.iloc[rows], y[rows]
     result = permutation_importance(
-        model, X, np.asarray(y), scoring=scorer, n_repeats=n_repeats, random_state=seed, n_jobs=n_jobs
+        model, X, y, scoring=scorer, n_repeats=n_repeats, random_state=seed, n_jobs=n_jobs
     )
     out = pd.DataFrame(
         {"mean": result.importances_mean, "std": result.importances_std},
         index=pd.Index([str(c) for c in X.columns], name="feature"),
-    )
-    return out.sort_values("mean", ascending=False)
+    ).sort_values("mean", ascending=False)
+    out.attrs["rows"] = len(X)
+    return out
 
 
 def plot_importance(

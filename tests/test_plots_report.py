@@ -178,6 +178,27 @@ def test_permutation_importance_scores_macro_f1_over_all_three_classes():
     assert imp.loc["other", "mean"] == 0.0
 
 
+class CountingEcho(EchoColumn):
+    def predict(self, X):
+        self.largest_ = max(getattr(self, "largest_", 0), len(X))
+        return super().predict(X)
+
+
+def test_permutation_importance_on_a_long_holdout_scores_a_seeded_sample_of_rows():
+    rng = np.random.default_rng(1)
+    f = rng.integers(0, 2, 4000)
+    X = pd.DataFrame({"f": f, "other": rng.standard_normal(4000)})
+    model = CountingEcho().fit(X, f)
+    imp = holdout_permutation_importance(model, X, f, seed=0, n_repeats=3, max_rows=1000)
+    assert model.largest_ == 1000 and imp.attrs["rows"] == 1000
+    assert imp.loc["f", "mean"] == pytest.approx(1 / 3, abs=0.05)  # the sample still tells the same story
+    again = holdout_permutation_importance(CountingEcho().fit(X, f), X, f, seed=0, n_repeats=3, max_rows=1000)
+    pd.testing.assert_frame_equal(imp, again)
+    full = CountingEcho().fit(X, f)
+    assert holdout_permutation_importance(full, X, f, n_repeats=1, max_rows=None).attrs["rows"] == 4000
+    assert full.largest_ == 4000
+
+
 # ------------------------------------------------------------------------------------------------ optuna
 def _study(n_trials: int, model: str = "lightgbm") -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -426,7 +426,12 @@ def report(
         permutation = holdout_permutation_importance(ensemble, X_hold, y_hold, seed=cfg.seed, n_repeats=3)
         images.append(
             (
-                "Feature importance: gain per model, permutation (macro-F1 drop) on the holdout",
+                "Feature importance: gain per model, permutation (macro-F1 drop) on "
+                + (
+                    "the holdout"
+                    if permutation.attrs["rows"] == len(X_hold)
+                    else f"{permutation.attrs['rows']:,} random rows of the {len(X_hold):,}-row holdout"
+                ),
                 plot_importance(gain, permutation, plots / "feature_importance.png"),
             )
         )

@@ -32,6 +32,7 @@ __all__ = [
     "count_gaps",
     "infer_bar",
     "load_builtin",
+    "candles_sha256",
     "load_candles",
     "normalize_candles",
 ]
@@ -434,14 +435,41 @@ def load_builtin() -> pd.DataFrame:
     return normalize_candles(raw.rename(columns=_BUILTIN_COLUMNS))
 
 
+def candles_sha256(frame: pd.DataFrame) -> str:
+    """sha256 of the candles themselves (UTC timestamps in microseconds and the float64 OHLCV values),
+    independent of the file format they came in: equal digests mean the very same candles."""
+    h = hashlib.sha256()
+    h.update(frame.index.tz_convert("UTC").as_unit("us").asi8.tobytes())
+    h.update(np.ascontiguousarray(frame[list(OHLCV)].to_numpy("float64")).tobytes())
+    return h.hexdigest()
+
+
+def _download_artifact(uri: str) -> Path:
+    """A logged candle snapshot (``runs:/<run_id>/data/candles.parquet`` or any MLflow artifact URI),
+    downloaded from the tracking server into a temporary directory."""
+    import tempfile
+
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
+    except Exception as exc:  # MlflowException, OSError, connection errors: all mean "cannot get it"
+        raise DataError(
+            f"Could not download {uri!r} from the tracking server "
+            f"({mlflow.get_tracking_uri()}): {type(exc).__name__}: {exc}. Check the run id and path (the "
+            "pipeline logs its candles as runs:/<run_id>/data/candles.parquet) and MLFLOW_TRACKING_URI."
+        ) from exc
+
+
 def _read_file(path: Path) -> tuple[pd.DataFrame, str]:
     """Read a user CSV / CSV.gz / Parquet file; returns the raw frame and the sha256 of its bytes."""
     name = path.name.lower()
     kind = "parquet" if name.endswith(".parquet") else "csv" if name.endswith((".csv", ".csv.gz")) else None
     if kind is None:
         raise DataError(
-            f"Unsupported data file {str(path)!r}. Accepted: 'builtin', or a path to a .csv, .csv.gz or "
-            ".parquet file of candles."
+            f"Unsupported data file {str(path)!r}. Accepted: 'builtin', a path to a .csv, .csv.gz or "
+            ".parquet file of candles, exchange:<exchange>:<symbol>:<timeframe>, or a logged snapshot "
+            "runs:/<run_id>/data/candles.parquet."
         )
     if not path.is_file():
         raise DataError(
@@ -560,7 +588,8 @@ class DataInfo:
         def day_or_time(ts: pd.Timestamp) -> str:
             return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%d %H:%M")
 
-        name = self.source if self.source == "builtin" else Path(self.source).name
+        uri = self.source == "builtin" or re.match(r"^[a-z-]+:", self.source)  # exchange:, runs:/, ...
+        name = self.source if uri else Path(self.source).name
         gaps = (
             f"{self.gaps:,} missing bars (largest gap {_fmt_td(self.largest_gap)})"
             if self.gaps
@@ -576,7 +605,12 @@ class DataInfo:
 def load_candles(
     data: str | os.PathLike[str] = "builtin", timeframe: str | None = None, days: int | None = None
 ) -> tuple[pd.DataFrame, DataInfo]:
-    """Load candles ("builtin" or a .csv / .csv.gz / .parquet path), keep the last ``days``, resample.
+    """Load candles, keep the last ``days``, resample.
+
+    ``data`` is "builtin", a .csv / .csv.gz / .parquet path, ``exchange:<exchange>:<symbol>:<timeframe>``
+    (fetched through ccxt into the local cache, see :mod:`features.exchange`; ``days`` then also says how
+    much history to fetch), or an MLflow artifact URI of a logged snapshot such as
+    ``runs:/<run_id>/data/candles.parquet`` (the exact candles a pipeline run trained on).
 
     ``days`` keeps rows with ``index > last - days``. ``timeframe`` is a fixed pandas alias ("1h", "4h",
     "15min", "1d"; "30m" means 30 minutes) that must be a whole multiple of the native bar; bins are
@@ -594,6 +628,15 @@ def load_candles(
 
     if isinstance(data, str) and data == "builtin":
         frame, source, digest = load_builtin(), "builtin", BUILTIN_SHA256
+    elif isinstance(data, str) and data.startswith("exchange:"):
+        from features.exchange import fetch_candles, parse_spec
+
+        fetched = fetch_candles(parse_spec(data), days=days)
+        frame, source = fetched.candles, data
+        digest = candles_sha256(frame)
+    elif isinstance(data, str) and re.match(r"^(runs|models|mlflow-artifacts):/", data):
+        raw, digest = _read_file(_download_artifact(data))
+        frame, source = normalize_candles(raw), data
     else:
         path = Path(data).expanduser().resolve()
         raw, digest = _read_file(path)

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluation.evaluate import main as evaluate_main
+from features.data import DataError, candles_sha256, load_candles
 from models.predict import main as predict_main
 from models.registry import PRODUCTION
 from tests.helpers import make_candles, make_regime_candles, tiny_config, write_csv
@@ -143,6 +144,19 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
         k: v for k, v in metrics.items() if k.startswith(("backtest_", "buyhold_"))
     }
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["candles"]
+    # the run's artifacts rebuild the exact candles it trained on, whatever happens to the source later
+    used, _ = load_candles(learnable)
+    original = Path(learnable).read_bytes()
+    write_csv(make_candles(3000, seed=99), learnable)  # the source file is overwritten afterwards
+    snapshot_uri = f"runs:/{run.info.run_id}/data/candles.parquet"
+    assert run.data.tags["data_snapshot"] == snapshot_uri
+    rebuilt, rebuilt_info = load_candles(snapshot_uri)
+    pd.testing.assert_frame_equal(rebuilt, used)
+    assert candles_sha256(rebuilt) == run.data.tags["data_candles_sha256"] == candles_sha256(used)
+    assert rebuilt_info.source == snapshot_uri
+    Path(learnable).write_bytes(original)  # restore: the model is served and evaluated on it below
+    with pytest.raises(DataError, match="Could not download"):
+        load_candles(f"runs:/{run.info.run_id}/data/missing.parquet")
     version = client.get_model_version("test-model", "1")
     assert version.tags["gate"] == "passed" and float(version.tags["holdout_macro_f1"]) > 0.6
 

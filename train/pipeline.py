@@ -233,7 +233,7 @@ def prepare(cfg: PipelineConfig) -> Prepared:
 def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
     """Tags, parameters, configuration, plan and dataset of the pipeline run; returns the data digest."""
     info = data.info
-    source = "builtin" if info.source == "builtin" else Path(info.source).name
+    source = info.describe().split(": ", 1)[0]  # builtin, a file's name, exchange:..., runs:/...
     mlflow.set_tag(
         "mlflow.runName",
         f"pipeline {source} {cfg.timeframe or str(info.bar)} {cfg.features} "
@@ -248,7 +248,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
             "data_sha256": info.sha256,
         }
     )
-    tracking.log_params_once(cfg.to_dict())
+    tracking.log_candles_snapshot(data.candles, info)
     mlflow.log_dict(cfg.to_dict(), "config.json")
     mlflow.log_dict(data.plan, "plan.json")
     mlflow.log_dict(tracking.environment(), "environment.json")

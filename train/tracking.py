@@ -105,6 +105,48 @@ def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> st
     return dataset.digest
 
 
+SNAPSHOT_PATH = "data/candles.parquet"
+
+
+def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
+    """Log the exact candles a run uses as ``data/candles.parquet`` plus ``data/snapshot.json`` (source,
+    exchange/symbol/timeframe for exchange data, time range, digests) and tag the run with them.
+
+    ``data=runs:/<run_id>/data/candles.parquet`` loads these candles again, identical to the last bit
+    (``candles_sha256`` proves it), however the source has changed since (an exchange's cache grows, a
+    CSV is overwritten). Returns that URI.
+    """
+    import tempfile
+
+    from features.data import candles_sha256
+
+    run = mlflow.active_run()
+    digest = candles_sha256(candles)
+    snapshot = {
+        **info.to_dict(),
+        "candles_sha256": digest,
+        "uri": f"runs:/{run.info.run_id}/{SNAPSHOT_PATH}",
+    }
+    if info.source.startswith("exchange:"):
+        _, exchange, symbol, timeframe = info.source.split(":", 3)
+        snapshot.update(exchange=exchange, symbol=symbol, exchange_timeframe=timeframe)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(SNAPSHOT_PATH).name
+        candles.to_parquet(path)
+        mlflow.log_artifact(str(path), str(Path(SNAPSHOT_PATH).parent))
+    mlflow.log_dict(snapshot, str(Path(SNAPSHOT_PATH).with_name("snapshot.json")))
+    mlflow.set_tags(
+        {
+            "data_candles_sha256": digest,
+            "data_snapshot": snapshot["uri"],
+            "data_start": snapshot["start"],
+            "data_end": snapshot["end"],
+            **{f"data_{k}": snapshot[k] for k in ("exchange", "symbol") if k in snapshot},
+        }
+    )
+    return snapshot["uri"]
+
+
 def log_params_once(params: dict) -> None:
     """Log params not logged yet: under `mlflow run` the launcher has already logged its own spelling
     of each MLproject parameter (e.g. "90" for 90.0), and MLflow refuses to change a logged param."""

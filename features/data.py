@@ -631,8 +631,8 @@ def load_candles(
     elif isinstance(data, str) and data.startswith("exchange:"):
         from features.exchange import fetch_candles, parse_spec
 
-        fetched = fetch_candles(parse_spec(data), days=days)
-        frame, source = fetched.candles, data
+        spec = parse_spec(data)
+        frame, source = fetch_candles(spec, days=days).candles, str(spec)
         digest = candles_sha256(frame)
     elif isinstance(data, str) and re.match(r"^(runs|models|mlflow-artifacts):/", data):
         raw, digest = _read_file(_download_artifact(data))

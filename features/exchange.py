@@ -217,11 +217,36 @@ def _fixed_length(timeframe: str) -> bool:
 # Exchange and retries
 
 
+CCXT_CONFIG_ENV = "CRYPTO_SIGNALS_CCXT_CONFIG"
+
+
+def _env_config() -> dict[str, Any]:
+    text = os.environ.get(CCXT_CONFIG_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{CCXT_CONFIG_ENV} is not valid JSON ({exc}); give a JSON object, e.g. "
+            "'{\"timeout\": 60000}', or unset it."
+        ) from exc
+    if not isinstance(config, dict):
+        raise DataError(f"{CCXT_CONFIG_ENV} must be a JSON object of ccxt settings, got {text!r}.")
+    return config
+
+
 def make_exchange(spec: ExchangeSpec, config: dict[str, Any] | None = None) -> Any:
-    """The ccxt exchange for ``spec`` with the throttler on and a finite timeout; ``config`` overrides."""
+    """The ccxt exchange for ``spec`` with the throttler on and a finite timeout.
+
+    ``config`` (or, when it is None, the JSON object in ``$CRYPTO_SIGNALS_CCXT_CONFIG``) overrides
+    ccxt's settings, deep-merged by ccxt into the exchange's own: e.g. ``{"timeout": 60000}``,
+    ``{"httpsProxy": "http://proxy:3128"}`` or ``{"urls": {"api": {"public": "..."}}}`` for a mirror.
+    """
     import ccxt
 
-    settings = {"enableRateLimit": True, "timeout": DEFAULT_TIMEOUT_MS} | dict(config or {})
+    extra = _env_config() if config is None else dict(config)
+    settings = {"enableRateLimit": True, "timeout": DEFAULT_TIMEOUT_MS} | extra
     return getattr(ccxt, spec.exchange)(settings)
 
 
@@ -691,7 +716,10 @@ def main(
     )
     parser.add_argument("--data", required=True, help=f"the series: {_SPEC_FORMAT}")
     parser.add_argument(
-        "--days", type=int, default=None, help="history to keep fetched, in days (default: update the cache)"
+        "--days",
+        type=int,
+        default=None,
+        help="history to keep fetched, in days (default, or 0: update the cache)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -715,8 +743,8 @@ def main(
         exchange = exchange_factory(spec) if exchange_factory is not None else None
         result = fetch_candles(
             spec,
-            days=args.days,
-            cache_dir=args.cache_dir,
+            days=args.days or None,  # 0 (MLproject's default) = update what the cache has
+            cache_dir=args.cache_dir or None,
             exchange=exchange,
             retry=RetryPolicy(args.attempts, args.retry_delay),
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
 from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "crypto-signals"
@@ -95,11 +96,45 @@ def environment() -> dict:
     }
 
 
+class CandleSource(DatasetSource):
+    """Where candles came from when MLflow has no source type for it: ``exchange:<ex>:<symbol>:<tf>``
+    (fetched through ccxt) or a logged snapshot ``runs:/<run_id>/data/candles.parquet``."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "candles"
+
+    def load(self) -> pd.DataFrame:
+        from features.data import load_candles
+
+        return load_candles(self.uri)[0]
+
+    @staticmethod
+    def _can_resolve(raw_source) -> bool:
+        return isinstance(raw_source, str) and raw_source.startswith(("exchange:", "runs:/"))
+
+    @classmethod
+    def _resolve(cls, raw_source) -> CandleSource:
+        return cls(raw_source)
+
+    def to_dict(self) -> dict:
+        return {"uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict) -> CandleSource:
+        return cls(source_dict["uri"])
+
+
 def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> str:
     """Log a dataset input (schema, profile, digest; not the rows) and return its digest."""
     with warnings.catch_warnings():
         # MLflow guesses a source type from the string and warns that a local path fits two of its kinds.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        if CandleSource._can_resolve(source):
+            source = CandleSource(source)
         dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
@@ -128,8 +163,10 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
         "uri": f"runs:/{run.info.run_id}/{SNAPSHOT_PATH}",
     }
     if info.source.startswith("exchange:"):
-        _, exchange, symbol, timeframe = info.source.split(":", 3)
-        snapshot.update(exchange=exchange, symbol=symbol, exchange_timeframe=timeframe)
+        from features.exchange import parse_spec
+
+        spec = parse_spec(info.source)
+        snapshot.update(exchange=spec.exchange, symbol=spec.symbol, exchange_timeframe=spec.timeframe)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(SNAPSHOT_PATH).name
         candles.to_parquet(path)

@@ -6,6 +6,9 @@ ccxt talks to the bitbank replay server on 127.0.0.1 (``tests.replay``) through 
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -20,6 +23,7 @@ from tests.replay import ReplayServer
 from train.pipeline import main, run_pipeline
 
 DATA = "exchange:bitbank:BTC/JPY:15m"
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -103,3 +107,20 @@ def test_an_exchange_failure_stops_the_run_before_anything_is_logged(exchange, t
     assert main(["--data", DATA, "--days", "40"]) == 1
     assert "bitbank" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
+    """`mlflow run . -e fetch` as the weekly job runs it: MLproject's parameters reach the command."""
+    _, truth = exchange
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)  # the CLI refuses it beside --experiment-name
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "fetch", "--env-manager", "local"]
+    cmd += ["--experiment-name", "fetch", "-P", f"data={DATA}", "-P", "days=3"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    cached = pd.read_parquet(tmp_path / "cache" / "bitbank" / "BTC-JPY" / "15m.parquet")
+    cached = cached.set_index("timestamp")
+    assert cached.index[-1] == truth.index[-1]
+    span = cached.index[-1] - cached.index[0]  # days=3 reached the command
+    assert abs(span - pd.Timedelta(days=3)) <= pd.Timedelta(hours=1), span
+    pd.testing.assert_frame_equal(cached, truth.loc[cached.index], check_freq=False, check_index_type=False)

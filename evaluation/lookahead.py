@@ -1,13 +1,15 @@
 """Look-ahead bias analysis: recompute features and labels on truncated histories and report any change.
 
-    python -m evaluation.lookahead --data builtin --features all --cuts 50 [--output lookahead.md]
+    python -m evaluation.lookahead --data builtin --features all --cuts 50 [--context-timeframe 4h]
+        [--output lookahead.md]
 
 The check freqtrade's ``lookahead-analysis`` popularised: a feature is causal only if its value at bar t
 is the same whether the data ends at t or runs on for years. For each cut point c ("the data ends at bar
 c") every feature set is recomputed on ``candles.iloc[:c + 1]`` and compared with the features of the
 full history at **every** row <= c (not just the last few: recomputing dominates the cost, the comparison
 is a vectorised pass, and a whole 35k-row builtin run takes a few seconds). A value that differs is
-look-ahead: it depended on bars after c.
+look-ahead: it depended on bars after c. With ``--context-timeframe`` the higher-timeframe ``ctx_*``
+columns of ``features.context`` are checked the same way, beside the 15 base features.
 
 Labels look ahead by design (the label at t uses bars t+1 .. t+horizon), so their rule is: on the data
 ending at c, labels at rows <= c - horizon equal the full-history labels, and rows > c - horizon are NaN
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.context import context_label, feature_function
 from features.data import DataError, load_candles
 from features.indicators import FEATURE_SETS, compute_features, warmup_bars
 from features.labels import make_labels
@@ -215,11 +218,11 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 def _declared_warmup(feature_set: str, full: pd.DataFrame) -> int:
-    """Leading NaN rows: the set's declared warm-up if it has one, else the one observed in ``full``."""
-    if feature_set in FEATURE_SETS:
-        return warmup_bars(feature_set)
+    """Leading NaN rows: the set's declared warm-up, or the one observed in ``full`` if that is later
+    (higher-timeframe context columns start later than the base set declares)."""
     complete = full.notna().all(axis=1).to_numpy()
-    return int(np.argmax(complete)) if complete.any() else len(full)
+    observed = int(np.argmax(complete)) if complete.any() else len(full)
+    return max(warmup_bars(feature_set), observed) if feature_set in FEATURE_SETS else observed
 
 
 def choose_cuts(n_rows: int, cuts: int, warmup: int, horizon: int, seed: int = 0) -> list[int]:
@@ -428,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--features", default="all", help=f"'all' or a comma list from {', '.join(FEATURE_SETS)}"
     )
+    parser.add_argument(
+        "--context-timeframe",
+        dest="context_timeframe",
+        default="",
+        help="also check the ctx_* features on this coarser timeframe, e.g. 4h ('' = none)",
+    )
     parser.add_argument("--cuts", type=_whole, default=50, help="number of cut points (default 50)")
     parser.add_argument("--horizon", type=_whole, default=6, help="label horizon in bars")
     parser.add_argument("--threshold", type=float, default=0.005, help="label threshold")
@@ -445,8 +454,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.cuts < 1:
             raise ValueError(f"cuts must be >= 1, got {args.cuts}")
         sets = _feature_sets(args.features)
+        context_label(args.context_timeframe)  # a malformed value fails before any file is read
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
         # Module globals looked up at call time, so a test can monkeypatch a leaking function in.
+        compute = compute_features
+        if args.context_timeframe.strip():
+            compute = feature_function(args.context_timeframe, info.bar)
         report = analyse(
             candles,
             sets,
@@ -454,7 +467,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             horizon=args.horizon,
             threshold=args.threshold,
             vol_window=args.vol_window,
-            compute=compute_features,
+            compute=compute,
             seed=args.seed,
             labels=make_labels,
         )

@@ -13,7 +13,8 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from features.indicators import compute_features, warmup_bars
+from features.context import compute_model_features, context_label, min_history_bars
+from features.data import infer_bar
 from features.labels import CLASS_NAMES, make_labels
 
 MIN_ROWS = 2000
@@ -60,14 +61,19 @@ def build_dataset(
     threshold: float = 0.005,
     vol_window: int = 0,
     min_rows: int = MIN_ROWS,
+    context_timeframe: str | None = None,
 ) -> Dataset:
     """Compute features and labels and keep the rows where all of them are defined.
 
+    ``context_timeframe`` (e.g. "4h") appends the ``ctx_*`` columns of ``features.context`` to the 15
+    base features; their longer warm-up removes more leading rows.
+
     Raises ``InsufficientDataError`` when fewer than ``min_rows`` rows remain, and ``ValueError`` when a
-    NaN appears in the middle of the data (non-contiguous rows) or a class is absent.
+    NaN appears in the middle of the data (non-contiguous rows) or a class is absent (``DataError``, a
+    ``ValueError``, when the context timeframe does not fit the candles' bar).
     """
     min_rows = _check_min_rows(min_rows)
-    features = compute_features(candles, feature_set)
+    features = compute_model_features(candles, feature_set, context_timeframe)
     labels = make_labels(candles["close"], horizon, threshold, vol_window)
     n = len(candles)
 
@@ -83,16 +89,20 @@ def build_dataset(
     else:
         # Nothing usable: report what warm-up and horizon would cost (the label's volatility window
         # needs vol_window past returns, which can exceed the indicator warm-up).
-        lost_head = min(n, max(warmup_bars(feature_set), vol_window))
+        bar = infer_bar(candles.index) if context_label(context_timeframe) else None
+        warmup = min_history_bars(feature_set, context_timeframe, bar) - 1
+        lost_head = min(n, max(warmup, vol_window))
         lost_tail = n - lost_head
 
     if len(positions) < min_rows:
+        context = context_label(context_timeframe)
         raise InsufficientDataError(
             f"only {len(positions)} usable rows from {n} candles, need at least {min_rows}: "
             f"{lost_head} rows were lost to indicator warm-up (feature_set={feature_set!r}"
+            f"{f', context_timeframe={context!r}' if context else ''}"
             f"{f', vol_window={vol_window}' if vol_window else ''}) and {lost_tail} to the label horizon "
-            f"(horizon={horizon}). Load more history (a larger `days`), use a smaller `timeframe`, "
-            f"or use a different data file."
+            f"(horizon={horizon}). Load more history (a larger `days`), use a smaller `timeframe`"
+            f"{', a shorter `context_timeframe`' if context else ''}, or use a different data file."
         )
 
     bars = np.arange(first, last + 1, dtype=np.int64)

@@ -13,8 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.data import count_gaps, infer_bar, normalize_candles
-from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
 from features.labels import CLASS_NAMES
 
 NOT_READY = "insufficient_history"
@@ -38,18 +38,38 @@ def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
 
 
 class SignalModel(PythonModel):
-    """Wraps a fitted ensemble with the feature set and bar size it was trained on."""
+    """Wraps a fitted ensemble with the feature set, context timeframe and bar size it was trained on."""
 
-    def __init__(self, ensemble, feature_set: str, bar: pd.Timedelta, metadata: dict | None = None):
+    def __init__(
+        self,
+        ensemble,
+        feature_set: str,
+        bar: pd.Timedelta,
+        metadata: dict | None = None,
+        context_timeframe: str | None = None,
+    ):
         self.ensemble = ensemble
         self.feature_set = feature_set
         self.bar = pd.Timedelta(bar)
         self.metadata = dict(metadata or {})
+        self.context_timeframe = context_timeframe or None
+        if self.context_timeframe:
+            check_context(self.context_timeframe, self.bar)  # refuse a model it could never serve
+
+    @property
+    def _context(self) -> str | None:
+        # Models pickled before context features existed have no such attribute: no context.
+        return getattr(self, "context_timeframe", None)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The ensemble's input columns, in order: 15 base features, then any ``ctx_*`` ones."""
+        return feature_names(self.feature_set, self._context)
 
     @property
     def min_history(self) -> int:
-        """Candles needed before the first row that gets a signal."""
-        return warmup_bars(self.feature_set) + 1
+        """Candles a window needs so that its last row gets a signal, wherever the window starts."""
+        return min_history_bars(self.feature_set, self._context, self.bar)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
@@ -72,7 +92,8 @@ class SignalModel(PythonModel):
                     f"resample the candles to {self.bar} before calling predict"
                 )
             count_gaps(candles.index, bar)
-        features = compute_features(candles, self.feature_set)[list(FEATURE_NAMES)]
+        features = compute_model_features(candles, self.feature_set, self._context, bar=self.bar)
+        features = features[self.feature_names]
         ready = features.notna().all(axis=1).to_numpy()
         proba = np.full((len(candles), len(CLASS_NAMES)), np.nan)
         if ready.any():

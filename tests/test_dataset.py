@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.context import compute_model_features, feature_names
 from features.dataset import MIN_ROWS, Dataset, InsufficientDataError, build_dataset
 from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
 from features.labels import make_labels
@@ -35,6 +36,18 @@ def test_row_accounting_and_alignment(candles: pd.DataFrame, feature_set: str, h
     # The candles are passed through untouched.
     assert ds.candles is candles
     pd.testing.assert_frame_equal(candles, original)
+
+
+def test_context_columns_follow_the_base_ones_and_move_the_head() -> None:
+    candles = make_candles(1200, seed=7, freq="15min")
+    ds = build_dataset(candles, horizon=6, threshold=0.003, min_rows=100, context_timeframe="1h")
+    assert list(ds.X.columns) == feature_names("default", "1h") and len(ds.X.columns) == 30
+    # The 1h set's warm-up is 49 hour bars; the 49th is complete at the 15m bar opening 49h45m in.
+    first = 49 * 4 + 3
+    np.testing.assert_array_equal(ds.bars, np.arange(first, len(candles) - 6))
+    pd.testing.assert_frame_equal(ds.X, compute_model_features(candles, "default", "1h").iloc[first:-6])
+    with pytest.raises(InsufficientDataError, match=r"202 rows were lost .*context_timeframe='1h'"):
+        build_dataset(candles.iloc[:202], context_timeframe="1h")
 
 
 def test_volatility_window_longer_than_warmup_sets_the_head(candles: pd.DataFrame) -> None:

@@ -231,6 +231,14 @@ def test_cli_passes_on_a_small_csv_and_writes_the_report(csv_path: Path, tmp_pat
     assert out.read_text(encoding="utf-8") == captured.out
 
 
+def test_cli_checks_the_context_features_when_asked(csv_path: Path, capsys):
+    argv = ["--data", str(csv_path), "--cuts", "10", "--features", "seed15", "--context-timeframe", "2h"]
+    assert lookahead.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "| rsi_14 |" in out
+    assert all(f"| ctx_2h_{name} |" in out for name in FEATURE_NAMES)
+
+
 def test_cli_fails_and_names_the_leaking_column(csv_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(lookahead, "compute_features", leaking("donchian_high_20", next_close))
     assert lookahead.main(["--data", str(csv_path), "--cuts", "10", "--features", "default"]) == 1
@@ -284,6 +292,7 @@ def test_mlproject_entry_point_mirrors_the_cli(csv_path: Path, capsys):
         "timeframe": "",
         "days": 0,
         "features": "all",
+        "context_timeframe": "",
         "cuts": 50,
         "horizon": 6,
         "threshold": 0.005,

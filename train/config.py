@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from evaluation.backtest import MODES
+from features.context import context_label, parse_context_timeframe
+from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
 
@@ -21,6 +23,7 @@ class PipelineConfig:
     threshold: float = 0.005
     vol_window: int = 0
     features: str = "default"
+    context_timeframe: str = ""
     n_trials: int = 12
     timeout: float = 90.0
     models: str = ",".join(MODEL_NAMES)
@@ -67,6 +70,10 @@ class PipelineConfig:
             if not ok:
                 raise ValueError(f"{message}; got {self._value_for(message)}")
         check_model_names(self.model_list)
+        try:
+            parse_context_timeframe(self.context_timeframe)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None  # the message names context_timeframe and the fix
 
     def _value_for(self, message: str) -> str:
         name = message.split(" ", 1)[0]
@@ -98,6 +105,9 @@ class PipelineConfig:
             "model": model,
             "space_version": space_version,
         }
+        if self.context_timeframe.strip():
+            # Only when set, so studies without context keep their names; "4h" and "240min" are one study.
+            payload["context_timeframe"] = context_label(self.context_timeframe)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -118,6 +128,8 @@ HELP = {
     "threshold": "label threshold: fraction (fixed mode) or multiple of sigma*sqrt(horizon) (vol mode)",
     "vol_window": "0 = fixed threshold; N>=2 = scale the threshold by the volatility of the last N bars",
     "features": f"feature set: {', '.join(FEATURE_SETS)}",
+    "context_timeframe": "also feed the same indicators computed on this coarser timeframe, e.g. 4h, as "
+    "ctx_4h_* columns; a whole multiple >= 2 of the bar ('' = none)",
     "n_trials": "finished Optuna trials per model study (an interrupted study resumes up to this)",
     "timeout": "seconds of tuning per model (0 = no limit)",
     "models": f"comma list from {', '.join(MODEL_NAMES)}",

@@ -41,6 +41,7 @@ from evaluation.plots import (
     plot_reliability,
 )
 from evaluation.report import write_report
+from features.context import context_label, feature_function
 from features.data import DataError, DataInfo, load_candles
 from features.dataset import Dataset, InsufficientDataError, build_dataset
 from features.labels import CLASS_NAMES
@@ -162,6 +163,11 @@ def score_champion(name: str, data: Prepared, cfg: PipelineConfig):
     note = ""
     if tags.get("features", cfg.features) != cfg.features:
         note = f"production uses the '{tags['features']}' feature set, this candidate '{cfg.features}'"
+    theirs, ours = tags.get("context_timeframe", ""), context_label(cfg.context_timeframe)
+    if theirs != ours:
+        note += ("; " if note else "") + (
+            f"production uses context timeframe '{theirs or 'none'}', this candidate '{ours or 'none'}'"
+        )
     return version, macro_f1(data.ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
 
 
@@ -224,7 +230,14 @@ class Evaluation:
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
-    ds = build_dataset(candles, cfg.features, cfg.horizon, cfg.threshold, cfg.vol_window)
+    ds = build_dataset(
+        candles,
+        cfg.features,
+        cfg.horizon,
+        cfg.threshold,
+        cfg.vol_window,
+        context_timeframe=cfg.context_timeframe or None,
+    )
     split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
     cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)
     return Prepared(candles, info, ds, split, cv, describe_plan(cfg, info, ds, split, cv))
@@ -446,6 +459,7 @@ def report(
             horizon=cfg.horizon,
             threshold=cfg.threshold,
             vol_window=cfg.vol_window,
+            compute=feature_function(cfg.context_timeframe or None, data.info.bar),
             seed=cfg.seed,
         )
         changed = sum(c.changed for cols in lookahead.counts.values() for c in cols.values())
@@ -501,8 +515,11 @@ def register(
         ensemble,
         cfg.features,
         info.bar,
+        context_timeframe=cfg.context_timeframe or None,
         metadata={
             "feature_set": cfg.features,
+            "context_timeframe": context_label(cfg.context_timeframe),
+            "feature_names": list(data.ds.X.columns),
             "bar": str(info.bar),
             "horizon": cfg.horizon,
             "threshold": cfg.threshold,
@@ -538,6 +555,7 @@ def register(
         "baseline_name": gate.baseline_name,
         "gate_failed_checks": ",".join(gate.failed_checks()),
         "features": cfg.features,
+        "context_timeframe": context_label(cfg.context_timeframe),
         "horizon": cfg.horizon,
         "threshold": cfg.threshold,
         "vol_window": cfg.vol_window,

@@ -1,0 +1,247 @@
+"""Higher-timeframe context: the same indicators computed on coarser candles, aligned without look-ahead.
+
+The old system read 4h indicators beside its 15m ones. ``compute_model_features(candles, feature_set,
+"4h")`` returns the 15 base features of ``features.indicators`` followed by the same 15 indicators
+computed on 4h candles, named ``ctx_4h_<name>`` (``ctx_4h_rsi_14`` ...).
+
+Binning
+    Context candles are built exactly as ``features.data.load_candles`` resamples: bins closed and
+    labelled on the left, anchored at the Unix epoch (so a 4h bin always starts at 00:00, 04:00 ...
+    UTC, wherever the candles start). A leading bin that lacks some of its base candles (the data, or a
+    bot's window, starts inside it) is dropped, because its open/volume would differ from the complete
+    bin that training saw; so is a trailing one (it is still forming, and never visible anyway).
+    Interior bins left short by a gap in the data are kept, as ``load_candles`` keeps them: they hold
+    real trades, and dropping them would only lengthen the gap.
+
+Alignment
+    A base candle with open time t closes at t + bar, and its features use candles opened at <= t. A
+    context bin with open time T covers base candles [T, T + ctx) and closes at T + ctx: it is complete
+    once the base candle opened at T + ctx - bar has closed. Base row t therefore sees the latest
+    context bin with T + ctx - bar <= t (an as-of join on that "available at" time). At 15m / 1h, rows
+    00:00 .. 00:30 see the 23:00 bin and row 00:45 (closing at 01:00) sees the 00:00 bin. Across a gap
+    in the data a row sees the last complete bin before it, however old (never a later one).
+
+Rows without a complete context history are NaN, so ``min_history_bars`` candles guarantee a complete
+last row wherever a window starts (see there). The whole module never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import pandas as pd
+
+from features.data import OHLCV, DataError, _fmt_td, _parse_timeframe, _resample, infer_bar
+from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
+
+__all__ = [
+    "CONTEXT_PREFIX",
+    "align_to_base",
+    "check_context",
+    "compute_model_features",
+    "context_features",
+    "context_label",
+    "context_names",
+    "feature_function",
+    "feature_names",
+    "min_history_bars",
+    "parse_context_timeframe",
+    "resample_context",
+]
+
+CONTEXT_PREFIX = "ctx"
+
+
+def parse_context_timeframe(context_timeframe: str | pd.Timedelta | None) -> pd.Timedelta | None:
+    """Length of a context timeframe ("4h", "1d", "240min" ...); ``None`` or ``""`` means no context.
+
+    Raises :class:`features.data.DataError` for text that is not a fixed-length timeframe.
+    """
+    if context_timeframe is None:
+        return None
+    if isinstance(context_timeframe, pd.Timedelta):
+        length = context_timeframe
+    elif isinstance(context_timeframe, str):
+        if not context_timeframe.strip():
+            return None
+        try:
+            length = _parse_timeframe(context_timeframe)[1]
+        except DataError as exc:
+            raise DataError(f"context_timeframe: {exc} Or leave it empty for no context features.") from exc
+    else:
+        raise DataError(
+            f"context_timeframe must be a string such as '4h' (or empty for none), got {context_timeframe!r}."
+        )
+    if length <= pd.Timedelta(0):
+        raise DataError(f"context_timeframe must be longer than zero, got {context_timeframe!r}.")
+    return length
+
+
+def context_label(context_timeframe: str | pd.Timedelta | None) -> str:
+    """Canonical short form of a context timeframe ("4h" for "4h", "240min" or "4 hours"); "" for none."""
+    length = parse_context_timeframe(context_timeframe)
+    return "" if length is None else _fmt_td(length)
+
+
+def context_names(context_timeframe: str | pd.Timedelta | None) -> list[str]:
+    """The 15 context column names, e.g. ``ctx_4h_rsi_14`` (none without context).
+
+    Every spelling of one duration gives the same names, so a model trained with "240min" serves "4h".
+    """
+    label = context_label(context_timeframe)
+    return [f"{CONTEXT_PREFIX}_{label}_{name}" for name in FEATURE_NAMES] if label else []
+
+
+def feature_names(
+    feature_set: str = "default", context_timeframe: str | pd.Timedelta | None = None
+) -> list[str]:
+    """Columns of :func:`compute_model_features`: the 15 base names, then the context names if any."""
+    warmup_bars(feature_set)  # validates the feature set
+    return list(FEATURE_NAMES) + context_names(context_timeframe)
+
+
+def check_context(context_timeframe: str | pd.Timedelta, bar: pd.Timedelta) -> int:
+    """Base candles per context bin; DataError unless the context is a whole multiple >= 2 of ``bar``."""
+    length = parse_context_timeframe(context_timeframe)
+    if length is None:
+        raise DataError("check_context needs a context timeframe, got none.")
+    bar = pd.Timedelta(bar)
+    if bar <= pd.Timedelta(0):
+        raise DataError(f"The candles' bar must be positive, got {bar}.")
+    shown = f"context_timeframe {context_timeframe!r} ({_fmt_td(length)})"
+    fix = (
+        f"Use a whole multiple of {_fmt_td(bar)} of at least twice it (e.g. {_fmt_td(2 * bar)} or "
+        f"{_fmt_td(8 * bar)}), or leave context_timeframe empty for no context features."
+    )
+    if length <= bar:
+        raise DataError(
+            f"{shown} is not coarser than the candles' {_fmt_td(bar)} bars, so it adds no context. {fix}"
+        )
+    if length % bar != pd.Timedelta(0):
+        raise DataError(
+            f"{shown} is not a whole multiple of the candles' {_fmt_td(bar)} bars, so its bins would hold "
+            f"uneven numbers of candles. {fix}"
+        )
+    return int(length // bar)
+
+
+def min_history_bars(
+    feature_set: str = "default",
+    context_timeframe: str | pd.Timedelta | None = None,
+    bar: pd.Timedelta | None = None,
+) -> int:
+    """Candles a gap-free window needs so that its last row has every feature, wherever it starts.
+
+    Without context: ``warmup_bars + 1``. With m base candles per context bin, the context set needs
+    ``warmup_bars + 1`` complete bins; a window may start one bar after a bin boundary (losing m - 1
+    candles to the dropped partial bin), and the last complete bin becomes visible at its last base
+    candle: ``(warmup_bars + 2) * m - 1`` candles in the worst case.
+    """
+    w = warmup_bars(feature_set)
+    if parse_context_timeframe(context_timeframe) is None:
+        return w + 1
+    if bar is None:
+        raise ValueError("min_history_bars needs the candles' bar size when a context timeframe is set")
+    m = check_context(context_timeframe, bar)
+    return max(w + 1, (w + 2) * m - 1)
+
+
+def _check_index(candles: pd.DataFrame) -> pd.DatetimeIndex:
+    index = candles.index
+    if not isinstance(index, pd.DatetimeIndex):
+        raise DataError(
+            f"Context features need candles indexed by open time (a DatetimeIndex), got "
+            f"{type(index).__name__}. Load them with features.data.load_candles / normalize_candles."
+        )
+    if not (index.is_monotonic_increasing and index.is_unique):
+        raise DataError(
+            "Context features need strictly increasing, unique candle timestamps. "
+            "Pass the candles through features.data.normalize_candles first."
+        )
+    return index
+
+
+def resample_context(
+    candles: pd.DataFrame, context_timeframe: str | pd.Timedelta, bar: pd.Timedelta
+) -> pd.DataFrame:
+    """Context candles indexed by bin open time: epoch-anchored bins, partial edge bins dropped."""
+    _check_index(candles)
+    m = check_context(context_timeframe, bar)
+    length = pd.Timedelta(bar) * m
+    if len(candles) == 0:
+        return candles.loc[:, list(OHLCV)].astype("float64")
+    return _resample(candles.loc[:, list(OHLCV)], length, pd.Timedelta(bar))
+
+
+def align_to_base(
+    values: pd.DataFrame, available_at: pd.DatetimeIndex, index: pd.DatetimeIndex
+) -> pd.DataFrame:
+    """For each time in ``index``, the row of ``values`` with the latest ``available_at`` <= that time.
+
+    ``values`` is one row per context bin in time order and ``available_at`` the time from which each
+    row may be used; rows of ``index`` before the first available time get NaN. Vectorised as-of join.
+    """
+    if len(values) != len(available_at):
+        raise ValueError(f"values has {len(values)} rows but available_at has {len(available_at)}")
+    # One key dtype on both sides (the unit of a DatetimeIndex can differ between pandas builds).
+    left = pd.DataFrame({"_at": pd.DatetimeIndex(index).as_unit("ns")})
+    right = values.reset_index(drop=True).assign(_at=pd.DatetimeIndex(available_at).as_unit("ns"))
+    merged = pd.merge_asof(left, right, on="_at", direction="backward", allow_exact_matches=True)
+    out = merged.drop(columns="_at")
+    out.index = index
+    return out.loc[:, list(values.columns)].astype("float64")
+
+
+def context_features(
+    candles: pd.DataFrame,
+    feature_set: str,
+    context_timeframe: str | pd.Timedelta,
+    bar: pd.Timedelta,
+) -> pd.DataFrame:
+    """The 15 indicators on context candles, one row per base candle, each from the latest complete bin."""
+    index = _check_index(candles)
+    names = context_names(context_timeframe)
+    bins = resample_context(candles, context_timeframe, bar)
+    if len(bins) == 0:
+        return pd.DataFrame(float("nan"), index=index, columns=names)
+    values = compute_features(bins, feature_set)
+    values.columns = names
+    length = parse_context_timeframe(context_timeframe)
+    # A bin opened at T is complete when the base candle opened at T + ctx - bar has closed.
+    available_at = bins.index + (length - pd.Timedelta(bar))
+    return align_to_base(values, available_at, index)
+
+
+def compute_model_features(
+    candles: pd.DataFrame,
+    feature_set: str = "default",
+    context_timeframe: str | pd.Timedelta | None = None,
+    bar: pd.Timedelta | None = None,
+) -> pd.DataFrame:
+    """The model's inputs: ``compute_features`` plus, with a context timeframe, its ``ctx_*`` columns.
+
+    ``bar`` is the candles' bar size; inferred from the index when omitted (pass it for windows of
+    fewer than 2 candles). Raises DataError when the context is not a whole multiple >= 2 of the bar.
+    Row t uses candles opened at <= t only, like ``compute_features``.
+    """
+    base = compute_features(candles, feature_set)
+    if parse_context_timeframe(context_timeframe) is None:
+        return base
+    if bar is None:
+        bar = infer_bar(_check_index(candles))
+    return pd.concat([base, context_features(candles, feature_set, context_timeframe, bar)], axis=1)
+
+
+def feature_function(
+    context_timeframe: str | pd.Timedelta | None, bar: pd.Timedelta | None
+) -> Callable[[pd.DataFrame, str], pd.DataFrame]:
+    """``compute(candles, feature_set)`` with the context fixed, as ``evaluation.lookahead.analyse`` takes it.
+
+    ``bar`` is fixed too, so a truncated history of one candle (where no bar can be inferred) works.
+    """
+    if parse_context_timeframe(context_timeframe) is None:
+        return compute_features
+    if bar is not None:
+        check_context(context_timeframe, bar)  # fail here, not inside the first computation
+    return functools.partial(compute_model_features, context_timeframe=context_timeframe, bar=bar)

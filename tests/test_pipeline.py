@@ -91,6 +91,9 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
 
     run = client.get_run(first["run_id"])
     assert run.data.tags["gate"] == "passed" and run.data.tags["model_version"] == "1"
+    # every setting is a run param, so runs can be compared side by side in the UI
+    assert run.data.params["models"] == "lightgbm,random_forest" and run.data.params["n_trials"] == "3"
+    assert set(PipelineConfig.__dataclass_fields__) <= set(run.data.params)
     assert run.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
     assert run.data.metrics["baseline_macro_f1"] == pytest.approx(max(first["baselines"].values()))
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")

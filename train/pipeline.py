@@ -262,6 +262,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
         }
     )
     tracking.log_candles_snapshot(data.candles, info)
+    tracking.log_params_once(cfg.to_dict())
     mlflow.log_dict(cfg.to_dict(), "config.json")
     mlflow.log_dict(data.plan, "plan.json")
     mlflow.log_dict(tracking.environment(), "environment.json")

@@ -21,7 +21,7 @@ For each input, after a few warm-up rounds that are not counted, it times ``--*-
 * ``pyfunc.predict``: everything a bot waits for: MLflow's schema enforcement, candle validation, bar and
   gap check, feature computation, the ensemble, the output frame;
 * ``SignalModel.predict_candles``: the same without MLflow's schema enforcement;
-* ``compute_features``: the features alone;
+* ``compute_features``: the features alone (with the context features for a model trained with them);
 * ``ensemble.predict_proba``: the soft-voting ensemble alone, on the already computed feature rows,
   and each of its models alone.
 
@@ -120,7 +120,11 @@ def bench(uri: str, args) -> dict:
     signal_model = model.unwrap_python_model()
     # The very functions predict_candles calls (the module that defines the loaded model's class).
     code = sys.modules[type(signal_model).__module__]
-    compute_features, feature_names = code.compute_features, list(code.FEATURE_NAMES)
+    feature_names = list(signal_model.feature_names)
+    context = getattr(signal_model, "context_timeframe", None)
+
+    def compute_features(candles, feature_set):  # base features, plus the context ones if the model has them
+        return code.compute_model_features(candles, feature_set, context, bar=signal_model.bar)
 
     ensemble = signal_model.ensemble
     estimators = ensemble.named_estimators_
@@ -168,6 +172,7 @@ def bench(uri: str, args) -> dict:
         "model_uri": uri,
         "load_seconds": round(load_seconds, 2),
         "feature_set": signal_model.feature_set,
+        "context_timeframe": context,
         "models": {m: type(e).__name__ for m, e in estimators.items()},
         "model_n_jobs": {m: getattr(e, "n_jobs", None) for m, e in estimators.items()},
         "n_estimators": {m: getattr(e, "n_estimators", None) for m, e in estimators.items()},

@@ -47,6 +47,7 @@ def exchange(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "exchange")
         monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # another test's run may have set it
         mlflow.set_tracking_uri(uri)
         yield server, truth
         mlflow.set_tracking_uri(None)
@@ -113,7 +114,11 @@ def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
     """`mlflow run . -e fetch` as the weekly job runs it: MLproject's parameters reach the command."""
     _, truth = exchange
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)  # the CLI refuses it beside --experiment-name
+    for var in (
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+    ):  # the CLI refuses them beside --experiment-name
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "fetch", "--env-manager", "local"]
     cmd += ["--experiment-name", "fetch", "-P", f"data={DATA}", "-P", "days=3"]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -91,3 +95,12 @@ def tiny_config(data: str, tmp, model_name: str, **overrides):
         n_jobs=1,
     )
     return PipelineConfig(**(settings | overrides))
+
+
+def mlflow_cli_env() -> dict[str, str]:
+    """Environment for running the `mlflow` CLI as a user would, from this venv: its bin first on PATH,
+    and no MLFLOW_EXPERIMENT_NAME / _ID (`mlflow run` refuses them beside --experiment-name)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(var, None)
+    return env

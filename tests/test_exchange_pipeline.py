@@ -6,7 +6,6 @@ ccxt talks to the bitbank replay server on 127.0.0.1 (``tests.replay``) through 
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from features.data import candles_sha256, load_candles
 from features.exchange import main as fetch_main
-from tests.helpers import make_regime_candles, tiny_config
+from tests.helpers import make_regime_candles, mlflow_cli_env, tiny_config
 from tests.replay import ReplayServer
 from train.pipeline import main, run_pipeline
 
@@ -113,12 +112,7 @@ def test_an_exchange_failure_stops_the_run_before_anything_is_logged(exchange, t
 def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
     """`mlflow run . -e fetch` as the weekly job runs it: MLproject's parameters reach the command."""
     _, truth = exchange
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for var in (
-        "MLFLOW_EXPERIMENT_NAME",
-        "MLFLOW_EXPERIMENT_ID",
-    ):  # the CLI refuses them beside --experiment-name
-        env.pop(var, None)
+    env = mlflow_cli_env()
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "fetch", "--env-manager", "local"]
     cmd += ["--experiment-name", "fetch", "-P", f"data={DATA}", "-P", "days=3"]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ from evaluation.evaluate import main as evaluate_main
 from features.data import DataError, candles_sha256, load_candles
 from models.predict import main as predict_main
 from models.registry import PRODUCTION
-from tests.helpers import make_candles, make_regime_candles, tiny_config, write_csv
+from tests.helpers import make_candles, make_regime_candles, mlflow_cli_env, tiny_config, write_csv
 from train.config import PipelineConfig
 from train.pipeline import main, run_pipeline
 
@@ -261,12 +261,7 @@ def test_mlflow_run_smoke(store):
     client = MlflowClient()
     client.create_experiment("smoke", artifact_location=(store / "artifacts").as_uri())
     data = write_csv(make_regime_candles(2600, seed=4), store / "smoke.csv")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for var in (
-        "MLFLOW_EXPERIMENT_NAME",
-        "MLFLOW_EXPERIMENT_ID",
-    ):  # the CLI refuses them beside --experiment-name
-        env.pop(var, None)
+    env = mlflow_cli_env()
     cmd = [
         sys.executable,
         "-m",

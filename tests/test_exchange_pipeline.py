@@ -59,6 +59,9 @@ def test_fetch_then_train_on_exchange_candles_and_rebuild_them_from_the_run(exch
     cache = tmp_path / "cache" / "bitbank" / "BTC-JPY" / "15m.parquet"
     assert cache.is_file()
     assert not (tmp_path / "mlflow.db").exists()  # fetching tracks and trains nothing
+    # the cache file is itself a candle file: workers tuning one study can all read this fixed copy
+    from_file, _ = load_candles(str(cache))
+    pd.testing.assert_frame_equal(from_file, truth.loc[from_file.index], check_freq=False)
     fetched = len(server.requests)
 
     summary = run_pipeline(tiny_config(DATA, tmp_path, "exchange-model", days=40))

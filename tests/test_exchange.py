@@ -291,7 +291,7 @@ def test_requests_are_throttled_at_the_rate_limit(server, tmp_path):
     "inject, times",
     [
         (lambda s: s.rate_limit(day_path(2), times=2), 2),
-        (lambda s: s.timeout(day_path(2), times=1, delay=1.0), 1),
+        (lambda s: s.timeout(day_path(2), times=1, delay=3.0), 1),
         (lambda s: s.server_error(day_path(2), times=2, status=502), 2),
         (lambda s: s.exchange_error(day_path(2), code=10005, times=1), 1),  # bitbank's JSON "timeout"
         (lambda s: s.garbage(day_path(2), times=1), 1),  # not mistaken for a day without trades
@@ -300,7 +300,9 @@ def test_requests_are_throttled_at_the_rate_limit(server, tmp_path):
 )
 def test_transient_errors_are_retried(server, truth, tmp_path, inject, times):
     inject(server)
-    exchange = connect(server, timeout=400)
+    # 1.5 s: far above a local answer even on a loaded machine (an extra retry would break the counts
+    # below), far below the timeout fault's 3 s
+    exchange = connect(server, timeout=1500)
     result = fetch(server, tmp_path, days=5, exchange=exchange)
     assert_candles(result.candles, window(truth, NOW, 5))
     assert server.candle_paths().count(day_path(2)) == 1 + times

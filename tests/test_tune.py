@@ -104,10 +104,10 @@ def test_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path):
 
     from train.tune import make_storage
 
-    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(study_name="s", storage=storage)
     orphan = study.ask()  # created, never beaten: its worker "died" here
-    time.sleep(1.5)
+    time.sleep(3.5)  # the orphan is now past the grace period; the next trial is 3 s short of it
     young = study.ask()
     optuna.storages.fail_stale_trials(study)
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}

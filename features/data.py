@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ __all__ = [
     "OHLCV",
     "DataError",
     "DataInfo",
+    "candles_sha256",
     "count_gaps",
     "infer_bar",
     "load_builtin",
-    "candles_sha256",
     "load_candles",
     "normalize_candles",
 ]
@@ -444,15 +445,13 @@ def candles_sha256(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def _download_artifact(uri: str) -> Path:
+def _download_artifact(uri: str, directory: str) -> Path:
     """A logged candle snapshot (``runs:/<run_id>/data/candles.parquet`` or any MLflow artifact URI),
-    downloaded from the tracking server into a temporary directory."""
-    import tempfile
-
+    downloaded from the tracking server into ``directory``."""
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=directory))
     except Exception as exc:  # MlflowException, OSError, connection errors: all mean "cannot get it"
         raise DataError(
             f"Could not download {uri!r} from the tracking server "
@@ -634,8 +633,9 @@ def load_candles(
         spec = parse_spec(data)
         frame, source = fetch_candles(spec, days=days).candles, str(spec)
         digest = candles_sha256(frame)
-    elif isinstance(data, str) and re.match(r"^(runs|models|mlflow-artifacts):/", data):
-        raw, digest = _read_file(_download_artifact(data))
+    elif isinstance(data, str) and re.match(r"^(runs|mlflow-artifacts):/", data):
+        with tempfile.TemporaryDirectory() as tmp:  # _read_file reads the whole file into memory
+            raw, digest = _read_file(_download_artifact(data, tmp))
         frame, source = normalize_candles(raw), data
     else:
         path = Path(data).expanduser().resolve()

@@ -436,6 +436,12 @@ def load_builtin() -> pd.DataFrame:
     return normalize_candles(raw.rename(columns=_BUILTIN_COLUMNS))
 
 
+# Sources that are not file paths: exchange candles (features.exchange) and logged run snapshots.
+EXCHANGE_PREFIX = "exchange:"
+SNAPSHOT_PREFIXES = ("runs:/", "mlflow-artifacts:/")
+URI_PREFIXES = (EXCHANGE_PREFIX, *SNAPSHOT_PREFIXES)
+
+
 def candles_sha256(frame: pd.DataFrame) -> str:
     """sha256 of the candles themselves (UTC timestamps in microseconds and the float64 OHLCV values),
     independent of the file format they came in: equal digests mean the very same candles."""
@@ -587,7 +593,7 @@ class DataInfo:
         def day_or_time(ts: pd.Timestamp) -> str:
             return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%d %H:%M")
 
-        uri = self.source == "builtin" or re.match(r"^[a-z-]+:", self.source)  # exchange:, runs:/, ...
+        uri = self.source == "builtin" or self.source.startswith(URI_PREFIXES)
         name = self.source if uri else Path(self.source).name
         gaps = (
             f"{self.gaps:,} missing bars (largest gap {_fmt_td(self.largest_gap)})"
@@ -627,13 +633,13 @@ def load_candles(
 
     if isinstance(data, str) and data == "builtin":
         frame, source, digest = load_builtin(), "builtin", BUILTIN_SHA256
-    elif isinstance(data, str) and data.startswith("exchange:"):
+    elif isinstance(data, str) and data.startswith(EXCHANGE_PREFIX):
         from features.exchange import fetch_candles, parse_spec
 
         spec = parse_spec(data)
         frame, source = fetch_candles(spec, days=days).candles, str(spec)
         digest = candles_sha256(frame)
-    elif isinstance(data, str) and re.match(r"^(runs|mlflow-artifacts):/", data):
+    elif isinstance(data, str) and data.startswith(SNAPSHOT_PREFIXES):
         with tempfile.TemporaryDirectory() as tmp:  # _read_file reads the whole file into memory
             raw, digest = _read_file(_download_artifact(data, tmp))
         frame, source = normalize_candles(raw), data

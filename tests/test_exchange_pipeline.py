@@ -126,3 +126,30 @@ def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
     span = cached.index[-1] - cached.index[0]  # days=3 reached the command
     assert abs(span - pd.Timedelta(days=3)) <= pd.Timedelta(hours=1), span
     pd.testing.assert_frame_equal(cached, truth.loc[cached.index], check_freq=False, check_index_type=False)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        DATA,
+        "runs:/0123456789abcdef/data/candles.parquet",
+        "mlflow-artifacts:/1/abc/artifacts/data/candles.parquet",
+    ],
+)
+def test_every_non_path_source_load_candles_accepts_is_logged_as_a_candles_dataset(
+    tmp_path, monkeypatch, source
+):
+    from train.tracking import log_dataset
+
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=mlflow.set_experiment("datasets").experiment_id) as run:
+            log_dataset(make_regime_candles(50, seed=1), "candles", source, "candles")
+        (logged,) = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+        assert logged.dataset.source_type == "candles" and json.loads(logged.dataset.source) == {
+            "uri": source
+        }
+    finally:
+        mlflow.set_tracking_uri(None)

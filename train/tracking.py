@@ -98,7 +98,8 @@ def environment() -> dict:
 
 class CandleSource(DatasetSource):
     """Where candles came from when MLflow has no source type for it: ``exchange:<ex>:<symbol>:<tf>``
-    (fetched through ccxt) or a logged snapshot ``runs:/<run_id>/data/candles.parquet``."""
+    (fetched through ccxt) or a logged snapshot (``runs:/<run_id>/data/candles.parquet``, or its
+    ``mlflow-artifacts:/`` form): the non-path sources ``features.data.load_candles`` accepts."""
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -114,7 +115,9 @@ class CandleSource(DatasetSource):
 
     @staticmethod
     def _can_resolve(raw_source) -> bool:
-        return isinstance(raw_source, str) and raw_source.startswith(("exchange:", "runs:/"))
+        from features.data import URI_PREFIXES
+
+        return isinstance(raw_source, str) and raw_source.startswith(URI_PREFIXES)
 
     @classmethod
     def _resolve(cls, raw_source) -> CandleSource:
@@ -153,7 +156,7 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
     """
     import tempfile
 
-    from features.data import candles_sha256
+    from features.data import EXCHANGE_PREFIX, candles_sha256
 
     run = mlflow.active_run()
     digest = candles_sha256(candles)
@@ -162,7 +165,7 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
         "candles_sha256": digest,
         "uri": f"runs:/{run.info.run_id}/{SNAPSHOT_PATH}",
     }
-    if info.source.startswith("exchange:"):
+    if info.source.startswith(EXCHANGE_PREFIX):
         from features.exchange import parse_spec
 
         spec = parse_spec(info.source)

@@ -76,7 +76,7 @@ def main() -> int:
     from models.base import build_model
     from train import tune
     from train.config import PipelineConfig
-    from train.pipeline import prepare
+    from train.prepare import prepare
 
     cfg = PipelineConfig(timeframe=args.timeframe, days=args.days, models="lightgbm", seed=args.seed)
     data = prepare(cfg)

@@ -22,7 +22,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-MODES: tuple[str, ...] = ("long_short", "long_only")
+from models.policy import MODES, DecisionPolicy, net_returns
+
 HOLDS: tuple[str, ...] = ("flat", "keep")
 SIGNAL_CODES: dict[str, int] = {"sell": 0, "hold": 1, "buy": 2}
 YEAR = pd.Timedelta(days=365.25)  # crypto trades around the clock, every day of the year
@@ -201,12 +202,7 @@ def _bars_per_year(candles: pd.DataFrame, bar: pd.Timedelta | None) -> float:
 
 def _positions(codes: np.ndarray, config: BacktestConfig) -> np.ndarray:
     """Signal codes -> positions in {-1, 0, +1} under the configured mode and hold rule."""
-    sell = -1.0 if config.mode == "long_short" else 0.0
-    pos = np.select([codes == 2, codes == 0], [1.0, sell], default=np.nan)
-    if config.hold == "flat":
-        return np.nan_to_num(pos, nan=0.0)
-    # keep: carry the last buy/sell position forward; holds before the first decision are flat.
-    return pd.Series(pos).ffill().fillna(0.0).to_numpy()
+    return DecisionPolicy(mode=config.mode, on_hold=config.hold).positions_from_actions(codes)
 
 
 def compute_metrics(returns: np.ndarray, position: np.ndarray, bars_per_year: float) -> dict[str, float]:
@@ -283,7 +279,7 @@ def backtest(
         )
     period_return = exit_ / entry - 1.0
     cost = config.cost
-    returns_arr = position * period_return - cost * np.abs(np.diff(position, prepend=0.0))
+    returns_arr = net_returns(position, period_return, cost)
     bench_arr = period_return.copy()
     bench_arr[0] -= cost  # the benchmark buys once, at the first period's open
 

@@ -24,13 +24,14 @@ def macro_f1(y_true, y_pred) -> float:
     return float(f1_score(y_true, y_pred, average="macro", labels=LABELS, zero_division=0))
 
 
-def classification_metrics(y_true, proba: np.ndarray) -> dict:
+def classification_metrics(y_true, proba: np.ndarray, y_pred=None) -> dict:
     """Macro-F1, accuracy, log loss, per-class precision/recall/F1 and the confusion matrix.
 
-    ``proba`` has one column per class in ``CLASS_NAMES`` order; the prediction is its argmax.
+    ``proba`` has one column per class in ``CLASS_NAMES`` order; the prediction is its argmax unless
+    ``y_pred`` is given (baselines whose call is not the most probable class, e.g. a random direction).
     """
     y_true = np.asarray(y_true)
-    y_pred = np.asarray(proba).argmax(axis=1)
+    y_pred = np.asarray(proba).argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=LABELS, zero_division=0
     )
@@ -66,6 +67,21 @@ def baseline_predictions(y_train, n_rows: int, seed: int) -> dict[str, np.ndarra
     return out
 
 
+def block_bootstrap_indices(n: int, block: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Row indices of ``n_boot`` moving-block bootstrap resamples of ``n`` rows, shape (n_boot, n).
+
+    Each resample strings together random runs of ``block`` consecutive rows (clipped to [1, n]), which
+    keeps the autocorrelation of overlapping label windows and of held positions.
+    """
+    if n < 1:
+        raise ValueError("cannot bootstrap zero rows")
+    block = int(max(1, min(block, n)))
+    rng = np.random.default_rng(seed)
+    n_blocks = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))
+    return (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+
+
 def block_bootstrap_gain(
     y_true, y_pred, y_ref, block: int, n_boot: int = 500, seed: int = 0
 ) -> tuple[float, float]:
@@ -75,12 +91,7 @@ def block_bootstrap_gain(
     the gain is > 0, 5th percentile of the gain).
     """
     y_true, y_pred, y_ref = (np.asarray(a, dtype=np.int64) for a in (y_true, y_pred, y_ref))
-    n = len(y_true)
-    block = int(max(1, min(block, n)))
-    rng = np.random.default_rng(seed)
-    n_blocks = -(-n // block)
-    starts = rng.integers(0, n - block + 1, size=(n_boot, n_blocks))
-    idx = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+    idx = block_bootstrap_indices(len(y_true), block, n_boot, seed)
     k = len(LABELS)
 
     def boot_macro_f1(pred: np.ndarray) -> np.ndarray:

@@ -129,6 +129,12 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         return self
 
     @property
+    def oof_proba_(self) -> np.ndarray:
+        """The blended out-of-fold class probabilities on rows ``oof_index_`` (what the weights saw)."""
+        check_is_fitted(self, "oof_probas_")
+        return np.tensordot(self.weights_, np.stack(list(self.oof_probas_.values())), axes=1)
+
+    @property
     def named_weights_(self) -> dict[str, float]:
         check_is_fitted(self)
         return {name: float(w) for (name, _), w in zip(self.estimators, self.weights_, strict=True)}

@@ -16,9 +16,10 @@ from mlflow.pyfunc import PythonModel
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.data import count_gaps, infer_bar, normalize_candles
 from features.labels import CLASS_NAMES
+from models.policy import DecisionPolicy
 
 NOT_READY = "insufficient_history"
-OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready")
+OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position")
 
 
 class InvalidCandles(MlflowException, ValueError):
@@ -47,8 +48,10 @@ class SignalModel(PythonModel):
         bar: pd.Timedelta,
         metadata: dict | None = None,
         context_timeframe: str | None = None,
+        policy: DecisionPolicy | None = None,
     ):
         self.ensemble = ensemble
+        self.policy = policy or DecisionPolicy()
         self.feature_set = feature_set
         self.bar = pd.Timedelta(bar)
         self.metadata = dict(metadata or {})
@@ -60,6 +63,11 @@ class SignalModel(PythonModel):
     def _context(self) -> str | None:
         # Models pickled before context features existed have no such attribute: no context.
         return getattr(self, "context_timeframe", None)
+
+    @property
+    def _policy(self) -> DecisionPolicy:
+        # Models pickled before decision policies existed acted on the argmax class, flat on hold.
+        return getattr(self, "policy", None) or DecisionPolicy(on_hold="flat")
 
     @property
     def feature_names(self) -> list[str]:
@@ -82,6 +90,11 @@ class SignalModel(PythonModel):
 
         Rows with too little history get ``ready=False``, ``signal='insufficient_history'``,
         ``label=-1`` and NaN probabilities: they are marked, never guessed.
+
+        ``signal``/``label`` are the most probable class; ``action`` is what the decision policy does
+        (``buy``/``sell`` only when confident enough, else ``hold``) and ``position`` (-1/0/+1) the
+        position it holds after the candle, from the window's actions starting flat: the backtest that
+        gated this model traded exactly these. Rows without history are flat.
         """
         candles = normalize_candles(model_input)
         if len(candles) >= 2:
@@ -100,6 +113,12 @@ class SignalModel(PythonModel):
             proba[ready] = self.ensemble.predict_proba(features[ready])
         label = np.where(ready, np.nan_to_num(proba).argmax(axis=1), -1).astype(np.int64)
         names = np.asarray(CLASS_NAMES + (NOT_READY,), dtype=object)
+        policy = self._policy
+        action = np.full(len(candles), -1, dtype=np.int64)
+        position = np.zeros(len(candles), dtype=np.int64)
+        if ready.any():
+            action[ready] = policy.actions(proba[ready])
+            position[ready] = policy.positions_from_actions(action[ready]).astype(np.int64)
         return pd.DataFrame(
             {
                 # MLflow's schema enforcement only accepts timezone-naive datetimes: naive UTC out, as in.
@@ -110,5 +129,7 @@ class SignalModel(PythonModel):
                 "p_hold": proba[:, 1],
                 "p_buy": proba[:, 2],
                 "ready": ready,
+                "action": names[action],
+                "position": position,
             }
         ).reset_index(drop=True)

@@ -53,6 +53,58 @@ def make_regime_candles(
     return candles_from_returns(log_ret, rng, start, freq, vol)
 
 
+def make_flow_signal_candles(
+    n: int,
+    seed: int = 17,
+    persistence: float = 0.5,
+    trend: float = 0.004,
+    vol: float = 0.002,
+    flow: float = 1.0,
+    start: str = "2024-01-01",
+    freq: str = "30min",
+) -> pd.DataFrame:
+    """Candles with a planted, tradable directional signal that price-only rules cannot see.
+
+    A hidden down / flat / up drift (kept from bar to bar with probability ``persistence``) moves each
+    bar's close by ``trend`` × drift plus noise, and the volume traded in the bar *before* reveals it
+    (log volume shifts by ``flow`` × the next bar's drift), as order flow often leads price. A model
+    that reads volume predicts the next bars; the momentum, reversal and volatility baselines see only
+    prices, where the drift leaves little trace ahead of time.
+    """
+    rng = np.random.default_rng(seed)
+    switch = rng.random(n + 1) > persistence
+    draws = rng.integers(-1, 2, n + 1)
+    last_switch = np.maximum.accumulate(np.where(switch, np.arange(n + 1), 0))
+    drift = draws[last_switch]  # drift[t] moves bar t; volume of bar t shows drift[t + 1]
+    log_ret = drift[:n] * trend + vol * rng.standard_normal(n)
+    frame = candles_from_returns(log_ret, rng, start, freq, vol)
+    frame["volume"] *= np.exp(flow * drift[1:])
+    return frame
+
+
+def make_volatility_regime_candles(
+    n: int,
+    seed: int = 13,
+    persistence: float = 0.99,
+    calm: float = 0.0008,
+    stormy: float = 0.006,
+    start: str = "2024-01-01",
+    freq: str = "30min",
+) -> pd.DataFrame:
+    """Candles whose volatility switches between calm and stormy regimes and whose direction is i.i.d.
+
+    Each bar keeps its regime with probability ``persistence``. Returns are zero-mean normal with the
+    regime's standard deviation: whether a bar ends as `hold` is predictable from trailing volatility,
+    its direction is not. A model can beat "majority" and "stratified" here without any tradable edge.
+    """
+    rng = np.random.default_rng(seed)
+    switch = rng.random(n) > persistence
+    regime = np.cumsum(switch) % 2  # 0 calm, 1 stormy, alternating at each switch
+    sigma = np.where(regime == 1, stormy, calm)
+    log_ret = sigma * rng.standard_normal(n)
+    return candles_from_returns(log_ret, rng, start, freq, calm)
+
+
 def candles_from_returns(
     log_ret: np.ndarray, rng: np.random.Generator, start: str, freq: str, vol: float
 ) -> pd.DataFrame:

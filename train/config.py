@@ -7,11 +7,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from evaluation.backtest import MODES
 from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
+from models.policy import MODES, ON_HOLD
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,12 @@ class PipelineConfig:
     gate_min_f1: float = 0.36
     gate_margin: float = 0.02
     gate_confidence: float = 0.95
-    gate_min_dsr: float = 0.0
+    gate_min_dsr: float = 0.95
+    gate_economic: bool = True
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
     backtest_mode: str = "long_short"
+    on_hold: str = "keep"
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
 
@@ -58,10 +60,13 @@ class PipelineConfig:
             (self.timeout >= 0, "timeout must be >= 0 seconds (0 = no limit)"),
             (self.n_folds >= 2, "n_folds must be >= 2"),
             (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
-            (0 <= self.gate_confidence < 1, "gate_confidence must be in [0, 1)"),
+            (0 <= self.gate_min_f1 <= 1, "gate_min_f1 must be a macro-F1 in [0, 1]"),
+            (0 <= self.gate_margin < 1, "gate_margin must be in [0, 1)"),
+            (0.5 <= self.gate_confidence < 1, "gate_confidence must be a probability in [0.5, 1)"),
             (0 <= self.gate_min_dsr < 1, "gate_min_dsr must be in [0, 1) (0 = off)"),
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
             (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
+            (self.on_hold in ON_HOLD, f"on_hold must be one of {list(ON_HOLD)}"),
             (self.fee_bps >= 0, "fee_bps must be >= 0 basis points"),
             (self.slippage_bps >= 0, "slippage_bps must be >= 0 basis points"),
             (bool(self.model_name.strip()), "model_name must not be empty"),
@@ -99,6 +104,11 @@ class PipelineConfig:
             "n_folds",
             "holdout_frac",
             "seed",
+            # trials backtest their out-of-fold predictions with the policy's rules and these costs
+            "backtest_mode",
+            "on_hold",
+            "fee_bps",
+            "slippage_bps",
         )
         payload = {k: getattr(self, k) for k in keys} | {
             "data_sha256": data_sha256,
@@ -139,12 +149,16 @@ HELP = {
     "n_folds": "purged walk-forward folds",
     "holdout_frac": "share of the rows, at the end, kept as the untouched holdout",
     "gate_min_f1": "gate: minimum holdout macro-F1",
-    "gate_margin": "gate: minimum macro-F1 margin over the best trivial baseline",
-    "gate_confidence": "gate: required bootstrap probability that the gain over the baseline is > 0",
-    "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the holdout backtest after costs (0 = no check)",
+    "gate_margin": "gate: minimum macro-F1 margin over the best baseline (trivial or informed)",
+    "gate_confidence": "gate: required bootstrap probability for the baseline, direction and money checks",
+    "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the decision policy's holdout backtest after "
+    "costs, counting every tuning trial (0 = no check)",
+    "gate_economic": "gate: the decision policy's holdout backtest must beat doing nothing after costs "
+    "(block bootstrap at gate_confidence)",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
     "n_jobs": "threads per model fit (0 = all cores)",
-    "backtest_mode": "holdout backtest: long_short (sell = short) or long_only (sell = flat)",
+    "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
+    "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat",
     "fee_bps": "holdout backtest: fee per unit of notional traded, in basis points",
     "slippage_bps": "holdout backtest: slippage per unit of notional traded, in basis points",
 }

@@ -29,9 +29,11 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
-from evaluation.gate import GateConfig, GateReport, evaluate_gate
+from evaluation.baselines import informed_baselines
+from evaluation.economics import fit_policy, trial_sharpe_stats
+from evaluation.gate import ChampionComparison, GateConfig, GateReport, compare_with_champion, evaluate_gate
 from evaluation.lookahead import analyse
-from evaluation.metrics import baseline_predictions, classification_metrics, macro_f1, plot_confusion_matrix
+from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from evaluation.plots import (
     gain_importance,
     holdout_permutation_importance,
@@ -42,18 +44,19 @@ from evaluation.plots import (
 )
 from evaluation.report import write_report
 from features.context import context_label, feature_function
-from features.data import DataError, DataInfo, load_candles
-from features.dataset import Dataset, InsufficientDataError, build_dataset
+from features.data import DataError
+from features.dataset import InsufficientDataError
 from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.notify import notify
+from models.policy import DecisionPolicy, net_returns
 from models.pyfunc import SignalModel, as_model_input
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, parse_args
-from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
-from train.tune import SPACE_VERSION, TuningError, run_study, study_name_for
+from train.prepare import Prepared, prepare
+from train.tune import FINISHED, SPACE_VERSION, TuningError, run_study, study_name_for
 
 log = logging.getLogger("train.pipeline")
 REPORT = "report.html"
@@ -85,34 +88,6 @@ class Stages:
         return out
 
 
-def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
-    """Rows, date ranges, folds and holdout as timestamps: what a dry run prints and every run logs."""
-    ts = ds.X.index
-
-    def span(positions) -> list[str]:
-        return [str(ts[positions[0]]), str(ts[positions[-1]])]
-
-    folds = []
-    for fold in cv.describe(len(split.dev)):
-        folds.append(
-            fold
-            | {
-                "train_time": [str(ts[i]) for i in fold["train"]],
-                "validation_time": [str(ts[i]) for i in fold["validation"]],
-            }
-        )
-    return {
-        "data": info.to_dict() | {"description": info.describe()},
-        "rows_after_features_and_labels": ds.n_rows,
-        "class_counts": ds.class_counts,
-        "development": {"rows": len(split.dev), "time": span(split.dev)},
-        "purge_gap_rows": split.gap,
-        "holdout": {"rows": len(split.holdout), "time": span(split.holdout)},
-        "folds": folds,
-        "models": cfg.model_list,
-    }
-
-
 def print_plan(plan: dict) -> None:
     print(f"data      {plan['data']['source']}  ({plan['data']['description']})")
     print(f"rows      {plan['rows_after_features_and_labels']:,} usable, classes {plan['class_counts']}")
@@ -128,47 +103,76 @@ def print_plan(plan: dict) -> None:
     print(f"models    {', '.join(plan['models'])}")
 
 
-def score_champion(name: str, data: Prepared, cfg: PipelineConfig):
-    """Re-score the current production version on this run's holdout: (version, macro-F1 or None, note).
+def score_champion(
+    name: str, data: Prepared, cfg: PipelineConfig, candidate_pred: np.ndarray, candidate_returns: np.ndarray
+) -> ChampionComparison | None:
+    """The current production version against the candidate on holdout rows it never trained on.
 
-    The champion computes its own features from the candles, so a different feature set is still a fair
-    comparison on the same labels. A different label definition or bar size is not: then the score is
-    None and the note says why (the gate fails that check rather than compare the incomparable).
+    Only rows after the champion's ``trained_until`` plus its horizon count: scores on rows it was fitted
+    on would flatter it. The champion computes its own features from the candles (a different feature
+    set is still a fair comparison on the same labels) and acts through its own decision policy (a model
+    logged before policies existed: its argmax class, flat on hold, as the old backtest traded it). A
+    different label definition or bar size is not comparable: the comparison says why.
     """
     champion = get_production(name)
     if champion is None:
-        return None, None, "no production version yet: nothing to compare against"
+        return None
     version, tags = str(champion.version), champion.tags
     label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
     differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
     if differs:
-        return (
-            version,
-            None,
-            (
-                f"production v{version} predicts another label ({'; '.join(differs)}): not "
-                "comparable on these labels"
-            ),
-        )
+        note = f"production v{version} predicts another label ({'; '.join(differs)}): not comparable"
+        return ChampionComparison(version, comparable=False, note=note)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    meta = model.metadata.metadata or {}
+    if "trained_until" not in meta:
+        note = f"production v{version} does not say which candles it trained on (no trained_until)"
+        return ChampionComparison(version, comparable=False, note=note)
     holdout_pos = data.split.holdout
     history = as_model_input(data.candles.iloc[: int(data.ds.bars[holdout_pos[-1]]) + 1])
     try:
         out = model.predict(history)
     except ValueError as exc:  # e.g. trained on another bar size
-        return version, None, f"production v{version} cannot score these candles: {exc}"
-    rows = out.set_index("timestamp").loc[data.ds.X.index[holdout_pos].tz_localize(None)]
+        return ChampionComparison(version, comparable=False, note=f"cannot score these candles: {exc}")
+    stamps = data.ds.X.index[holdout_pos].tz_localize(None)
+    rows = out.set_index("timestamp").loc[stamps]
     if not rows["ready"].all():
-        return version, None, f"production v{version} lacks history for some holdout rows"
-    note = ""
+        return ChampionComparison(version, comparable=False, note="lacks history for some holdout rows")
+    unseen = (
+        stamps > pd.Timestamp(meta["trained_until"]) + int(meta.get("horizon", cfg.horizon)) * data.info.bar
+    )
+    if "action" in rows and "policy" in meta:
+        policy = DecisionPolicy.from_dict(meta["policy"])
+        actions = rows["action"].map({n: k for k, n in enumerate(CLASS_NAMES)}).to_numpy()
+    else:
+        policy = DecisionPolicy(mode=cfg.backtest_mode, on_hold="flat")
+        actions = rows["label"].to_numpy()
+    # Both models trade the holdout from flat at its first row, at the same costs.
+    champion_returns = net_returns(
+        policy.positions_from_actions(actions), data.period_returns[holdout_pos], _cost(cfg)
+    )
+    notes = []
     if tags.get("features", cfg.features) != cfg.features:
-        note = f"production uses the '{tags['features']}' feature set, this candidate '{cfg.features}'"
+        notes.append(f"production uses the '{tags['features']}' feature set, this candidate '{cfg.features}'")
     theirs, ours = tags.get("context_timeframe", ""), context_label(cfg.context_timeframe)
     if theirs != ours:
-        note += ("; " if note else "") + (
+        notes.append(
             f"production uses context timeframe '{theirs or 'none'}', this candidate '{ours or 'none'}'"
         )
-    return version, macro_f1(data.ds.y.to_numpy()[holdout_pos], rows["label"].to_numpy()), note
+    return compare_with_champion(
+        version,
+        np.asarray(unseen),
+        data.holdout[1],
+        candidate_pred,
+        rows["label"].to_numpy(),
+        candidate_returns,
+        champion_returns,
+        note="; ".join(notes),
+    )
+
+
+def _cost(cfg: PipelineConfig) -> float:
+    return (cfg.fee_bps + cfg.slippage_bps) / 1e4
 
 
 def stage_model_code(tmp: Path) -> list[str]:
@@ -187,26 +191,6 @@ def stage_model_code(tmp: Path) -> list[str]:
 
 
 @dataclass
-class Prepared:
-    """Everything derived from the candles before any model sees them."""
-
-    candles: pd.DataFrame
-    info: DataInfo
-    ds: Dataset
-    split: HoldoutSplit
-    cv: PurgedWalkForward
-    plan: dict
-
-    @property
-    def dev(self) -> tuple[pd.DataFrame, pd.Series]:
-        return self.ds.X.iloc[self.split.dev], self.ds.y.iloc[self.split.dev]
-
-    @property
-    def holdout(self) -> tuple[pd.DataFrame, np.ndarray]:
-        return self.ds.X.iloc[self.split.holdout], self.ds.y.to_numpy()[self.split.holdout]
-
-
-@dataclass
 class Tuned:
     run_id: str
     params: dict
@@ -217,30 +201,24 @@ class Tuned:
 
 
 @dataclass
+class Fitted:
+    """The candidate: the ensemble and the decision policy chosen on its out-of-fold predictions."""
+
+    ensemble: WeightedSoftVoting
+    policy: DecisionPolicy
+    policy_search: list[dict]
+
+
+@dataclass
 class Evaluation:
     results: dict  # model name (and "ensemble") -> holdout metrics
     baselines: dict  # baseline name -> holdout metrics
     gate: GateReport
-    champion_version: str | None
-    champion_f1: float | None
+    champion: ChampionComparison | None
     ensemble_proba: np.ndarray
     backtest: BacktestResult
     deflated_sharpe: dict
-
-
-def prepare(cfg: PipelineConfig) -> Prepared:
-    candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
-    ds = build_dataset(
-        candles,
-        cfg.features,
-        cfg.horizon,
-        cfg.threshold,
-        cfg.vol_window,
-        context_timeframe=cfg.context_timeframe or None,
-    )
-    split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
-    cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)
-    return Prepared(candles, info, ds, split, cv, describe_plan(cfg, info, ds, split, cv))
+    baseline_backtests: dict  # baseline name -> backtest metrics under the same policy rules
 
 
 def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
@@ -288,6 +266,7 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
             study_name,
             seed=cfg.seed,
             n_jobs=n_jobs,
+            costs=data.trading_costs(cfg),
         )
         best = study.best_trial
         trials = study.trials_dataframe()
@@ -314,9 +293,8 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
     return tuned
 
 
-def fit_ensemble(
-    cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int
-) -> WeightedSoftVoting:
+def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int) -> Fitted:
+    """Refit the tuned models as one ensemble and choose its decision policy, on development rows only."""
     mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
     X_dev, y_dev = data.dev
     estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=n_jobs)) for n, t in tuned.items()]
@@ -324,39 +302,110 @@ def fit_ensemble(
     ensemble = WeightedSoftVoting(estimators, cv=data.cv).fit(X_dev, y_dev)
     mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
     mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
+    # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
+    costs = data.trading_costs(cfg)
+    rows = ensemble.oof_index_
+    policy, search = fit_policy(
+        ensemble.oof_proba_, costs.period_return[rows], costs.cost, costs.mode, costs.on_hold
+    )
+    chosen = next(r for r in search if r["policy"] == policy.key)
+    mlflow.log_params({f"policy_{k}": v for k, v in policy.to_dict().items()})
+    mlflow.log_metrics(
+        {
+            "policy_oof_sharpe_per_period": chosen["sharpe_per_period"],
+            "policy_oof_total_return": chosen["total_return"],
+            "policy_oof_n_trades": chosen["n_trades"],
+        }
+    )
+    mlflow.log_text(pd.DataFrame(search).to_csv(index=False), "policy_search.csv")
     X_hold, y_hold = data.holdout
     tracking.log_dataset(X_dev.assign(label=y_dev), "development", data.info.source, "training")
     tracking.log_dataset(X_hold.assign(label=y_hold), "holdout", data.info.source, "evaluation")
-    return ensemble
+    return Fitted(ensemble, policy, search)
 
 
-def evaluate(
-    cfg: PipelineConfig, data: Prepared, ensemble: WeightedSoftVoting, tuned: dict[str, Tuned]
-) -> Evaluation:
-    """Holdout metrics of every model and the baselines, the champion's score, and the gate."""
+def trial_statistics(tuned: dict[str, Tuned], policy: DecisionPolicy) -> tuple[int, list[float]]:
+    """Finished trials over every study, and the Sharpe ratio each completed trial's out-of-fold
+    predictions earned under ``policy``'s rule (what the deflated Sharpe ratio is deflated by)."""
+    finished = [t for tu in tuned.values() for t in tu.study.trials if t.state in FINISHED]
+    sharpes = [
+        float(t.user_attrs["oof_sharpe"][policy.key])
+        for t in finished
+        if t.state == optuna.trial.TrialState.COMPLETE and policy.key in t.user_attrs.get("oof_sharpe", {})
+    ]
+    return max(1, len(finished)), sharpes
+
+
+def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned]) -> Evaluation:
+    """Holdout metrics of every model and the baselines, the policy's backtest, the champion, the gate."""
+    ensemble, policy = fitted.ensemble, fitted.policy
     X_hold, y_hold = data.holdout
     results = {}
     for name, model in ensemble.named_estimators_.items():
         results[name] = classification_metrics(y_hold, model.predict_proba(X_hold))
         tracking.log_metrics("holdout_", results[name], run_id=tuned[name].run_id)
     ens_proba = ensemble.predict_proba(X_hold)
+    ens_pred = ens_proba.argmax(axis=1)
     results["ensemble"] = classification_metrics(y_hold, ens_proba)
     tracking.log_metrics("holdout_", results["ensemble"])
-    base = baseline_predictions(data.dev[1], len(y_hold), cfg.seed)
-    base_metrics = {k: classification_metrics(y_hold, p) for k, p in base.items()}
+
+    # Baselines, all fitted on development rows: trivial (class frequencies) and informed (trailing
+    # volatility; momentum and reversal of the last horizon's move).
+    trivial = baseline_predictions(data.dev[1], len(y_hold), cfg.seed)
+    informed = informed_baselines(
+        data.candles,
+        data.ds.bars,
+        data.ds.y.to_numpy(),
+        data.split.dev,
+        data.split.holdout,
+        cfg.horizon,
+        cfg.threshold,
+        cfg.vol_window,
+        cfg.seed,
+    )
+    base_pred = {k: p.argmax(axis=1) for k, p in trivial.items()} | {
+        k: b["pred"] for k, b in informed.items()
+    }
+    base_metrics = {k: classification_metrics(y_hold, p) for k, p in trivial.items()} | {
+        k: classification_metrics(y_hold, b["proba"], b["pred"]) for k, b in informed.items()
+    }
     for k, m in base_metrics.items():
         tracking.log_metrics(f"baseline_{k}_", m)
-    mlflow.log_dict({"models": results, "baselines": base_metrics}, "holdout_metrics.json")
+    mlflow.log_dict(
+        {
+            "models": results,
+            "baselines": base_metrics,
+            "baselines_fitted": {k: b["fitted"] for k, b in informed.items()},
+        },
+        "holdout_metrics.json",
+    )
 
-    # Trade the ensemble's holdout signals after costs. The deflated Sharpe ratio counts every Optuna
-    # trial it took to get here, so a lucky best-of-many shows as luck.
-    signals = pd.Series(ens_proba.argmax(axis=1), index=X_hold.index)
-    bt_config = BacktestConfig(mode=cfg.backtest_mode, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-    bt = backtest(data.candles, signals, bt_config, bar=data.info.bar)
-    dsr = deflated_sharpe(bt.returns, max(1, sum(t.n_trials for t in tuned.values())))
+    # Trade the holdout the way the bot will: the decision policy's actions, after fees and slippage.
+    bt_config = BacktestConfig(
+        mode=policy.mode, hold=policy.on_hold, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps
+    )
+    actions = policy.actions(ens_proba)
+    bt = backtest(data.candles, pd.Series(actions, index=X_hold.index), bt_config, bar=data.info.bar)
+    # The same rules acting on the momentum / reversal baselines' calls: what the easy signals earn.
+    baseline_bt = {
+        k: backtest(
+            data.candles, pd.Series(informed[k]["pred"], index=X_hold.index), bt_config, bar=data.info.bar
+        ).metrics
+        for k in ("momentum", "reversal")
+    }
+    # The deflated Sharpe ratio counts every Optuna trial, with the spread of their Sharpe ratios measured
+    # by backtesting each trial's own out-of-fold predictions under the chosen policy rule.
+    n_trials, sharpes = trial_statistics(tuned, policy)
+    variance = trial_sharpe_stats(sharpes)
+    dsr = deflated_sharpe(bt.returns, n_trials, sr_variance=variance) | {
+        "measured": variance is not None,
+        "n_trial_sharpes": len(sharpes),
+    }
     tracking.log_metrics("backtest_", bt.metrics)
     tracking.log_metrics("buyhold_", bt.benchmark_metrics)
-    mlflow.log_metrics({"backtest_dsr": dsr["dsr"], "backtest_psr": dsr["psr"]})
+    for k, m in baseline_bt.items():
+        tracking.log_metrics(f"baseline_{k}_backtest_", m)
+    mlflow.log_metrics({"backtest_dsr": dsr["dsr"], "backtest_psr": dsr["psr"], "backtest_sr0": dsr["sr0"]})
     table = pd.DataFrame(
         {"position": bt.position, "return": bt.returns, "buyhold_return": bt.benchmark_returns}
     )
@@ -366,40 +415,53 @@ def evaluate(
     mlflow.log_dict(
         {
             "config": asdict(bt_config),
+            "policy": policy.to_dict(),
             "metrics": bt.metrics,
             "buyhold": bt.benchmark_metrics,
+            "baselines": baseline_bt,
             "deflated_sharpe": dsr,
             "signals_dropped_at_end": bt.n_dropped,
         },
         "backtest.json",
     )
 
-    champion_version, champion_f1, champion_note = score_champion(cfg.model_name, data, cfg)
-    if champion_f1 is not None:
-        mlflow.log_metric("production_holdout_macro_f1", champion_f1)
+    # Per holdout row, what the policy earned (NaN for the last rows, which have no period to trade).
+    hold_returns = np.full(len(y_hold), np.nan)
+    hold_returns[: len(bt.returns)] = bt.returns.to_numpy()
+    champion = score_champion(cfg.model_name, data, cfg, ens_pred, hold_returns)
+    if champion is not None and champion.champion_macro_f1 is not None:
+        mlflow.log_metrics(
+            {
+                "production_holdout_macro_f1": champion.champion_macro_f1,
+                "production_holdout_return": champion.champion_return,
+            }
+        )
     gate = evaluate_gate(
         y_hold,
-        ens_proba.argmax(axis=1),
-        {k: p.argmax(axis=1) for k, p in base.items()},
-        {k: m["macro_f1"] for k, m in base_metrics.items()},
-        results["ensemble"]["macro_f1"],
-        GateConfig(cfg.gate_min_f1, cfg.gate_margin, cfg.gate_confidence, min_dsr=cfg.gate_min_dsr),
+        ens_pred,
+        base_pred,
+        GateConfig(
+            cfg.gate_min_f1,
+            cfg.gate_margin,
+            cfg.gate_confidence,
+            min_dsr=cfg.gate_min_dsr,
+            economic=cfg.gate_economic,
+        ),
         block=max(cfg.horizon * 10, 20),
-        champion_f1=champion_f1,
-        champion_version=champion_version,
-        champion_note=champion_note,
         seed=cfg.seed,
-        dsr=dsr["dsr"],
+        returns=bt.returns.to_numpy(),
+        dsr=dsr,
+        champion=champion,
     )
     mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
     mlflow.set_tag("gate", gate.result)
-    return Evaluation(results, base_metrics, gate, champion_version, champion_f1, ens_proba, bt, dsr)
+    return Evaluation(results, base_metrics, gate, champion, ens_proba, bt, dsr, baseline_bt)
 
 
 def report(
     cfg: PipelineConfig,
     data: Prepared,
-    ensemble: WeightedSoftVoting,
+    fitted: Fitted,
     tuned: dict[str, Tuned],
     ev: Evaluation,
     run_id: str,
@@ -410,6 +472,7 @@ def report(
     It logs to the pipeline run ``run_id`` (the active run is the ensemble's).
     """
     client = MlflowClient()
+    ensemble = fitted.ensemble
     X_hold, y_hold = data.holdout
     gate = ev.gate.to_dict() | {"report": f"runs:/{run_id}/{REPORT}"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -417,7 +480,8 @@ def report(
         plots.mkdir()
         images = [
             (
-                f"Holdout equity after costs ({cfg.backtest_mode}) against buy-and-hold",
+                f"Holdout equity of the decision policy after costs ({fitted.policy.mode}, "
+                f"{fitted.policy.on_hold} on hold) against buy-and-hold",
                 plot_equity(ev.backtest.equity, ev.backtest.benchmark_equity, plots / "equity.png"),
             )
         ]
@@ -483,8 +547,11 @@ def report(
             "baselines": ev.baselines,
             "backtest": {
                 "config": asdict(ev.backtest.config),
+                "policy": fitted.policy.to_dict(),
+                "policy_search": fitted.policy_search,
                 "metrics": ev.backtest.metrics,
                 "benchmark_metrics": ev.backtest.benchmark_metrics,
+                "baseline_metrics": ev.baseline_backtests,
                 "deflated_sharpe": ev.deflated_sharpe,
             },
             "lookahead": {
@@ -505,7 +572,7 @@ def report(
 def register(
     cfg: PipelineConfig,
     data: Prepared,
-    ensemble: WeightedSoftVoting,
+    fitted: Fitted,
     ev: Evaluation,
     pipeline_run_id: str,
     data_digest: str,
@@ -513,10 +580,11 @@ def register(
     """Log the served model, register it as a new version with its gate tags, promote if it passed."""
     info = data.info
     signal_model = SignalModel(
-        ensemble,
+        fitted.ensemble,
         cfg.features,
         info.bar,
         context_timeframe=cfg.context_timeframe or None,
+        policy=fitted.policy,
         metadata={
             "feature_set": cfg.features,
             "context_timeframe": context_label(cfg.context_timeframe),
@@ -565,8 +633,15 @@ def register(
         "data_digest": data_digest,
         "pipeline_run_id": pipeline_run_id,
     }
-    if ev.champion_f1 is not None:
-        tags["production_holdout_macro_f1"] = f"{ev.champion_f1:.6f}"
+    tags |= {
+        "policy": json.dumps(fitted.policy.to_dict()),
+        "backtest_total_return": f"{ev.backtest.metrics['total_return']:.6f}",
+        "backtest_sharpe": f"{ev.backtest.metrics['sharpe']:.4f}",
+        "backtest_dsr": f"{ev.deflated_sharpe['dsr']:.4f}",
+        "buyhold_total_return": f"{ev.backtest.benchmark_metrics['total_return']:.6f}",
+    }
+    if ev.champion is not None and ev.champion.champion_macro_f1 is not None:
+        tags["production_holdout_macro_f1"] = f"{ev.champion.champion_macro_f1:.6f}"
     version = str(register_candidate(logged.model_uri, cfg.model_name, tags).version)
     mlflow.set_tag("model_version", version)
     notify(
@@ -586,7 +661,7 @@ def register(
             version,
             reason="passed the gate",
             run_id=pipeline_run_id,
-            expect_current=ev.champion_version,
+            expect_current=None if ev.champion is None else ev.champion.version,
         )
     except RegistryError as exc:  # production moved while this run was being evaluated
         print(f"warning: {exc}", file=sys.stderr)
@@ -621,14 +696,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             )
         with mlflow.start_run(run_name="ensemble", nested=True):
             with stages("ensemble"):
-                ensemble = fit_ensemble(cfg, data, tuned, n_jobs)
+                fitted = fit_ensemble(cfg, data, tuned, n_jobs)
             with stages("evaluate"):
-                ev = evaluate(cfg, data, ensemble, tuned)
+                ev = evaluate(cfg, data, fitted, tuned)
             with stages("report"):  # before registering: a failure here leaves the registry untouched
-                gate_report = report(cfg, data, ensemble, tuned, ev, parent.info.run_id)
+                gate_report = report(cfg, data, fitted, tuned, ev, parent.info.run_id)
                 mlflow.log_dict(gate_report, "gate_report.json")
             with stages("register"):
-                version, promoted = register(cfg, data, ensemble, ev, parent.info.run_id, digest)
+                version, promoted = register(cfg, data, fitted, ev, parent.info.run_id, digest)
         ens = ev.results["ensemble"]
         mlflow.set_tags({"gate": ev.gate.result, "model_version": version})
         mlflow.log_metrics(
@@ -656,13 +731,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             }
             for n, t in tuned.items()
         },
-        "ensemble": {"holdout_macro_f1": ens["macro_f1"], "weights": ensemble.named_weights_},
+        "ensemble": {"holdout_macro_f1": ens["macro_f1"], "weights": fitted.ensemble.named_weights_},
         "baselines": {k: m["macro_f1"] for k, m in ev.baselines.items()},
+        "policy": fitted.policy.to_dict(),
+        "backtest": ev.backtest.metrics,
+        "buyhold": ev.backtest.benchmark_metrics,
+        "baseline_backtests": ev.baseline_backtests,
+        "deflated_sharpe": ev.deflated_sharpe,
         "gate": ev.gate.to_dict(),
         "model_name": cfg.model_name,
         "model_version": version,
         "promoted": promoted,
-        "production_version": version if promoted else ev.champion_version,
+        "production_version": version if promoted else (ev.champion and ev.champion.version),
         "stages": stages.metrics(),
     }
 
@@ -678,6 +758,17 @@ def print_summary(s: dict) -> None:
     print(f"{'ensemble':<16}{'':>14}{s['ensemble']['holdout_macro_f1']:>19.4f}")
     for name, f1 in s["baselines"].items():
         print(f"{'baseline ' + name:<30}{f1:>19.4f}")
+    p, bt, bh, dsr = s["policy"], s["backtest"], s["buyhold"], s["deflated_sharpe"]
+    print(
+        f"policy    {p['mode']}, {p['on_hold']} on hold; act on buy/sell when p >= {p['min_proba']:g} "
+        f"and beats the other direction by >= {p['min_margin']:g} (chosen on out-of-fold predictions)"
+    )
+    print(
+        f"backtest  holdout after costs: return {bt['total_return']:+.2%}, Sharpe {bt['sharpe']:.2f}, "
+        f"{bt['n_trades']:,} trades, max drawdown {bt['max_drawdown']:.1%}, deflated Sharpe {dsr['dsr']:.3f}"
+    )
+    others = ", ".join(f"{k} {m['total_return']:+.2%}" for k, m in s["baseline_backtests"].items())
+    print(f"          buy-and-hold {bh['total_return']:+.2%} (Sharpe {bh['sharpe']:.2f}); {others}")
     gate = s["gate"]
     print(f"gate      {gate['result'].upper()}")
     for c in gate["checks"]:

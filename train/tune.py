@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import optuna
 
+from evaluation.economics import TradingCosts
 from evaluation.metrics import macro_f1
 from models.base import build_model
 from models.ensemble import fit_predict_fold
 
-# Bump when a search space changes, so a resumed study never mixes two spaces.
-SPACE_VERSION = 1
+# Bump when a search space or what a trial records changes, so a resumed study never mixes two.
+# 2: trials record the after-cost Sharpe ratios of the decision-policy rules (oof_sharpe).
+SPACE_VERSION = 2
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -79,8 +81,15 @@ SPACES: dict[str, Callable[[optuna.Trial], dict[str, Any]]] = {
 }
 
 
-def make_objective(name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None):
-    """Objective: mean macro-F1 over the purged folds; the running mean is reported after each fold."""
+def make_objective(
+    name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None, costs: TradingCosts | None = None
+):
+    """Objective: mean macro-F1 over the purged folds; the running mean is reported after each fold.
+
+    With ``costs``, a completed trial also records ``oof_sharpe``: the after-cost Sharpe ratio of every
+    decision-policy rule on its out-of-fold predictions, so the deflated Sharpe ratio of the final model
+    can use the measured spread of the trials' Sharpe ratios.
+    """
     y = np.asarray(y)
     classes = np.unique(y)
     space = SPACES[name]
@@ -88,8 +97,11 @@ def make_objective(name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None
     def objective(trial: optuna.Trial) -> float:
         estimator = build_model(name, space(trial), seed=seed, n_jobs=n_jobs)
         scores: list[float] = []
+        rows, probas = [], []
         for step, (train_idx, test_idx) in enumerate(cv.split(X, y)):
             proba = fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
+            rows.append(test_idx)
+            probas.append(proba)
             scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
@@ -97,6 +109,8 @@ def make_objective(name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None
                 raise optuna.TrialPruned()
         trial.set_user_attr("fold_macro_f1", scores)
         trial.set_user_attr("cv_macro_f1_std", float(np.std(scores)))
+        if costs is not None:
+            trial.set_user_attr("oof_sharpe", costs.grid_sharpes(np.concatenate(rows), np.vstack(probas)))
         return float(np.mean(scores))
 
     return objective
@@ -188,6 +202,7 @@ def run_study(
     seed: int = 0,
     n_jobs: int | None = None,
     worker_id: int = 0,
+    costs: TradingCosts | None = None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
@@ -216,7 +231,7 @@ def run_study(
     remaining = n_trials - done
     if remaining > 0:
         study.optimize(
-            make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs),
+            make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs),
             n_trials=remaining,
             timeout=timeout,
             catch=(),
@@ -243,7 +258,7 @@ def tune_worker(
     cfg, model: str, worker_id: int = 0, study_name: str | None = None, heartbeat: int = 30
 ) -> optuna.Study:
     """One worker of the study the pipeline will use for ``model``: same data, folds and study name."""
-    from train.pipeline import prepare  # the pipeline's own data preparation, so the folds are identical
+    from train.prepare import prepare  # the pipeline's own data preparation, so the folds are identical
 
     data = prepare(cfg)
     name = study_name or study_name_for(model, cfg.fingerprint(data.info.sha256, model, SPACE_VERSION))
@@ -260,6 +275,7 @@ def tune_worker(
         seed=cfg.seed,
         n_jobs=cfg.n_jobs or None,
         worker_id=worker_id,
+        costs=data.trading_costs(cfg),
     )
 
 

@@ -1,0 +1,200 @@
+"""What the bot would have earned: the decision policy's after-cost returns, how its confidence rule is
+chosen, and the statistics the gate's economic and directional checks use. Pure numpy; no tracking.
+
+Returns follow ``evaluation.backtest``: a position taken on row t's signal is entered at open[t+1] and
+held to open[t+2], and every change of position pays fees plus slippage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from evaluation.metrics import block_bootstrap_indices
+from features.labels import BUY, SELL
+from models.policy import DecisionPolicy, net_returns, policy_grid, sharpe_per_period
+
+
+def period_returns(candles: pd.DataFrame, bars: np.ndarray) -> np.ndarray:
+    """open[b+2] / open[b+1] - 1 for each candle position ``b``: what row b's position earns.
+
+    NaN where the candles end before open[b+2] (the last rows of the data).
+    """
+    opens = candles["open"].to_numpy(dtype=float)
+    bars = np.asarray(bars, dtype=np.int64)
+    out = np.full(len(bars), np.nan)
+    ok = bars + 2 < len(opens)
+    out[ok] = opens[bars[ok] + 2] / opens[bars[ok] + 1] - 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class TradingCosts:
+    """What every tuning trial needs to backtest its out-of-fold predictions like the final policy."""
+
+    period_return: np.ndarray  # per development row (``period_returns``)
+    cost: float  # per unit of notional traded, as a fraction
+    mode: str
+    on_hold: str
+
+    def grid_sharpes(self, rows: np.ndarray, proba: np.ndarray) -> dict:
+        """``grid_sharpes`` of out-of-fold ``proba`` on the consecutive development ``rows``."""
+        return grid_sharpes(proba, self.period_return[rows], self.cost, self.mode, self.on_hold)
+
+
+def _check_rows(proba: np.ndarray, period_return: np.ndarray) -> None:
+    if len(proba) != len(period_return):
+        raise ValueError(f"{len(proba)} rows of probabilities but {len(period_return)} period returns")
+    if len(proba) < 3:
+        raise ValueError(f"need at least 3 consecutive rows to judge a policy, got {len(proba)}")
+    if not np.isfinite(period_return).all():
+        raise ValueError("period returns must be finite (rows without an open two bars later are dropped)")
+
+
+def policy_result(policy: DecisionPolicy, proba: np.ndarray, period_return: np.ndarray, cost: float) -> dict:
+    """After-cost result of ``policy`` over consecutive rows: Sharpe per period, total return, trades."""
+    _check_rows(proba, period_return)
+    position = policy.positions(proba)
+    r = net_returns(position, period_return, cost)
+    return {
+        "policy": policy.key,
+        "min_proba": policy.min_proba,
+        "min_margin": policy.min_margin,
+        "sharpe_per_period": sharpe_per_period(r),
+        "total_return": float(np.prod(1.0 + r) - 1.0),
+        "n_trades": int(np.count_nonzero(np.diff(position, prepend=0.0))),
+        "exposure": float(np.mean(position != 0)),
+    }
+
+
+def grid_sharpes(proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str) -> dict:
+    """Per-period Sharpe ratio after costs of every confidence rule in the policy grid, by policy key.
+
+    Each tuning trial records this for its own out-of-fold predictions, so the deflated Sharpe ratio can
+    use the measured spread of the trials' Sharpe ratios under the policy finally chosen.
+    """
+    _check_rows(proba, period_return)
+    out = {}
+    for policy in policy_grid(mode, on_hold):
+        out[policy.key] = sharpe_per_period(net_returns(policy.positions(proba), period_return, cost))
+    return out
+
+
+def fit_policy(
+    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str
+) -> tuple[DecisionPolicy, list[dict]]:
+    """Choose the confidence rule with the best after-cost Sharpe ratio on out-of-fold predictions.
+
+    ``proba`` must be out-of-fold predictions on consecutive development rows (never the holdout). Ties
+    go to the stricter rule (higher probability threshold, then margin): fewer trades for the same edge.
+    Returns the policy and one row per rule searched.
+    """
+    table = [policy_result(p, proba, period_return, cost) for p in policy_grid(mode, on_hold)]
+    best = max(
+        range(len(table)),
+        key=lambda i: (
+            round(table[i]["sharpe_per_period"], 12),
+            table[i]["min_proba"],
+            table[i]["min_margin"],
+        ),
+    )
+    row = table[best]
+    return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"]), table
+
+
+def trial_sharpe_stats(trial_sharpes: list[float]) -> float | None:
+    """Variance (ddof=1) of the trials' Sharpe ratios; None when fewer than 2 or all identical."""
+    values = np.asarray([s for s in trial_sharpes if np.isfinite(s)], dtype=float)
+    if len(values) < 2:
+        return None
+    variance = float(values.var(ddof=1))
+    return variance if variance > 0 else None
+
+
+def bootstrap_mean_positive(returns: np.ndarray, block: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Moving-block bootstrap of the mean per-period return: how often it is > 0, and its 5th percentile.
+
+    Doing nothing (flat) earns exactly 0 every period, so this is the probability of beating it after
+    costs. Blocks keep the autocorrelation of held positions; a series that never trades never beats it.
+    """
+    r = np.asarray(returns, dtype=float)
+    idx = block_bootstrap_indices(len(r), block, n_boot, seed)
+    means = r[idx].mean(axis=1)
+    return {
+        "p_positive": float(np.mean(means > 0)),
+        "mean_p5": float(np.percentile(means, 5)),
+        "mean": float(r.mean()),
+        "block": int(max(1, min(block, len(r)))),
+        "n_boot": n_boot,
+    }
+
+
+@dataclass(frozen=True)
+class DirectionalEdge:
+    """Precision of buy/sell calls on rows that moved, against the base rate of the direction called."""
+
+    n_calls: int  # buy or sell calls
+    n_called_moves: int  # ... whose outcome was a move (buy or sell label)
+    precision: float  # share of those whose direction was right
+    base_rate: float  # expected share with no directional skill: mean base rate of the direction called
+    p_positive: float  # moving-block bootstrap probability that precision > base rate
+    buy_precision: float
+    sell_precision: float
+    buy_base_rate: float  # share of buy among moves (holdout)
+    sell_base_rate: float
+
+    @property
+    def excess(self) -> float:
+        return self.precision - self.base_rate
+
+
+def directional_edge(y_true, y_pred, block: int, n_boot: int = 500, seed: int = 0) -> DirectionalEdge:
+    """Did the calls get the direction right more often than the base rates say they would by luck?
+
+    Only rows whose outcome was a move (buy or sell) are scored, so a model cannot pass by timing
+    volatility: calling buy/sell in stormy markets and hold in calm ones raises the plain precision of
+    its calls (stormy rows are more often moves), but not how often it picks the right direction.
+    With no skill, a call of direction d is right with probability P(d | move); ``base_rate`` is that
+    averaged over the calls. Every bootstrap resample recomputes the base rates from its own rows.
+    """
+    y, pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    move = (y == BUY) | (y == SELL)
+    call = (pred == BUY) | (pred == SELL)
+
+    def stats(rows: np.ndarray | slice):
+        m, c, yy, pp = move[rows], call[rows], y[rows], pred[rows]
+        cm = m & c
+        n_moves = m.sum(axis=-1)
+        buy_rate = np.divide(
+            (yy == BUY).sum(axis=-1), n_moves, out=np.zeros(np.shape(n_moves)), where=n_moves > 0
+        )
+        n_cm = cm.sum(axis=-1)
+        hits = (cm & (yy == pp)).sum(axis=-1)
+        buy_calls = (cm & (pp == BUY)).sum(axis=-1)
+        expected = buy_calls * buy_rate + (n_cm - buy_calls) * (1 - buy_rate)
+        precision = np.divide(hits, n_cm, out=np.zeros(np.shape(n_cm)), where=n_cm > 0)
+        base = np.divide(expected, n_cm, out=np.zeros(np.shape(n_cm)), where=n_cm > 0)
+        return precision, base, n_cm, buy_rate
+
+    precision, base, n_cm, buy_rate = stats(slice(None))
+    idx = block_bootstrap_indices(len(y), block, n_boot, seed)
+    boot_precision, boot_base, boot_n, _ = stats(idx)
+    p_positive = float(np.mean((boot_precision > boot_base) & (boot_n > 0))) if n_cm > 0 else 0.0
+
+    def class_precision(d: int) -> float:
+        rows = move & (pred == d)
+        return float((y[rows] == d).mean()) if rows.any() else 0.0
+
+    return DirectionalEdge(
+        n_calls=int(call.sum()),
+        n_called_moves=int(n_cm),
+        precision=float(precision),
+        base_rate=float(base),
+        p_positive=p_positive,
+        buy_precision=class_precision(BUY),
+        sell_precision=class_precision(SELL),
+        buy_base_rate=float(buy_rate),
+        sell_base_rate=float(1 - buy_rate) if move.any() else 0.0,
+    )

@@ -1,0 +1,117 @@
+"""The decision policy: how a bot acts on the ensemble's class probabilities.
+
+It is part of the model: chosen at training time, logged with the model, applied by the served model
+(its ``action`` and ``position`` columns) and by every backtest, so the bot does exactly what the gate
+measured. Pure numpy; no tracking calls.
+
+A row's *action* is ``buy`` when p_buy reaches ``min_proba`` and beats p_sell by at least ``min_margin``
+(and strictly), ``sell`` symmetrically, otherwise ``hold`` (no new signal). Actions become positions:
+buy = long 1, sell = short 1 (``long_only``: flat), hold = keep the position the previous row left
+(``on_hold="keep"``, what a bot does without a new signal; flat before the first signal) or go flat
+(``on_hold="flat"``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+MODES: tuple[str, ...] = ("long_short", "long_only")
+ON_HOLD: tuple[str, ...] = ("keep", "flat")
+SELL, HOLD, BUY = 0, 1, 2
+ACTION_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
+
+# The confidence rules searched when a policy is fitted (models.policy.policy_grid). A probability
+# threshold of 1/3 acts on any lean towards a direction; 0.7 only on strong ones.
+MIN_PROBA_GRID: tuple[float, ...] = (0.34, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
+MIN_MARGIN_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """How class probabilities (columns sell, hold, buy) become actions and positions."""
+
+    mode: str = "long_short"
+    on_hold: str = "keep"
+    min_proba: float = 0.34
+    min_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("mode", MODES), ("on_hold", ON_HOLD)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"policy {name} must be one of {list(allowed)}, got {value!r}")
+        for name in ("min_proba", "min_margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise TypeError(f"policy {name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.min_proba <= 1.0:
+            raise ValueError(f"policy min_proba must be in [0, 1], got {self.min_proba!r}")
+        if not 0.0 <= self.min_margin <= 1.0:
+            raise ValueError(f"policy min_margin must be in [0, 1], got {self.min_margin!r}")
+
+    @property
+    def key(self) -> str:
+        """Short identity of the confidence rule, e.g. ``p0.45-m0.1`` (mode and hold rule not included)."""
+        return f"p{self.min_proba:g}-m{self.min_margin:g}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DecisionPolicy:
+        return cls(**{k: values[k] for k in ("mode", "on_hold", "min_proba", "min_margin") if k in values})
+
+    def actions(self, proba: np.ndarray) -> np.ndarray:
+        """Action codes (0 sell, 1 hold, 2 buy) for class probabilities of shape (rows, 3)."""
+        proba = np.asarray(proba, dtype=float)
+        if proba.ndim != 2 or proba.shape[1] != 3:
+            raise ValueError(f"class probabilities must have shape (rows, 3), got {proba.shape}")
+        p_sell, p_buy = proba[:, 0], proba[:, 2]
+        buy = (p_buy >= self.min_proba) & (p_buy - p_sell >= self.min_margin) & (p_buy > p_sell)
+        sell = (p_sell >= self.min_proba) & (p_sell - p_buy >= self.min_margin) & (p_sell > p_buy)
+        return np.where(buy, BUY, np.where(sell, SELL, HOLD)).astype(np.int64)
+
+    def positions_from_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Positions in {-1, 0, +1} held after each row, for consecutive rows starting flat."""
+        actions = np.asarray(actions)
+        short = -1.0 if self.mode == "long_short" else 0.0
+        pos = np.where(actions == BUY, 1.0, np.where(actions == SELL, short, np.nan))
+        if self.on_hold == "flat":
+            return np.nan_to_num(pos, nan=0.0)
+        return pd.Series(pos).ffill().fillna(0.0).to_numpy()  # keep: carry the last buy/sell forward
+
+    def positions(self, proba: np.ndarray) -> np.ndarray:
+        """Positions for consecutive rows of class probabilities (see the module docstring)."""
+        return self.positions_from_actions(self.actions(proba))
+
+
+def policy_grid(mode: str, on_hold: str) -> list[DecisionPolicy]:
+    """Every confidence rule the fitting searches, for one mode and hold rule (a fixed order)."""
+    return [
+        DecisionPolicy(mode=mode, on_hold=on_hold, min_proba=p, min_margin=m)
+        for p in MIN_PROBA_GRID
+        for m in MIN_MARGIN_GRID
+    ]
+
+
+def net_returns(position: np.ndarray, period_return: np.ndarray, cost: float) -> np.ndarray:
+    """Per-period returns after costs: ``p_t * r_t - cost * |p_t - p_{t-1}|``, entering from flat.
+
+    ``period_return[t]`` is what a position taken on row t's signal earns (``evaluation.backtest``:
+    open[t+1] to open[t+2]); ``cost`` is per unit of notional traded, as a fraction.
+    """
+    position = np.asarray(position, dtype=float)
+    return position * np.asarray(period_return, dtype=float) - cost * np.abs(np.diff(position, prepend=0.0))
+
+
+def sharpe_per_period(returns: np.ndarray) -> float:
+    """Mean / standard deviation (ddof=1) of per-period returns; 0.0 when undefined (no variance)."""
+    r = np.asarray(returns, dtype=float)
+    if len(r) < 2 or np.ptp(r) == 0:
+        return 0.0
+    return float(r.mean() / r.std(ddof=1))

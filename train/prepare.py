@@ -1,0 +1,95 @@
+"""The data stage every step shares: candles -> features and labels -> holdout split and purged folds.
+
+The pipeline and every `tune` worker call ``prepare`` with the same settings, so they see identical rows,
+folds and study names. No tracking calls here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from evaluation.economics import TradingCosts, period_returns
+from features.data import DataInfo, load_candles
+from features.dataset import Dataset, build_dataset
+from train.config import PipelineConfig
+from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
+
+
+def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
+    """Rows, date ranges, folds and holdout as timestamps: what a dry run prints and every run logs."""
+    ts = ds.X.index
+
+    def span(positions) -> list[str]:
+        return [str(ts[positions[0]]), str(ts[positions[-1]])]
+
+    folds = []
+    for fold in cv.describe(len(split.dev)):
+        folds.append(
+            fold
+            | {
+                "train_time": [str(ts[i]) for i in fold["train"]],
+                "validation_time": [str(ts[i]) for i in fold["validation"]],
+            }
+        )
+    return {
+        "data": info.to_dict() | {"description": info.describe()},
+        "rows_after_features_and_labels": ds.n_rows,
+        "class_counts": ds.class_counts,
+        "development": {"rows": len(split.dev), "time": span(split.dev)},
+        "purge_gap_rows": split.gap,
+        "holdout": {"rows": len(split.holdout), "time": span(split.holdout)},
+        "folds": folds,
+        "models": cfg.model_list,
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything derived from the candles before any model sees them."""
+
+    candles: pd.DataFrame
+    info: DataInfo
+    ds: Dataset
+    split: HoldoutSplit
+    cv: PurgedWalkForward
+    plan: dict
+
+    @property
+    def dev(self) -> tuple[pd.DataFrame, pd.Series]:
+        return self.ds.X.iloc[self.split.dev], self.ds.y.iloc[self.split.dev]
+
+    @property
+    def holdout(self) -> tuple[pd.DataFrame, np.ndarray]:
+        return self.ds.X.iloc[self.split.holdout], self.ds.y.to_numpy()[self.split.holdout]
+
+    @property
+    def period_returns(self) -> np.ndarray:
+        """What a position taken on each data set row earns (open[t+1] -> open[t+2]); NaN at the end."""
+        return period_returns(self.candles, self.ds.bars)
+
+    def trading_costs(self, cfg: PipelineConfig) -> TradingCosts:
+        """The development rows' period returns with the run's costs and policy rules, for tuning trials."""
+        return TradingCosts(
+            self.period_returns[self.split.dev],
+            (cfg.fee_bps + cfg.slippage_bps) / 1e4,
+            cfg.backtest_mode,
+            cfg.on_hold,
+        )
+
+
+def prepare(cfg: PipelineConfig) -> Prepared:
+    candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
+    ds = build_dataset(
+        candles,
+        cfg.features,
+        cfg.horizon,
+        cfg.threshold,
+        cfg.vol_window,
+        context_timeframe=cfg.context_timeframe or None,
+    )
+    split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
+    cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)
+    return Prepared(candles, info, ds, split, cv, describe_plan(cfg, info, ds, split, cv))

@@ -35,6 +35,9 @@ Expected ``ctx`` (keys marked optional may be absent or None; their section is t
             "metrics": {name: number},      #   strategy
             "benchmark_metrics": {name: number},  # buy and hold, same names where comparable
             "deflated_sharpe": {"dsr": float, "n_trials": int, ...any other numbers},
+            "baseline_metrics": {name: {name: number}},  # optional: baselines traded by the same rules
+            "policy": dict,                 #   optional: the decision policy's settings
+            "policy_search": [dict],        #   optional: one row per confidence rule tried (out of fold)
         },
         "lookahead": dict,                  # optional: {"passed": bool, "detail": str, ...any scalars}
         "images": [(caption: str, path: str | Path)],  # optional; PNG, JPEG, GIF or SVG files
@@ -325,17 +328,44 @@ def dsr_reading(ds: dict) -> str:
     )
 
 
+def _policy(bt: dict) -> str:
+    """The decision policy and the confidence rules it was chosen from (out-of-fold, development rows)."""
+    policy = bt.get("policy")
+    if not policy:
+        return ""
+    parts = [
+        "<h3>Decision policy</h3>",
+        "<p>How the bot acts on the model: buy / sell only when that class&rsquo;s probability reaches "
+        "<code>min_proba</code> and beats the other direction by <code>min_margin</code>; otherwise hold "
+        "(keep the position, or go flat). The rule was chosen by after-cost Sharpe ratio on out-of-fold "
+        "predictions of the development rows; the holdout played no part.</p>",
+        _kv_table(policy, digits=None),
+    ]
+    search = bt.get("policy_search") or []
+    if search:
+        header = list(search[0])
+        parts.append(_table(header, [[_cell(row.get(k)) for k in header] for row in search]))
+    return "".join(parts)
+
+
 def _backtest(bt: dict | None) -> str:
     if not bt:
         return ""
     strategy = bt.get("metrics") or {}
     bench = bt.get("benchmark_metrics") or {}
+    others = bt.get("baseline_metrics") or {}
     names = list(strategy) + [k for k in bench if k not in strategy]
-    rows = [[f"<td>{esc(k)}</td>", _cell(strategy.get(k)), _cell(bench.get(k))] for k in names]
+    rows = [
+        [f"<td>{esc(k)}</td>", _cell(strategy.get(k)), _cell(bench.get(k))]
+        + [_cell(m.get(k)) for m in others.values()]
+        for k in names
+    ]
     parts = ['<section id="backtest"><h2>Backtest on the holdout</h2>']
     if bt.get("config"):
         parts.append(_kv_table(bt["config"], digits=None))  # settings shown exactly as given
-    parts.append(_table(["metric", "strategy", "buy and hold"], rows))
+    header = ["metric", "strategy", "buy and hold"] + [f"{k} baseline, same rules" for k in others]
+    parts.append(_table(header, rows))
+    parts.append(_policy(bt))
     ds = bt.get("deflated_sharpe")
     if ds:
         parts.append("<h3>Deflated Sharpe ratio</h3>")

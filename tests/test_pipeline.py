@@ -18,10 +18,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluation.evaluate import main as evaluate_main
+from evaluation.metrics import macro_f1
 from features.data import DataError, candles_sha256, load_candles
+from features.labels import make_labels
+from models.policy import DecisionPolicy
 from models.predict import main as predict_main
+from models.pyfunc import as_model_input
 from models.registry import PRODUCTION
-from tests.helpers import make_candles, make_regime_candles, mlflow_cli_env, tiny_config, write_csv
+from tests.helpers import (
+    make_candles,
+    make_flow_signal_candles,
+    make_regime_candles,
+    make_volatility_regime_candles,
+    mlflow_cli_env,
+    tiny_config,
+    write_csv,
+)
 from train.config import PipelineConfig
 from train.pipeline import main, run_pipeline
 
@@ -82,12 +94,27 @@ def _fresh_process_predict(model_uri: str, candles_csv: str, tracking_uri: str, 
 
 def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     client = MlflowClient()
-    learnable = write_csv(make_regime_candles(3000, seed=11), store / "regime.csv")
-    first = run_pipeline(_cfg(learnable, store))
+    # A directional signal that order flow (volume) reveals one bar ahead and prices alone do not: it
+    # beats the momentum / reversal / volatility baselines and earns money after costs.
+    learnable = write_csv(make_flow_signal_candles(3000, seed=11), store / "flow.csv")
+    first = run_pipeline(_cfg(learnable, store, horizon=3))
     assert first["gate"]["result"] == "passed", first["gate"]
     assert first["promoted"] and first["model_version"] == "1"
     assert str(client.get_model_version_by_alias("test-model", PRODUCTION).version) == "1"
-    assert first["ensemble"]["holdout_macro_f1"] > 0.6
+    assert first["ensemble"]["holdout_macro_f1"] > 0.45
+    assert {"volatility", "momentum", "reversal", "majority", "stratified"} <= set(first["baselines"])
+    assert [c["name"] for c in first["gate"]["checks"]] == [
+        "macro_f1_floor",
+        "beats_best_baseline",
+        "gain_is_significant",
+        "directional_edge",
+        "beats_flat_after_costs",
+        "deflated_sharpe",
+        "not_worse_than_production",
+    ]
+    # the decision policy's holdout backtest made money after costs, and the DSR used measured trials
+    assert first["backtest"]["total_return"] > 0 and first["deflated_sharpe"]["measured"]
+    assert first["deflated_sharpe"]["n_trials"] == 6  # 3 finished trials in each of 2 studies
 
     run = client.get_run(first["run_id"])
     assert run.data.tags["gate"] == "passed" and run.data.tags["model_version"] == "1"
@@ -166,7 +193,33 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     served = _fresh_process_predict(
         f"models:/test-model@{PRODUCTION}", learnable, mlflow.get_tracking_uri(), store
     )
-    assert served["columns"] == ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
+    assert served["columns"] == [
+        "timestamp",
+        "signal",
+        "label",
+        "p_sell",
+        "p_hold",
+        "p_buy",
+        "ready",
+        "action",
+        "position",
+    ]
+    assert served["metadata"]["policy"] == first["policy"]
+    # the served model acts through the logged policy exactly as the gate's backtest traded it: its
+    # actions on the holdout rows, turned into positions from flat, are the backtest's positions
+    out = mlflow.pyfunc.load_model(f"models:/test-model@{PRODUCTION}").predict(
+        as_model_input(load_candles(learnable)[0])
+    )
+    first_row, last_row = (pd.Timestamp(t) for t in served["metadata"]["holdout"])
+    actions = out.loc[out["timestamp"].between(first_row, last_row), "action"]
+    codes = actions.map({"sell": 0, "hold": 1, "buy": 2}).to_numpy()
+    positions = DecisionPolicy.from_dict(served["metadata"]["policy"]).positions_from_actions(codes)
+    backtest_csv = mlflow.artifacts.download_artifacts(
+        run_id=ensemble_run.info.run_id, artifact_path="backtest.csv"
+    )
+    traded = pd.read_csv(backtest_csv)["position"].to_numpy()
+    assert len(traded) >= len(positions) - 2 and (positions[: len(traded)] == traded).all()
+    assert set(actions) <= {"sell", "hold", "buy"} and (actions != "hold").any()
     assert served["rows"] == 3000
     assert served["not_ready"] == served["first_ready_row"] == served["metadata"]["min_history_bars"] - 1
     assert set(served["signals"]) <= {"sell", "hold", "buy"} and len(served["signals"]) >= 2
@@ -179,7 +232,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     evaluated = client.search_runs([run.info.experiment_id], "tags.step = 'evaluate'")[0]
     assert evaluated.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
     assert evaluated.data.metrics["rows_scored"] == first["plan"]["holdout"]["rows"]
-    early = write_csv(make_regime_candles(3000, seed=11).iloc[:2000], store / "early.csv")
+    early = write_csv(make_flow_signal_candles(3000, seed=11).iloc[:2000], store / "early.csv")
     assert evaluate_main(["--model-uri", "models:/test-model/1", "--data", early]) == 1
     assert predict_main(["--data", learnable, "--output", str(store / "signals.parquet")]) == 1  # other name
     assert (
@@ -200,21 +253,62 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
 
     # A no-signal candidate, judged against the production version on its own holdout.
     walk = write_csv(make_candles(3000, seed=5, vol=0.004), store / "walk.csv")
-    second = run_pipeline(_cfg(walk, store))
+    second = run_pipeline(_cfg(walk, store, horizon=3))
     assert second["gate"]["result"] == "failed"
     assert not second["promoted"] and second["model_version"] == "2"
     assert str(client.get_model_version_by_alias("test-model", PRODUCTION).version) == "1"
     assert client.get_model_version("test-model", "2").tags["gate"] == "failed"
     failed = {c["name"] for c in second["gate"]["checks"] if not c["passed"]}
     assert {"beats_best_baseline", "gain_is_significant"} & failed
-    champion = next(c for c in second["gate"]["checks"] if c["name"] == "not_worse_than_production")
-    assert champion["value"] is not None  # production v1 was re-scored on the random walk's holdout
+    assert {"directional_edge", "beats_flat_after_costs", "deflated_sharpe"} & failed
+    # production v1 was re-scored on the random walk's holdout, which lies after its training window
+    assert second["champion"]["version"] == "1" and second["champion"]["comparable"]
+    assert second["champion"]["rows"] == second["plan"]["holdout"]["rows"]
+    assert second["champion"]["champion_macro_f1"] is not None
     assert client.get_run(second["run_id"]).data.tags["gate"] == "failed"
     walk_ensemble = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{second['run_id']}' and tags.step = 'ensemble'"
     )[0]
     # no edge on a random walk: after fees the backtest is not significantly positive
     assert walk_ensemble.data.metrics["backtest_dsr"] < 0.95
+
+
+def test_timing_hold_to_calm_markets_is_not_promoted(store):
+    """Volatility regimes with i.i.d. direction: `hold` is predictable, direction is not. The old gate
+    passed such a model (macro-F1 far above majority and stratified); it has no tradable edge."""
+    client = MlflowClient()
+    data = write_csv(make_volatility_regime_candles(4000, seed=3), store / "vol.csv")
+    out = run_pipeline(_cfg(data, store, models="lightgbm"))
+    assert out["gate"]["result"] == "failed" and not out["promoted"]
+    assert client.get_registered_model("test-model").aliases == {}
+    failed = {c["name"] for c in out["gate"]["checks"] if not c["passed"]}
+    assert {"directional_edge", "beats_flat_after_costs"} <= failed, out["gate"]["checks"]
+    # it does beat the trivial baselines by far, but the baseline that sees only volatility comes close
+    assert out["ensemble"]["holdout_macro_f1"] > out["baselines"]["stratified"] + 0.1
+    assert out["baselines"]["volatility"] > out["ensemble"]["holdout_macro_f1"] - 0.03
+
+
+def test_champion_is_scored_only_on_rows_it_never_trained_on(store):
+    """Production v1 trained on candles that reach into the next candidate's holdout (which is larger):
+    only the holdout rows after v1's trained_until plus its horizon may score it; on the rest it was fit."""
+    data = write_csv(make_flow_signal_candles(3000, seed=21), store / "flow.csv")
+    first = run_pipeline(_cfg(data, store, horizon=3, models="lightgbm", n_trials=2))
+    assert first["promoted"], first["gate"]
+    meta = mlflow.pyfunc.load_model(f"models:/test-model@{PRODUCTION}").metadata.metadata
+    second = run_pipeline(_cfg(data, store, horizon=3, models="lightgbm", n_trials=2, holdout_frac=0.35))
+    champion = second["champion"]
+    assert champion["version"] == "1" and champion["comparable"]
+    candles = load_candles(data)[0]
+    holdout = pd.date_range(*(pd.Timestamp(t) for t in second["plan"]["holdout"]["time"]), freq="30min")
+    unseen = holdout.tz_localize(None) > pd.Timestamp(meta["trained_until"]) + 3 * pd.Timedelta("30min")
+    assert 100 <= unseen.sum() < len(holdout) - 300  # v1 trained on a large part of this holdout
+    assert champion["rows"] == unseen.sum()
+    # and its score is exactly its macro-F1 on those rows
+    out = mlflow.pyfunc.load_model("models:/test-model/1").predict(as_model_input(candles))
+    labels = make_labels(candles["close"], 3, 0.005).dropna()
+    scored = out.set_index("timestamp").loc[holdout.tz_localize(None)[unseen]]
+    y = labels.loc[holdout[unseen]].to_numpy().astype(int)
+    assert champion["champion_macro_f1"] == pytest.approx(macro_f1(y, scored["label"].to_numpy()))
 
 
 def test_dry_run_writes_nothing(store, capsys):

@@ -739,6 +739,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "baseline_backtests": ev.baseline_backtests,
         "deflated_sharpe": ev.deflated_sharpe,
         "gate": ev.gate.to_dict(),
+        "champion": None if ev.champion is None else asdict(ev.champion),
         "model_name": cfg.model_name,
         "model_version": version,
         "promoted": promoted,

@@ -594,6 +594,7 @@ def register(
             "threshold": cfg.threshold,
             "vol_window": cfg.vol_window,
             "classes": list(CLASS_NAMES),
+            "policy": fitted.policy.to_dict(),
             # The last candle any training label looked at: later candles are out of sample for this model.
             "trained_until": str(
                 data.candles.index[int(data.ds.bars[data.split.dev[-1]]) + cfg.horizon].tz_localize(None)
@@ -713,6 +714,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 "holdout_accuracy": ens["accuracy"],
                 "backtest_dsr": ev.deflated_sharpe["dsr"],
                 "backtest_psr": ev.deflated_sharpe["psr"],
+                "backtest_sr0": ev.deflated_sharpe["sr0"],
             }
             | {f"backtest_{k}": v for k, v in ev.backtest.metrics.items()}
             | {f"buyhold_{k}": v for k, v in ev.backtest.benchmark_metrics.items()}

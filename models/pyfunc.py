@@ -65,11 +65,6 @@ class SignalModel(PythonModel):
         return getattr(self, "context_timeframe", None)
 
     @property
-    def _policy(self) -> DecisionPolicy:
-        # Models pickled before decision policies existed acted on the argmax class, flat on hold.
-        return getattr(self, "policy", None) or DecisionPolicy(on_hold="flat")
-
-    @property
     def feature_names(self) -> list[str]:
         """The ensemble's input columns, in order: 15 base features, then any ``ctx_*`` ones."""
         return feature_names(self.feature_set, self._context)
@@ -113,12 +108,15 @@ class SignalModel(PythonModel):
             proba[ready] = self.ensemble.predict_proba(features[ready])
         label = np.where(ready, np.nan_to_num(proba).argmax(axis=1), -1).astype(np.int64)
         names = np.asarray(CLASS_NAMES + (NOT_READY,), dtype=object)
-        policy = self._policy
+        # A model pickled before decision policies existed has none: it acts on its most probable class,
+        # flat on hold, as its backtest did then.
+        policy = getattr(self, "policy", None)
         action = np.full(len(candles), -1, dtype=np.int64)
         position = np.zeros(len(candles), dtype=np.int64)
         if ready.any():
-            action[ready] = policy.actions(proba[ready])
-            position[ready] = policy.positions_from_actions(action[ready]).astype(np.int64)
+            action[ready] = label[ready] if policy is None else policy.actions(proba[ready])
+            rule = policy or DecisionPolicy(on_hold="flat")
+            position[ready] = rule.positions_from_actions(action[ready]).astype(np.int64)
         return pd.DataFrame(
             {
                 # MLflow's schema enforcement only accepts timezone-naive datetimes: naive UTC out, as in.

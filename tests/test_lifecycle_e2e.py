@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from models.lifecycle import main as lifecycle
 from models.registry import PRODUCTION, history
-from tests.helpers import make_regime_candles, tiny_config, write_csv
+from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,8 @@ def _production_run_id() -> str:
 
 def test_pipeline_twice_promote_rollback(tracking_backend, tmp_path, hook):
     client = MlflowClient()
-    cfg = tiny_config(write_csv(make_regime_candles(3000, seed=11), tmp_path / "regime.csv"), tmp_path, NAME)
+    data = write_csv(make_flow_signal_candles(3000, seed=11), tmp_path / "flow.csv")
+    cfg = tiny_config(data, tmp_path, NAME, horizon=3)
     run_of = {}
 
     first = run_pipeline(cfg)

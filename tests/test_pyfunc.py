@@ -8,6 +8,7 @@ from features.data import DataError
 from features.indicators import compute_features, warmup_bars
 from models.base import build_model
 from models.ensemble import WeightedSoftVoting
+from models.policy import DecisionPolicy
 from models.pyfunc import NOT_READY, InvalidCandles, SignalModel
 from tests.helpers import make_regime_candles
 
@@ -32,7 +33,17 @@ def _bot_frame(candles):
 def test_signals_match_the_ensemble_on_the_same_features(served):
     model, candles, ens = served
     out = model.predict(None, _bot_frame(candles))
-    assert list(out.columns) == ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
+    assert list(out.columns) == [
+        "timestamp",
+        "signal",
+        "label",
+        "p_sell",
+        "p_hold",
+        "p_buy",
+        "ready",
+        "action",
+        "position",
+    ]
     ready = out["ready"].to_numpy()
     assert (~ready[: warmup_bars("default")]).all() and ready[warmup_bars("default") :].all()
     expected = ens.predict_proba(compute_features(candles).dropna())
@@ -41,6 +52,41 @@ def test_signals_match_the_ensemble_on_the_same_features(served):
     assert (out.loc[~ready, "signal"] == NOT_READY).all() and (out.loc[~ready, "label"] == -1).all()
     assert out.loc[~ready, ["p_sell", "p_hold", "p_buy"]].isna().all().all()
     assert model.min_history == warmup_bars("default") + 1
+    assert (out.loc[~ready, "action"] == NOT_READY).all() and (out.loc[~ready, "position"] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        DecisionPolicy(),
+        DecisionPolicy(mode="long_only", on_hold="flat", min_proba=0.4, min_margin=0.05),
+        DecisionPolicy(on_hold="keep", min_proba=0.5, min_margin=0.1),
+    ],
+)
+def test_action_and_position_follow_the_models_decision_policy(served, policy):
+    _, candles, ens = served
+    model = SignalModel(ens, "default", pd.Timedelta("30min"), policy=policy)
+    out = model.predict(None, _bot_frame(candles))
+    ready = out["ready"].to_numpy()
+    proba = out.loc[ready, ["p_sell", "p_hold", "p_buy"]].to_numpy()
+    codes = policy.actions(proba)
+    assert (out.loc[ready, "action"].to_numpy() == np.array(["sell", "hold", "buy"])[codes]).all()
+    assert (out.loc[ready, "position"].to_numpy() == policy.positions(proba)).all()
+    assert out["position"].dtype == np.int64 and set(out["position"]) <= {-1, 0, 1}
+    assert (out.loc[ready, "action"] != "hold").any()
+    if policy.mode == "long_only":
+        assert (out["position"] >= 0).all()
+
+
+def test_a_model_pickled_without_a_policy_acts_on_its_argmax_flat_on_hold(served):
+    _, candles, ens = served
+    model = SignalModel(ens, "default", pd.Timedelta("30min"))
+    del model.policy  # as unpickled from a version logged before decision policies existed
+    out = model.predict(None, _bot_frame(candles))
+    ready = out["ready"]
+    assert (out.loc[ready, "action"] == out.loc[ready, "signal"]).all()
+    expected = out.loc[ready, "signal"].map({"sell": -1, "hold": 0, "buy": 1})
+    assert (out.loc[ready, "position"] == expected).all()
 
 
 def test_a_short_window_gives_the_same_signal_as_the_full_history_for_its_last_row(served):

@@ -1,6 +1,6 @@
 """The production model served over HTTP by `mlflow models serve`, as a bot would call it.
 
-A tiny model is trained on planted-regime candles into a throwaway SQLite store and promoted, then
+A tiny model is trained on planted-signal candles into a throwaway SQLite store and promoted, then
 `mlflow models serve -m models:/serve-model@production --env-manager local` runs as a subprocess in a
 directory where this repository is not importable (the model's shipped code must suffice). The tests
 POST candles to `/invocations` and check the response shape, the history marking, that the HTTP answer
@@ -26,14 +26,14 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION
-from tests.helpers import make_regime_candles, tiny_config, write_csv
+from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "serve-model"
 MODEL_URI = f"models:/{MODEL_NAME}@{PRODUCTION}"
-OUTPUT_COLUMNS = ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
+OUTPUT_COLUMNS = ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position"]
 PROBA = ["p_sell", "p_hold", "p_buy"]
 N_REQUEST = 300  # candles per request: the last ones of the training data
 STARTUP_DEADLINE = 90.0
@@ -101,9 +101,9 @@ def served(tmp_path_factory):
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
         mlflow.set_tracking_uri(uri)
         try:
-            candles = make_regime_candles(3000, seed=11)
-            data = write_csv(candles, tmp / "regime.csv")
-            result = run_pipeline(tiny_config(data, tmp, MODEL_NAME))
+            candles = make_flow_signal_candles(3000, seed=11)
+            data = write_csv(candles, tmp / "flow.csv")
+            result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
             assert result["gate"]["result"] == "passed", result["gate"]
             assert result["promoted"]
             version = MlflowClient().get_model_version_by_alias(MODEL_NAME, PRODUCTION).version

@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from models.registry import PRODUCTION
-from tests.helpers import make_regime_candles, tiny_config
+from tests.helpers import make_flow_signal_candles, tiny_config
 from tests.servers import LOCALHOST, mlflow_server
 from train.pipeline import run_pipeline
 
@@ -149,8 +149,8 @@ def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """A tracking store holding one small pipeline run that passed its gate, and what it holds."""
     tmp = tmp_path_factory.mktemp("ui-store")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    candles = tmp / "regime.csv"
-    make_regime_candles(3000, seed=11).reset_index().to_csv(candles, index=False)
+    candles = tmp / "flow.csv"
+    make_flow_signal_candles(3000, seed=11).reset_index().to_csv(candles, index=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)  # the runs' artifact root is ./mlruns, beside mlflow.db
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -159,7 +159,7 @@ def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         mlflow.set_tracking_uri(uri)
         try:
-            result = run_pipeline(tiny_config(str(candles), tmp, MODEL))
+            result = run_pipeline(tiny_config(str(candles), tmp, MODEL, horizon=3))
             assert result["gate"]["result"] == "passed", result["gate"]
             client = MlflowClient(uri)
             run = client.get_run(result["run_id"])

@@ -1,0 +1,299 @@
+"""evaluation/economics.py: period returns, choosing the policy's confidence rule, trial statistics, the
+bootstrap of beating flat, and the directional-edge check."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.economics import (
+    TradingCosts,
+    bootstrap_mean_positive,
+    directional_edge,
+    fit_policy,
+    grid_sharpes,
+    period_returns,
+    policy_result,
+    trial_sharpe_stats,
+)
+from features.labels import BUY, HOLD, SELL, make_labels
+from models.policy import DecisionPolicy, net_returns, policy_grid, sharpe_per_period
+from tests.helpers import make_volatility_regime_candles
+
+# --------------------------------------------------------------------------------------------------
+# Period returns
+
+
+def test_period_returns_by_hand():
+    candles = pd.DataFrame({"open": [100.0, 101.0, 99.0, 102.0, 103.0], "close": [9.0] * 5})
+    r = period_returns(candles, np.arange(5))
+    assert r[:3] == pytest.approx([99 / 101 - 1, 102 / 99 - 1, 103 / 102 - 1])
+    assert np.isnan(r[3]) and np.isnan(r[4])  # no open two bars later
+    # Any order, any subset of bars; closes are never used.
+    assert period_returns(candles, np.array([2, 0])) == pytest.approx([103 / 102 - 1, 99 / 101 - 1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing the confidence rule
+
+STRONG_BUY, STRONG_SELL = [0.10, 0.38, 0.52], [0.52, 0.38, 0.10]  # margin 0.42
+WEAK_BUY, WEAK_SELL = [0.25, 0.35, 0.40], [0.40, 0.35, 0.25]  # margin 0.15
+NO_CALL = [0.30, 0.40, 0.30]
+
+
+def _confident_right_weak_wrong(n=600, seed=0):
+    """Out-of-fold-like probabilities where confident calls earn and weak calls lose (more).
+
+    Strong calls (p 0.52, margin 0.42) are followed by a move their way of 0.4%, weak ones (p 0.40,
+    margin 0.15) by a move against them of 0.6%; noise 0.2% on every period.
+    """
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 5, n)  # 0 strong buy, 1 strong sell, 2 weak buy, 3 weak sell, 4 no call
+    table = np.array([STRONG_BUY, STRONG_SELL, WEAK_BUY, WEAK_SELL, NO_CALL])
+    drift = np.array([0.004, -0.004, -0.006, 0.006, 0.0])
+    return table[kind], drift[kind] + 0.002 * rng.standard_normal(n)
+
+
+def test_fit_policy_picks_the_profitable_rule():
+    proba, r = _confident_right_weak_wrong()
+    cost = 0.0005
+    policy, table = fit_policy(proba, r, cost, "long_short", "flat")
+    by_key = {row["policy"]: row for row in table}
+
+    # Rules that trade the weak calls (threshold <= 0.40 and margin <= 0.15) lose money ...
+    for key in ("p0.34-m0", "p0.34-m0.1", "p0.4-m0", "p0.4-m0.05"):
+        assert by_key[key]["sharpe_per_period"] < 0 and by_key[key]["total_return"] < 0
+    # ... those that trade only the strong calls earn; above 0.52 nothing trades at all.
+    strong_only = ["p0.34-m0.2", "p0.4-m0.2", "p0.45-m0", "p0.45-m0.2", "p0.5-m0", "p0.5-m0.2"]
+    assert all(by_key[k]["sharpe_per_period"] > 0.3 for k in strong_only)
+    assert len({by_key[k]["sharpe_per_period"] for k in strong_only}) == 1  # identical trades
+    for p in ("0.55", "0.6", "0.7"):
+        row = by_key[f"p{p}-m0"]
+        assert row["n_trades"] == 0 and row["exposure"] == 0.0 and row["sharpe_per_period"] == 0.0
+
+    # The best Sharpe is shared by every strong-only rule; the tie goes to the strictest of them.
+    assert policy == DecisionPolicy("long_short", "flat", 0.5, 0.2)
+    chosen = by_key[policy.key]
+    assert chosen["sharpe_per_period"] == max(row["sharpe_per_period"] for row in table)
+
+    # The table row is what the rule earns, computed independently here.
+    strong = (proba == STRONG_BUY).all(axis=1) | (proba == STRONG_SELL).all(axis=1)
+    position = np.where(strong, np.sign(proba[:, 2] - proba[:, 0]), 0.0)
+    net = position * r - cost * np.abs(np.diff(position, prepend=0.0))
+    assert chosen["sharpe_per_period"] == pytest.approx(net.mean() / net.std(ddof=1))
+    assert chosen["total_return"] == pytest.approx(np.prod(1 + net) - 1)
+    assert chosen["n_trades"] == np.count_nonzero(np.diff(position, prepend=0.0))
+    assert chosen["exposure"] == pytest.approx(strong.mean())
+
+
+def test_fit_policy_table_has_one_row_per_rule_in_grid_order():
+    proba, r = _confident_right_weak_wrong(n=200, seed=1)
+    _, table = fit_policy(proba, r, 0.001, "long_only", "keep")
+    grid = policy_grid("long_only", "keep")
+    assert [row["policy"] for row in table] == [p.key for p in grid]
+    assert [(row["min_proba"], row["min_margin"]) for row in table] == [
+        (p.min_proba, p.min_margin) for p in grid
+    ]
+    for row, p in zip(table, grid, strict=True):
+        assert row == policy_result(p, proba, r, 0.001)
+
+
+@pytest.mark.parametrize("on_hold", ["keep", "flat"])
+def test_fit_policy_tie_break_prefers_the_stricter_rule(on_hold):
+    rng = np.random.default_rng(4)
+    n = 120
+    r = 0.003 * rng.standard_normal(n)
+    # Every call is so confident (p 0.9, margin 0.85) that all 28 rules make the same trades.
+    confident = np.where(rng.random(n)[:, None] < 0.5, [0.05, 0.05, 0.9], [0.9, 0.05, 0.05])
+    policy, table = fit_policy(confident, r, 0.001, "long_short", on_hold)
+    assert len({row["sharpe_per_period"] for row in table}) == 1
+    assert (policy.min_proba, policy.min_margin) == (0.7, 0.2)
+    # Nothing ever called: every rule earns exactly 0; again the strictest.
+    silent = np.tile(NO_CALL, (n, 1))
+    policy, table = fit_policy(silent, r, 0.001, "long_short", on_hold)
+    assert all(row["n_trades"] == 0 and row["sharpe_per_period"] == 0.0 for row in table)
+    assert (policy.min_proba, policy.min_margin) == (0.7, 0.2)
+
+
+def test_fit_policy_prefers_a_better_lenient_rule_over_a_worse_strict_one():
+    # Weak calls are right too here: trading them adds profit, so the tie-break must not override.
+    rng = np.random.default_rng(5)
+    n = 600
+    kind = rng.integers(0, 5, n)
+    proba = np.array([STRONG_BUY, STRONG_SELL, WEAK_BUY, WEAK_SELL, NO_CALL])[kind]
+    r = np.array([0.004, -0.004, 0.004, -0.004, 0.0])[kind] + 0.002 * rng.standard_normal(n)
+    policy, _ = fit_policy(proba, r, 0.0002, "long_short", "flat")
+    assert policy.min_proba <= 0.4 and policy.min_margin <= 0.15
+
+
+def test_policy_inputs_are_checked():
+    proba, r = _confident_right_weak_wrong(n=10)
+    with pytest.raises(ValueError, match="rows of probabilities"):
+        fit_policy(proba, r[:-1], 0.001, "long_short", "flat")
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_policy(proba[:2], r[:2], 0.001, "long_short", "flat")
+    bad = r.copy()
+    bad[-1] = np.nan  # the last rows of the data have no period to trade: they must be dropped first
+    with pytest.raises(ValueError, match="finite"):
+        fit_policy(proba, bad, 0.001, "long_short", "flat")
+    with pytest.raises(ValueError, match="finite"):
+        grid_sharpes(proba, bad, 0.001, "long_short", "flat")
+
+
+def test_grid_sharpes_keys_and_values():
+    proba, r = _confident_right_weak_wrong(n=300, seed=2)
+    sharpes = grid_sharpes(proba, r, 0.001, "long_short", "keep")
+    grid = policy_grid("long_short", "keep")
+    assert list(sharpes) == [p.key for p in grid]
+    for p in grid:
+        assert sharpes[p.key] == sharpe_per_period(net_returns(p.positions(proba), r, 0.001))
+    # TradingCosts slices its per-row returns with the same rows as the probabilities.
+    full_r = np.concatenate([np.full(50, 0.1), r, np.full(20, -0.1)])
+    costs = TradingCosts(period_return=full_r, cost=0.001, mode="long_short", on_hold="keep")
+    assert costs.grid_sharpes(np.arange(50, 350), proba) == sharpes
+
+
+# --------------------------------------------------------------------------------------------------
+# Trial statistics and the bootstrap of beating flat
+
+
+def test_trial_sharpe_stats():
+    assert trial_sharpe_stats([]) is None
+    assert trial_sharpe_stats([0.1]) is None
+    assert trial_sharpe_stats([0.2, 0.2]) is None  # no spread: nothing measured
+    assert trial_sharpe_stats([0.1, float("nan")]) is None  # one finite value
+    assert trial_sharpe_stats([0.1, 0.3]) == pytest.approx(0.02)  # (0.1^2 + 0.1^2) / (2 - 1)
+    # mean 0.3; squared deviations 0.04 + 0.01 + 0.09 = 0.14; ddof=1 -> 0.07
+    assert trial_sharpe_stats([0.1, 0.2, 0.6]) == pytest.approx(0.07)
+    assert trial_sharpe_stats([0.1, 0.2, float("inf"), 0.6]) == pytest.approx(0.07)
+
+
+def test_trial_sharpe_stats_of_identical_values_is_none():
+    # Documented: "None when fewer than 2 or all identical". Three trials with the same Sharpe ratio
+    # (e.g. trials that made the same out-of-fold calls) have no measured spread. Their float variance
+    # is rounding noise (mean of [0.2] * 3 is 0.20000000000000004), not a spread: a value like 1e-33
+    # makes the deflated Sharpe ratio's SR0 ~ 0, i.e. no deflation at all, reported as "measured".
+    values = [0.2, 0.2, 0.2]
+    assert np.ptp(values) == 0
+    assert trial_sharpe_stats(values) is None
+
+
+def test_bootstrap_mean_positive_for_a_clear_edge():
+    rng = np.random.default_rng(0)
+    r = 0.001 + 0.002 * rng.standard_normal(1000)
+    out = bootstrap_mean_positive(r, block=20, n_boot=500, seed=0)
+    assert out["p_positive"] >= 0.99 and out["mean_p5"] > 0
+    assert out["mean"] == pytest.approx(r.mean()) and out["block"] == 20 and out["n_boot"] == 500
+
+
+def test_bootstrap_mean_positive_never_trading_never_beats_flat():
+    out = bootstrap_mean_positive(np.zeros(300), block=20, n_boot=200)
+    assert out["p_positive"] == 0.0 and out["mean"] == 0.0
+
+
+def test_bootstrap_mean_positive_of_zero_mean_noise_is_far_from_one():
+    ps = []
+    for seed in range(20):
+        r = 0.002 * np.random.default_rng(100 + seed).standard_normal(400)
+        ps.append(bootstrap_mean_positive(r, block=20, n_boot=200, seed=seed)["p_positive"])
+    ps = np.array(ps)
+    assert 0.25 < ps.mean() < 0.75
+    assert (ps >= 0.95).sum() <= 3  # roughly the 5% a calibrated test allows (1 in 20 expected)
+
+
+def test_bootstrap_block_is_clipped_to_the_series():
+    # One block as long as the series: every resample is the series itself.
+    r = np.array([0.01, -0.02, 0.015, 0.001])
+    out = bootstrap_mean_positive(r, block=1000, n_boot=50)
+    assert out["block"] == 4 and out["p_positive"] == 1.0 and out["mean_p5"] == pytest.approx(r.mean())
+    out = bootstrap_mean_positive(-r, block=1000, n_boot=50)
+    assert out["p_positive"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Directional edge
+
+HORIZON = 6
+
+
+@pytest.fixture(scope="module")
+def volatility_only():
+    """Labels on candles whose volatility is predictable (calm/stormy regimes) and direction is not,
+    and a causal "stormy" flag from trailing volatility."""
+    candles = make_volatility_regime_candles(6000, seed=13)
+    y = make_labels(candles["close"], HORIZON, 0.005).to_numpy()
+    trailing_vol = np.log(candles["close"]).diff().rolling(24).std().to_numpy()
+    ok = np.isfinite(y) & np.isfinite(trailing_vol)
+    y, trailing_vol = y[ok].astype(np.int64), trailing_vol[ok]
+    return y, trailing_vol > np.median(trailing_vol)
+
+
+def test_volatility_timing_is_not_a_directional_edge(volatility_only):
+    y, stormy = volatility_only
+    move = (y == BUY) | (y == SELL)
+    assert move[stormy].mean() > 0.6 > 0.3 > move[~stormy].mean()  # the data does what it says
+
+    # Random buy/sell on stormy rows, hold on calm ones: a pure volatility timer.
+    rng = np.random.default_rng(0)
+    pred = np.where(stormy, rng.choice([SELL, BUY], len(y)), HOLD)
+    plain_buy_precision = np.mean(y[pred == BUY] == BUY)
+    unconditional_buy_rate = np.mean(y == BUY)
+    # The naive comparison flatters it: its buy calls are right far more often than buy labels occur
+    # (about 0.37 vs 0.24), only because stormy rows move more often.
+    assert plain_buy_precision > unconditional_buy_rate + 0.08
+
+    edge = directional_edge(y, pred, block=10 * HORIZON, n_boot=500, seed=0)
+    # Scored on rows that moved, it picks the right direction only as often as the base rates say.
+    assert edge.n_calls == np.count_nonzero(pred != HOLD)
+    assert edge.n_called_moves == np.count_nonzero((pred != HOLD) & move)
+    assert edge.precision == pytest.approx(np.mean(y[(pred != HOLD) & move] == pred[(pred != HOLD) & move]))
+    assert abs(edge.precision - edge.base_rate) < 0.03
+    assert edge.buy_base_rate == pytest.approx(np.mean(y[move] == BUY))
+    assert edge.buy_precision == pytest.approx(np.mean(y[move & (pred == BUY)] == BUY))
+    assert edge.p_positive < 0.9
+
+    # Over several random timers the check passes about as rarely as the confidence level allows.
+    ps = [
+        directional_edge(
+            y,
+            np.where(stormy, np.random.default_rng(s).choice([SELL, BUY], len(y)), HOLD),
+            block=10 * HORIZON,
+            n_boot=200,
+            seed=s,
+        ).p_positive
+        for s in range(1, 11)
+    ]
+    assert np.mean(ps) < 0.8 and sum(p >= 0.95 for p in ps) <= 2
+
+
+def test_right_direction_on_most_moves_is_an_edge(volatility_only):
+    y, _ = volatility_only
+    move = (y == BUY) | (y == SELL)
+    rng = np.random.default_rng(1)
+    right = rng.random(len(y)) < 0.8
+    pred = np.where(move, np.where(right, y, 2 - y), HOLD)  # 2 - y swaps buy and sell
+    edge = directional_edge(y, pred, block=10 * HORIZON, n_boot=500, seed=0)
+    assert edge.precision == pytest.approx(0.8, abs=0.03)
+    assert edge.base_rate == pytest.approx(0.5, abs=0.05)
+    assert edge.excess > 0.25
+    assert edge.p_positive >= 0.95
+
+
+def test_no_calls_is_no_edge(volatility_only):
+    y, _ = volatility_only
+    edge = directional_edge(y, np.full(len(y), HOLD), block=10 * HORIZON, n_boot=100)
+    assert edge.n_calls == 0 and edge.n_called_moves == 0
+    assert edge.p_positive == 0.0 and edge.precision == 0.0
+
+
+def test_directional_edge_by_hand():
+    y = np.array([BUY, BUY, BUY, SELL, HOLD, HOLD])
+    pred = np.array([BUY, BUY, SELL, BUY, BUY, HOLD])
+    edge = directional_edge(y, pred, block=1, n_boot=50)
+    # 5 calls, 4 on rows that moved: buy right twice, sell wrong, buy wrong -> precision 2/4.
+    assert (edge.n_calls, edge.n_called_moves) == (5, 4)
+    assert edge.precision == pytest.approx(0.5)
+    # Base rates among moves: buy 3/4, sell 1/4. Called on moves: 3 buys, 1 sell -> (3*3/4 + 1/4) / 4.
+    assert edge.buy_base_rate == pytest.approx(0.75) and edge.sell_base_rate == pytest.approx(0.25)
+    assert edge.base_rate == pytest.approx((3 * 0.75 + 0.25) / 4)
+    assert edge.buy_precision == pytest.approx(2 / 3) and edge.sell_precision == 0.0
+    assert edge.excess == pytest.approx(0.5 - 0.625)

@@ -107,10 +107,9 @@ def fit_policy(
 def trial_sharpe_stats(trial_sharpes: list[float]) -> float | None:
     """Variance (ddof=1) of the trials' Sharpe ratios; None when fewer than 2 or all identical."""
     values = np.asarray([s for s in trial_sharpes if np.isfinite(s)], dtype=float)
-    if len(values) < 2:
+    if len(values) < 2 or np.ptp(values) == 0:  # ptp, not var: identical values can leave rounding noise
         return None
-    variance = float(values.var(ddof=1))
-    return variance if variance > 0 else None
+    return float(values.var(ddof=1))
 
 
 def bootstrap_mean_positive(returns: np.ndarray, block: int, n_boot: int = 1000, seed: int = 0) -> dict:

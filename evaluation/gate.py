@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,7 +40,7 @@ class GateConfig:
     def __post_init__(self):
         for name in ("min_macro_f1", "min_margin", "champion_tolerance", "min_dsr", "min_confidence"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise TypeError(f"gate setting {name} must be a finite number, got {value!r}")
         if not 0.0 <= self.min_macro_f1 <= 1.0:
             raise ValueError(f"gate_min_f1 must be in [0, 1], got {self.min_macro_f1!r}")
@@ -49,6 +50,12 @@ class GateConfig:
             raise ValueError(f"gate_confidence must be in [0.5, 1), got {self.min_confidence!r}")
         if not 0.0 <= self.min_dsr < 1.0:
             raise ValueError(f"gate_min_dsr must be in [0, 1) (0 = off), got {self.min_dsr!r}")
+        if not isinstance(self.economic, bool):
+            raise TypeError(f"gate setting economic must be true or false, got {self.economic!r}")
+        for name in ("n_boot", "min_champion_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"gate setting {name} must be an int >= 1, got {value!r}")
 
 
 @dataclass

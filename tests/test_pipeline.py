@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -115,6 +117,18 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     # the decision policy's holdout backtest made money after costs, and the DSR used measured trials
     assert first["backtest"]["total_return"] > 0 and first["deflated_sharpe"]["measured"]
     assert first["deflated_sharpe"]["n_trials"] == 6  # 3 finished trials in each of 2 studies
+    # ... and the variance of the Sharpe ratios that the trials' own out-of-fold predictions earned under
+    # the chosen policy rule, as recorded in the Optuna studies
+    key = DecisionPolicy.from_dict(first["policy"]).key
+    storage = f"sqlite:///{store}/optuna.db"
+    sharpes = [
+        t.user_attrs["oof_sharpe"][key]
+        for summary in optuna.study.get_all_study_summaries(storage)
+        for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    assert len(sharpes) == first["deflated_sharpe"]["n_trial_sharpes"] >= 2
+    assert first["deflated_sharpe"]["sr_variance"] == pytest.approx(np.var(sharpes, ddof=1))
 
     run = client.get_run(first["run_id"])
     assert run.data.tags["gate"] == "passed" and run.data.tags["model_version"] == "1"

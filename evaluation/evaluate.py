@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from features.data import DataError, load_candles
 from features.labels import make_labels
+from models import tracking
 from models.pyfunc import as_model_input
-from train import tracking
 
 MIN_SCORED_ROWS = 100
 PROBA = ["p_sell", "p_hold", "p_buy"]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from features.data import OHLCV, DataError, _fmt_td, _parse_timeframe, _resample, infer_bar
+from features.candles import OHLCV, DataError, fmt_td, infer_bar, parse_timeframe, resample
 from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
 
 __all__ = [
@@ -66,7 +66,7 @@ def parse_context_timeframe(context_timeframe: str | pd.Timedelta | None) -> pd.
         if not context_timeframe.strip():
             return None
         try:
-            length = _parse_timeframe(context_timeframe)[1]
+            length = parse_timeframe(context_timeframe)[1]
         except DataError as exc:
             raise DataError(f"context_timeframe: {exc} Or leave it empty for no context features.") from exc
     else:
@@ -81,7 +81,7 @@ def parse_context_timeframe(context_timeframe: str | pd.Timedelta | None) -> pd.
 def context_label(context_timeframe: str | pd.Timedelta | None) -> str:
     """Canonical short form of a context timeframe ("4h" for "4h", "240min" or "4 hours"); "" for none."""
     length = parse_context_timeframe(context_timeframe)
-    return "" if length is None else _fmt_td(length)
+    return "" if length is None else fmt_td(length)
 
 
 def context_names(context_timeframe: str | pd.Timedelta | None) -> list[str]:
@@ -109,18 +109,18 @@ def check_context(context_timeframe: str | pd.Timedelta, bar: pd.Timedelta) -> i
     bar = pd.Timedelta(bar)
     if bar <= pd.Timedelta(0):
         raise DataError(f"The candles' bar must be positive, got {bar}.")
-    shown = f"context_timeframe {context_timeframe!r} ({_fmt_td(length)})"
+    shown = f"context_timeframe {context_timeframe!r} ({fmt_td(length)})"
     fix = (
-        f"Use a whole multiple of {_fmt_td(bar)} of at least twice it (e.g. {_fmt_td(2 * bar)} or "
-        f"{_fmt_td(8 * bar)}), or leave context_timeframe empty for no context features."
+        f"Use a whole multiple of {fmt_td(bar)} of at least twice it (e.g. {fmt_td(2 * bar)} or "
+        f"{fmt_td(8 * bar)}), or leave context_timeframe empty for no context features."
     )
     if length <= bar:
         raise DataError(
-            f"{shown} is not coarser than the candles' {_fmt_td(bar)} bars, so it adds no context. {fix}"
+            f"{shown} is not coarser than the candles' {fmt_td(bar)} bars, so it adds no context. {fix}"
         )
     if length % bar != pd.Timedelta(0):
         raise DataError(
-            f"{shown} is not a whole multiple of the candles' {_fmt_td(bar)} bars, so its bins would hold "
+            f"{shown} is not a whole multiple of the candles' {fmt_td(bar)} bars, so its bins would hold "
             f"uneven numbers of candles. {fix}"
         )
     return int(length // bar)
@@ -171,7 +171,7 @@ def resample_context(
     length = pd.Timedelta(bar) * m
     if len(candles) == 0:
         return candles.loc[:, list(OHLCV)].astype("float64")
-    return _resample(candles.loc[:, list(OHLCV)], length, pd.Timedelta(bar))
+    return resample(candles.loc[:, list(OHLCV)], length, pd.Timedelta(bar))
 
 
 def align_to_base(

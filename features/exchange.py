@@ -2,7 +2,7 @@
 
 ``data=exchange:<exchange>:<symbol>:<timeframe>`` (e.g. ``exchange:bitbank:BTC/JPY:15m``) names one
 series; :func:`parse_spec` checks it and :func:`fetch_candles` brings the cache up to date and returns the
-last ``days`` days of closed candles in the :mod:`features.data` convention. The CLI only updates the cache
+last ``days`` days of closed candles in the :mod:`features.candles` convention. The CLI only updates the cache
 (for a scheduled job before training)::
 
     python -m features.exchange --data exchange:bitbank:BTC/JPY:15m --days 365 [--cache-dir DIR]
@@ -30,7 +30,7 @@ Window and closed candles
     timeframe is after ``now`` is still forming; it is never cached or returned.
 
 Failure semantics
-    A call either returns the complete requested window or raises :class:`~features.data.DataError`;
+    A call either returns the complete requested window or raises :class:`~features.candles.DataError`;
     a partial dataset is never returned. Candles fetched and validated before the failure (a contiguous
     run right after the cached ones) are still saved, so the next call resumes where this one stopped.
     A failed fetch of older history (``days`` reaching before what the cache covers) is discarded whole,
@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.data import OHLCV, DataError, normalize_candles
+from features.candles import OHLCV, DataError, normalize_candles
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",

@@ -20,9 +20,9 @@ from dataclasses import asdict
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from models import tracking
 from models.registry import RegistryError, history, promote, rollback, status
-from train import tracking
-from train.config import parse_bool
+from models.tracking import parse_bool
 
 DEFAULT_MODEL = "crypto-signal-ensemble"
 

@@ -160,6 +160,10 @@ def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stal
             )
             break
         except MlflowException as exc:
+            # MLflow's SQL store answers a name clash by looking the existing model up: if its holder
+            # released it in between, that lookup says "not found". Either way the lock was taken.
+            if _not_found(exc):
+                continue
             if _code(exc) != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:

@@ -11,6 +11,7 @@ from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
+from models.tracking import parse_bool
 from models.policy import MODES, ON_HOLD
 
 
@@ -119,15 +120,6 @@ class PipelineConfig:
             # Only when set, so studies without context keep their names; "4h" and "240min" are one study.
             payload["context_timeframe"] = context_label(self.context_timeframe)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "y"):
-        return True
-    if value in ("false", "0", "no", "n", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 HELP = {

@@ -651,6 +651,8 @@ def register(
         {
             "holdout_macro_f1": round(gate.candidate_macro_f1, 4),
             "baseline_macro_f1": round(gate.baseline_macro_f1, 4),
+            "backtest_total_return": round(ev.backtest.metrics["total_return"], 4),
+            "buyhold_total_return": round(ev.backtest.benchmark_metrics["total_return"], 4),
             "failed_checks": ",".join(gate.failed_checks()) or None,
         },
     )

@@ -11,8 +11,8 @@ from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
-from models.tracking import parse_bool
 from models.policy import MODES, ON_HOLD
+from models.tracking import parse_bool
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -19,18 +20,27 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from evaluation.backtest import BacktestConfig, backtest
+from evaluation.baselines import informed_baselines
+from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from features.data import DataError, load_candles
-from features.labels import make_labels
+from features.labels import CLASS_NAMES, HOLD, make_labels
 from models import tracking
+from models.policy import DecisionPolicy
 from models.pyfunc import as_model_input
 
 MIN_SCORED_ROWS = 100
+ACTION_CODES = {name: code for code, name in enumerate(CLASS_NAMES)}
 PROBA = ["p_sell", "p_hold", "p_buy"]
 
 
-def score_model(model, candles: pd.DataFrame, seed: int = 0) -> dict:
-    """Out-of-sample metrics of a loaded pyfunc model on ``candles``, with baselines.
+def score_model(
+    model, candles: pd.DataFrame, seed: int = 0, fee_bps: float = 10.0, slippage_bps: float = 5.0
+) -> dict:
+    """Out-of-sample metrics of a loaded pyfunc model on ``candles``, with baselines, and the backtest of
+    its decision policy (its ``action`` column; a model logged before policies existed: its most
+    probable class, flat on hold) after costs, beside buy-and-hold.
 
     Raises ValueError when the model lacks the metadata to label the candles or too few candles fall
     after its training window.
@@ -58,14 +68,54 @@ def score_model(model, candles: pd.DataFrame, seed: int = 0) -> dict:
     metrics = classification_metrics(y, out.loc[scored, PROBA].to_numpy())
     # Baselines learn class frequencies from labelled candles before the scored window when there are
     # enough of them, else from the scored labels themselves (which only flatters the baselines).
-    before = labels.to_numpy()[(timestamps <= trained_until).to_numpy() & labels.notna().to_numpy()]
+    # Labelled candles whose label matured by the training cut: the model's own development rows.
+    matured = (candles.index + int(meta["horizon"]) * pd.Timedelta(meta["bar"])).tz_localize(None)
+    known = out["ready"].to_numpy() & labels.notna().to_numpy() & (matured <= trained_until)
+    before = labels.to_numpy()[known]
     prior = before.astype(np.int64) if len(before) >= MIN_SCORED_ROWS else y
     baselines = {
         k: classification_metrics(y, p) for k, p in baseline_predictions(prior, len(y), seed).items()
     }
+    notes = []
+    if len(before) >= MIN_SCORED_ROWS:
+        # The informed baselines learn from labelled candles up to the model's training cut only.
+        informed = informed_baselines(
+            candles,
+            np.arange(len(candles)),
+            np.nan_to_num(labels.to_numpy(), nan=HOLD).astype(np.int64),
+            np.flatnonzero(known),
+            np.flatnonzero(scored),
+            int(meta["horizon"]),
+            float(meta["threshold"]),
+            int(meta["vol_window"]),
+            seed,
+        )
+        baselines |= {k: classification_metrics(y, b["proba"], b["pred"]) for k, b in informed.items()}
+    else:
+        notes.append(
+            f"informed baselines left out: only {len(before)} labelled candles up to the model's training "
+            f"cut to fit them on (need {MIN_SCORED_ROWS}); give candles that start earlier"
+        )
+    policy = meta.get("policy")
+    if "action" in out and policy:
+        rule = DecisionPolicy.from_dict(policy)
+        actions = out.loc[scored, "action"].map(ACTION_CODES).to_numpy()
+    else:
+        rule = DecisionPolicy(on_hold="flat")
+        actions = out.loc[scored, "label"].to_numpy()
+    config = BacktestConfig(mode=rule.mode, hold=rule.on_hold, fee_bps=fee_bps, slippage_bps=slippage_bps)
+    bt = backtest(candles, pd.Series(actions, index=candles.index[scored]), config)
+    calls = out.loc[scored, PROBA].to_numpy().argmax(axis=1)
+    edge = directional_edge(y, calls, block=max(20, 10 * int(meta["horizon"])), seed=seed)
     return {
         "metrics": metrics,
         "baselines": baselines,
+        "policy": rule.to_dict(),
+        "backtest": bt.metrics,
+        "buyhold": bt.benchmark_metrics,
+        "backtest_config": asdict(config),
+        "directional_edge": asdict(edge),
+        "notes": notes,
         "rows_scored": int(scored.sum()),
         "window": [str(timestamps[scored].iloc[0]), str(timestamps[scored].iloc[-1])],
         "trained_until": str(trained_until),
@@ -81,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeframe", default="")
     parser.add_argument("--days", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--fee-bps", type=float, default=10.0, help="backtest fee per unit traded, bps")
+    parser.add_argument("--slippage-bps", type=float, default=5.0, help="backtest slippage per unit, bps")
     args = parser.parse_args(argv)
     try:
         tracking.check_reachable()
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
         model = mlflow.pyfunc.load_model(args.model_uri)
-        result = score_model(model, candles, args.seed)
+        result = score_model(model, candles, args.seed, args.fee_bps, args.slippage_bps)
         tracking.use_experiment()
         with mlflow.start_run(run_name=f"evaluate {args.model_uri}"):
             mlflow.set_tags(
@@ -105,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                     "timeframe": args.timeframe,
                     "days": args.days,
                     "seed": args.seed,
+                    "fee_bps": args.fee_bps,
+                    "slippage_bps": args.slippage_bps,
                 }
             )
             tracking.log_dataset(candles, "candles", info.source, "evaluation")
@@ -113,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 tracking.log_metrics(f"baseline_{name}_", m)
             best = max(m["macro_f1"] for m in result["baselines"].values())
             mlflow.log_metrics({"baseline_macro_f1": best, "rows_scored": result["rows_scored"]})
+            tracking.log_metrics("backtest_", result["backtest"])
+            tracking.log_metrics("buyhold_", result["buyhold"])
             mlflow.log_dict(result, "evaluation.json")
             with tempfile.TemporaryDirectory() as tmp:
                 path = plot_confusion_matrix(
@@ -130,6 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  macro-F1 {m['macro_f1']:.4f}  accuracy {m['accuracy']:.4f}  log loss {m['log_loss']:.4f}")
     for name, b in result["baselines"].items():
         print(f"  baseline {name:<11} macro-F1 {b['macro_f1']:.4f}")
+    bt, bh, edge = result["backtest"], result["buyhold"], result["directional_edge"]
+    print(
+        f"  directional precision on rows that moved {edge['precision']:.1%} vs {edge['base_rate']:.1%} "
+        f"by the base rates ({edge['n_called_moves']} calls)"
+    )
+    print(
+        f"  decision policy after costs: return {bt['total_return']:+.2%}, Sharpe {bt['sharpe']:.2f}, "
+        f"{bt['n_trades']} trades; buy-and-hold {bh['total_return']:+.2%}"
+    )
+    for note in result["notes"]:
+        print(f"  note: {note}")
     return 0
 
 

@@ -248,6 +248,10 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     evaluated = client.search_runs([run.info.experiment_id], "tags.step = 'evaluate'")[0]
     assert evaluated.data.metrics["holdout_macro_f1"] == pytest.approx(first["ensemble"]["holdout_macro_f1"])
     assert evaluated.data.metrics["rows_scored"] == first["plan"]["holdout"]["rows"]
+    # ... and the pipeline's baselines (fitted on the same development rows) and its policy's backtest
+    for name, f1 in first["baselines"].items():
+        assert evaluated.data.metrics[f"baseline_{name}_macro_f1"] == pytest.approx(f1), name
+    assert evaluated.data.metrics["backtest_total_return"] == pytest.approx(first["backtest"]["total_return"])
     early = write_csv(make_flow_signal_candles(3000, seed=11).iloc[:2000], store / "early.csv")
     assert evaluate_main(["--model-uri", "models:/test-model/1", "--data", early]) == 1
     assert predict_main(["--data", learnable, "--output", str(store / "signals.parquet")]) == 1  # other name

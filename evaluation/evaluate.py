@@ -25,13 +25,12 @@ from evaluation.baselines import informed_baselines
 from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from features.data import DataError, load_candles
-from features.labels import CLASS_NAMES, HOLD, make_labels
+from features.labels import HOLD, make_labels
 from models import tracking
-from models.policy import DecisionPolicy
+from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import as_model_input
 
 MIN_SCORED_ROWS = 100
-ACTION_CODES = {name: code for code, name in enumerate(CLASS_NAMES)}
 PROBA = ["p_sell", "p_hold", "p_buy"]
 
 

@@ -24,6 +24,7 @@ MODES: tuple[str, ...] = ("long_short", "long_only")
 ON_HOLD: tuple[str, ...] = ("keep", "flat")
 SELL, HOLD, BUY = 0, 1, 2
 ACTION_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
+ACTION_CODES: dict[str, int] = {name: code for code, name in enumerate(ACTION_NAMES)}
 
 # The confidence rules searched when a policy is fitted (models.policy.policy_grid). A probability
 # threshold of 1/3 acts on any lean towards a direction; 0.7 only on strong ones.

@@ -86,6 +86,11 @@ class PipelineConfig:
         return f"{name}={getattr(self, name)!r}"
 
     @property
+    def cost(self) -> float:
+        """Fees plus slippage per unit of notional traded, as a fraction (15 bps -> 0.0015)."""
+        return (self.fee_bps + self.slippage_bps) / 1e4
+
+    @property
     def model_list(self) -> list[str]:
         return [m.strip() for m in self.models.split(",") if m.strip()]
 

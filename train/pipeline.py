@@ -50,7 +50,7 @@ from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.notify import notify
-from models.policy import DecisionPolicy, net_returns
+from models.policy import ACTION_CODES, DecisionPolicy, net_returns
 from models.pyfunc import SignalModel, as_model_input
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
@@ -121,35 +121,35 @@ def score_champion(
     label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
     differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
     if differs:
-        note = f"production v{version} predicts another label ({'; '.join(differs)}): not comparable"
+        note = f"it predicts another label ({'; '.join(differs)})"
         return ChampionComparison(version, comparable=False, note=note)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     meta = model.metadata.metadata or {}
     if "trained_until" not in meta:
-        note = f"production v{version} does not say which candles it trained on (no trained_until)"
+        note = "it does not say which candles it trained on (no trained_until in its metadata)"
         return ChampionComparison(version, comparable=False, note=note)
     holdout_pos = data.split.holdout
     history = as_model_input(data.candles.iloc[: int(data.ds.bars[holdout_pos[-1]]) + 1])
     try:
         out = model.predict(history)
     except ValueError as exc:  # e.g. trained on another bar size
-        return ChampionComparison(version, comparable=False, note=f"cannot score these candles: {exc}")
+        return ChampionComparison(version, comparable=False, note=f"it cannot score these candles: {exc}")
     stamps = data.ds.X.index[holdout_pos].tz_localize(None)
     rows = out.set_index("timestamp").loc[stamps]
     if not rows["ready"].all():
-        return ChampionComparison(version, comparable=False, note="lacks history for some holdout rows")
+        return ChampionComparison(version, comparable=False, note="it lacks history for some holdout rows")
     unseen = (
         stamps > pd.Timestamp(meta["trained_until"]) + int(meta.get("horizon", cfg.horizon)) * data.info.bar
     )
     if "action" in rows and "policy" in meta:
         policy = DecisionPolicy.from_dict(meta["policy"])
-        actions = rows["action"].map({n: k for k, n in enumerate(CLASS_NAMES)}).to_numpy()
+        actions = rows["action"].map(ACTION_CODES).to_numpy()
     else:
         policy = DecisionPolicy(mode=cfg.backtest_mode, on_hold="flat")
         actions = rows["label"].to_numpy()
     # Both models trade the holdout from flat at its first row, at the same costs.
     champion_returns = net_returns(
-        policy.positions_from_actions(actions), data.period_returns[holdout_pos], _cost(cfg)
+        policy.positions_from_actions(actions), data.period_returns[holdout_pos], cfg.cost
     )
     notes = []
     if tags.get("features", cfg.features) != cfg.features:
@@ -169,10 +169,6 @@ def score_champion(
         champion_returns,
         note="; ".join(notes),
     )
-
-
-def _cost(cfg: PipelineConfig) -> float:
-    return (cfg.fee_bps + cfg.slippage_bps) / 1e4
 
 
 def stage_model_code(tmp: Path) -> list[str]:

@@ -74,7 +74,7 @@ class Prepared:
         """The development rows' period returns with the run's costs and policy rules, for tuning trials."""
         return TradingCosts(
             self.period_returns[self.split.dev],
-            (cfg.fee_bps + cfg.slippage_bps) / 1e4,
+            cfg.cost,
             cfg.backtest_mode,
             cfg.on_hold,
         )

@@ -22,7 +22,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from models.policy import MODES, DecisionPolicy, net_returns
+from models.policy import MODES, NOT_READY, DecisionPolicy, net_returns
 
 HOLDS: tuple[str, ...] = ("flat", "keep")
 SIGNAL_CODES: dict[str, int] = {"sell": 0, "hold": 1, "buy": 2}
@@ -169,15 +169,6 @@ def _check_inputs(candles: pd.DataFrame, signals: pd.Series, config: BacktestCon
             f"{len(missing)} signal timestamp(s) are not candle timestamps, e.g. {list(missing[:3])}; "
             "signals must be indexed by a subset of the candle index"
         )
-    # Each position is held from open[t+1] to open[t+2], where the next decision executes; a skipped candle
-    # row would leave a bar nobody decided on, so the signals must cover consecutive candle rows.
-    jumps = np.flatnonzero(np.diff(rows) != 1)
-    if len(jumps):
-        first = jumps[0]
-        raise ValueError(
-            "signals must cover consecutive candle rows (one decision per bar); "
-            f"after {signals.index[first]} the next one skips {rows[first + 1] - rows[first] - 1} candle(s)"
-        )
     return rows
 
 
@@ -249,15 +240,23 @@ def backtest(
     config: BacktestConfig,
     bar: pd.Timedelta | None = None,
 ) -> BacktestResult:
-    """Backtest ``signals`` (0/1/2 or "sell"/"hold"/"buy", one per consecutive candle row) on ``candles``.
+    """Backtest ``signals`` (0/1/2 or "sell"/"hold"/"buy", indexed by candle timestamps) on ``candles``.
 
     The signal of bar t trades at open[t+1] and earns open[t+2] / open[t+1] - 1; signals without an
-    open[t+2] are dropped (``n_dropped``). The benchmark is long 1 over exactly the same periods and pays
-    the entry cost once.
+    open[t+2] are dropped (``n_dropped``). Candle rows between the first and the last signal that have
+    none (rows dropped next to a gap) are flat, and a hold after them stays flat. The benchmark is long 1
+    over exactly the same periods and pays the entry cost once.
     """
     rows = _check_inputs(candles, signals, config)
     bars_per_year = _bars_per_year(candles, bar)
     codes = _signal_codes(signals)
+    # Candle rows without a signal between the first and the last (rows dropped next to a gap, whose
+    # indicators or label would span it) are flat: the bot had nothing it could act on there.
+    span = np.arange(rows[0], rows[-1] + 1)
+    if len(span) > len(rows):
+        filled = np.full(len(span), NOT_READY, dtype=np.int64)
+        filled[rows - rows[0]] = codes
+        rows, codes = span, filled
     # Positions are computed on all signals (hold="keep" carries forward), then the tail that cannot be
     # held to an open[t+2] is dropped; dropping only ever removes the last signals.
     position_all = _positions(codes, config)

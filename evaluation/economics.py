@@ -30,18 +30,38 @@ def period_returns(candles: pd.DataFrame, bars: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TradingCosts:
-    """What every tuning trial needs to backtest its out-of-fold predictions like the final policy."""
+    """What tuning trials and the policy fit need to trade out-of-fold predictions like the backtest."""
 
-    period_return: np.ndarray  # per development row (``period_returns``)
+    opens: np.ndarray  # open price of every candle
+    bars: np.ndarray  # candle position of every development row
     cost: float  # per unit of notional traded, as a fraction
     mode: str
     on_hold: str
 
+    def span(self, rows: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``proba`` of the development ``rows`` spread over every candle from the first row's to the
+        last's, with NaN (not ready: flat) on candles without a row (next to gaps, where rows were
+        dropped), and each candle's period return: the inputs of ``fit_policy`` / ``grid_sharpes``."""
+        bars = self.bars[np.asarray(rows)]
+        if (np.diff(bars) <= 0).any():
+            raise ValueError("rows must be in increasing time order")
+        span = np.arange(bars[0], bars[-1] + 1)
+        full = np.full((len(span), 3), np.nan)
+        full[bars - bars[0]] = proba
+        returns = np.full(len(span), np.nan)
+        ok = span + 2 < len(self.opens)
+        returns[ok] = self.opens[span[ok] + 2] / self.opens[span[ok] + 1] - 1.0
+        return full[ok], returns[ok]
+
     def grid_sharpes(self, rows: np.ndarray, proba: np.ndarray) -> dict:
-        """``grid_sharpes`` of out-of-fold ``proba`` on the consecutive development ``rows``."""
-        return grid_sharpes(proba, self.period_return[rows], self.cost, self.mode, self.on_hold)
+        """``grid_sharpes`` of out-of-fold ``proba`` on the development ``rows``."""
+        return grid_sharpes(*self.span(rows, proba), self.cost, self.mode, self.on_hold)
+
+    def fit_policy(self, rows: np.ndarray, proba: np.ndarray) -> tuple[DecisionPolicy, list[dict]]:
+        """``fit_policy`` on out-of-fold ``proba`` of the development ``rows``."""
+        return fit_policy(*self.span(rows, proba), self.cost, self.mode, self.on_hold)
 
 
 def _check_rows(proba: np.ndarray, period_return: np.ndarray) -> None:

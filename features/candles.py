@@ -25,7 +25,9 @@ __all__ = [
     "OHLCV",
     "PRICES",
     "TIME_UNIT",
+    "GAP_TOLERANCE_BARS",
     "DataError",
+    "check_bar_sizes",
     "count_gaps",
     "fmt_td",
     "fmt_ts",
@@ -33,6 +35,8 @@ __all__ = [
     "normalize_candles",
     "parse_timeframe",
     "resample",
+    "segment_ids",
+    "segments",
 ]
 
 OHLCV = ("open", "high", "low", "close", "volume")
@@ -141,6 +145,69 @@ def count_gaps(index: pd.DatetimeIndex, bar: pd.Timedelta) -> tuple[int, pd.Time
         return 0, pd.Timedelta(0)
     missing = int((over // bar).to_numpy().sum() - len(over))
     return missing, pd.Timedelta(over.max())
+
+
+# --------------------------------------------------------------------------------------------------
+# Gaps: one rule everywhere (training, serving, the look-ahead check)
+
+# A spacing of up to this many missing bars is tolerated (an exchange that printed no candle for a quiet
+# bar); more is a gap. No indicator window and no label window spans a gap: features restart their
+# warm-up after it, rows whose label would reach across it are dropped, and the served model marks the
+# rows after it not ready until the indicators have their history again.
+GAP_TOLERANCE_BARS = 1
+# This many consecutive spacings of the same size other than the bar are another bar size, not gaps.
+MIXED_BAR_RUN = 10
+
+
+def segment_ids(index: pd.DatetimeIndex, bar: pd.Timedelta) -> np.ndarray:
+    """Per row, the number of gaps before it (0 for every row of gap-free candles)."""
+    if len(index) < 2:
+        return np.zeros(len(index), dtype=np.int64)
+    limit = (GAP_TOLERANCE_BARS + 1) * pd.Timedelta(bar).value
+    spacing = np.diff(index.as_unit("ns").asi8)
+    return np.concatenate(([0], np.cumsum(spacing > limit))).astype(np.int64)
+
+
+def segments(index: pd.DatetimeIndex, bar: pd.Timedelta) -> list[slice]:
+    """Row slices of the gap-free stretches of ``index``, oldest first."""
+    ids = segment_ids(index, bar)
+    starts = np.flatnonzero(np.diff(ids, prepend=-1))
+    ends = np.append(starts[1:], len(ids))
+    return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def check_bar_sizes(index: pd.DatetimeIndex, bar: pd.Timedelta) -> None:
+    """Refuse candles whose bar size changes: spacings shorter than ``bar``, or a run of
+    ``MIXED_BAR_RUN`` consecutive equal spacings other than ``bar`` (bars of another size, not a gap).
+    Raises DataError naming the offending time ranges."""
+    if len(index) < 2:
+        return
+    bar = pd.Timedelta(bar)
+    spacing = pd.TimedeltaIndex(index[1:] - index[:-1])
+    short = np.flatnonzero(spacing < bar)
+    if len(short):
+        shown = ", ".join(f"{fmt_ts(index[i])} -> {fmt_ts(index[i + 1])}" for i in short[:3])
+        raise DataError(
+            f"Mixed bar sizes: {len(short)} spacing(s) are shorter than the {fmt_td(bar)} bar, e.g. {shown}. "
+            "One file must hold one bar size: resample the finer part (or split the file)."
+        )
+    values = spacing.asi8
+    change = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate(([0], change))
+    lengths = np.diff(np.append(starts, len(values)))
+    ranges = [(int(a), int(n)) for a, n in zip(starts, lengths, strict=True) if n >= MIXED_BAR_RUN]
+    ranges = [(a, n) for a, n in ranges if spacing[a] != bar]
+    if ranges:
+        shown = "; ".join(
+            f"{fmt_ts(index[a])} .. {fmt_ts(index[a + n])} are {fmt_td(spacing[a])} apart"
+            for a, n in ranges[:3]
+        )
+        raise DataError(
+            f"Mixed bar sizes: the candles are mostly {fmt_td(bar)} bars, but {shown}"
+            f"{f' (and {len(ranges) - 3} more ranges)' if len(ranges) > 3 else ''}. One file must hold one "
+            f"bar size: resample it to the larger one (e.g. timeframe={fmt_td(spacing[ranges[0][0]])}) or "
+            "split the file."
+        )
 
 
 # --------------------------------------------------------------------------------------------------

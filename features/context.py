@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from features.candles import OHLCV, DataError, fmt_td, infer_bar, parse_timeframe, resample
+from features.candles import OHLCV, DataError, fmt_td, infer_bar, parse_timeframe, resample, segments
 from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
 
 __all__ = [
@@ -223,8 +223,25 @@ def compute_model_features(
 
     ``bar`` is the candles' bar size; inferred from the index when omitted (pass it for windows of
     fewer than 2 candles). Raises DataError when the context is not a whole multiple >= 2 of the bar.
-    Row t uses candles opened at <= t only, like ``compute_features``.
+    Row t uses candles opened at <= t only, like ``compute_features``, and none before a gap
+    (``features.candles.segments``): after a gap the indicators start their warm-up again.
     """
+    index = getattr(candles, "index", None)
+    parts = []
+    if isinstance(index, pd.DatetimeIndex) and len(index) >= 2 and index.is_monotonic_increasing:
+        bar = infer_bar(index) if bar is None else bar
+        parts = segments(index, bar)
+    if len(parts) > 1:
+        # No indicator window spans a gap: each gap-free stretch starts its own warm-up.
+        return pd.concat(
+            [_model_features(candles.iloc[p], feature_set, context_timeframe, bar) for p in parts]
+        )
+    return _model_features(candles, feature_set, context_timeframe, bar)
+
+
+def _model_features(
+    candles: pd.DataFrame, feature_set: str, context_timeframe: str | pd.Timedelta | None, bar
+) -> pd.DataFrame:
     base = compute_features(candles, feature_set)
     if parse_context_timeframe(context_timeframe) is None:
         return base

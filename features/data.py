@@ -22,6 +22,7 @@ import pandas as pd
 from features.candles import (
     OHLCV,
     DataError,
+    check_bar_sizes,
     count_gaps,
     fmt_td,
     fmt_ts,
@@ -144,12 +145,18 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, str]:
             ".parquet file of candles, exchange:<exchange>:<symbol>:<timeframe>, or a logged snapshot "
             "runs:/<run_id>/data/candles.parquet."
         )
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            raise DataError(
+                f"Data file {str(path)!r} does not exist (or is not a file). Accepted: 'builtin', or a path "
+                "to an existing .csv, .csv.gz or .parquet file."
+            )
+        content = path.read_bytes()
+    except OSError as exc:  # no read permission, a name too long, an I/O error ...
         raise DataError(
-            f"Data file {str(path)!r} does not exist (or is not a file). Accepted: 'builtin', or a path "
-            "to an existing .csv, .csv.gz or .parquet file."
-        )
-    content = path.read_bytes()
+            f"Could not read data file {str(path)!r}: {exc.strerror or exc}. Check that it is a readable "
+            "file (permissions) and the path is right."
+        ) from exc
     digest = hashlib.sha256(content).hexdigest()
     # Parse the very bytes that were hashed, so the logged checksum matches the data used.
     try:
@@ -253,10 +260,14 @@ def load_candles(
             raw, digest = _read_file(_download_artifact(data, tmp))
         frame, source = normalize_candles(raw), data
     else:
-        path = Path(data).expanduser().resolve()
+        try:
+            path = Path(data).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # unknown ~user, a NUL byte, a symlink loop
+            raise DataError(f"Data path {str(data)!r} is not a usable file path: {str(exc).rstrip('.')}.") from exc
         raw, digest = _read_file(path)
         frame, source = normalize_candles(raw), str(path)
     native_bar = infer_bar(frame.index)
+    check_bar_sizes(frame.index, native_bar)  # one bar size per file; holes are gaps, not another size
 
     if days is not None:
         cutoff = frame.index[-1] - pd.Timedelta(days=days)

@@ -1,8 +1,10 @@
 """Join features and labels into the supervised data set used by training and evaluation.
 
-The kept rows are one contiguous block of candle bars (warm-up head and horizon tail removed).
-Downstream purging/embargo arithmetic relies on that: ``bars`` maps each row back to its candle
-position, and a gap in the middle would make "k rows apart" differ from "k bars apart".
+Between gaps (``features.candles.segments``) the kept rows are contiguous blocks of candle bars
+(warm-up head and horizon tail removed). At a gap, no indicator window and no label window may span it:
+the rows whose label would reach across it and the rows after it that have no indicator history yet are
+dropped (``rows_dropped_at_gaps``). ``bars`` maps each row back to its candle position. Rows k apart are
+therefore at least k bars apart, so purging by rows stays safe.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from features.candles import infer_bar, segment_ids, segments
 from features.context import compute_model_features, context_label, min_history_bars
-from features.data import infer_bar
 from features.labels import CLASS_NAMES, make_labels
 
 MIN_ROWS = 2000
@@ -33,6 +35,8 @@ class Dataset:
     y: pd.Series
     bars: np.ndarray
     candles: pd.DataFrame
+    gaps: int = 0  # gaps (more than GAP_TOLERANCE_BARS missing bars) inside the kept span
+    rows_dropped_at_gaps: int = 0  # rows lost because a label or indicator window would span a gap
 
     @property
     def n_rows(self) -> int:
@@ -74,17 +78,25 @@ def build_dataset(
     """
     min_rows = _check_min_rows(min_rows)
     features = compute_model_features(candles, feature_set, context_timeframe)
-    labels = make_labels(candles["close"], horizon, threshold, vol_window)
+    bar = infer_bar(candles.index) if len(candles) >= 2 else None
+    parts = segments(candles.index, bar) if bar is not None else [slice(0, len(candles))]
+    # No label window spans a gap: each gap-free stretch is labelled on its own.
+    labels = pd.concat([make_labels(candles["close"].iloc[p], horizon, threshold, vol_window) for p in parts])
     n = len(candles)
 
     feature_ok = features.notna().all(axis=1).to_numpy()
     label_ok = labels.notna().to_numpy()
-    positions = np.flatnonzero(feature_ok & label_ok)
+    usable = feature_ok & label_ok
+    positions = np.flatnonzero(usable)
+    dropped_at_gaps = 0
 
     if len(positions) > 0:
         first, last = int(positions[0]), int(positions[-1])
-        if last - first + 1 != len(positions):
-            _raise_gap(features, labels, first, last, feature_ok & label_ok)
+        for p in parts:  # inside a gap-free stretch the usable rows must be one block
+            inside = np.flatnonzero(usable[p])
+            if len(inside) and inside[-1] - inside[0] + 1 != len(inside):
+                _raise_gap(features, labels, p.start + inside[0], p.start + inside[-1], usable)
+        dropped_at_gaps = (last - first + 1) - len(positions)
         lost_head, lost_tail = first, n - 1 - last
     else:
         # Nothing usable: report what warm-up and horizon would cost (the label's volatility window
@@ -101,14 +113,24 @@ def build_dataset(
             f"{lost_head} rows were lost to indicator warm-up (feature_set={feature_set!r}"
             f"{f', context_timeframe={context!r}' if context else ''}"
             f"{f', vol_window={vol_window}' if vol_window else ''}) and {lost_tail} to the label horizon "
-            f"(horizon={horizon}). Load more history (a larger `days`), use a smaller `timeframe`"
+            f"(horizon={horizon})"
+            + (f", and {dropped_at_gaps} next to gaps in the candles" if dropped_at_gaps else "")
+            + f". Load more history (a larger `days`), use a smaller `timeframe`"
             f"{', a shorter `context_timeframe`' if context else ''}, or use a different data file."
         )
 
-    bars = np.arange(first, last + 1, dtype=np.int64)
+    bars = positions.astype(np.int64)
     X = features.iloc[bars]
     y = labels.iloc[bars].astype("int64")
-    dataset = Dataset(X=X, y=y, bars=bars, candles=candles)
+    ids = segment_ids(candles.index, bar) if bar is not None else np.zeros(n, dtype=np.int64)
+    dataset = Dataset(
+        X=X,
+        y=y,
+        bars=bars,
+        candles=candles,
+        gaps=int(ids[last] - ids[first]),
+        rows_dropped_at_gaps=int(dropped_at_gaps),
+    )
 
     counts = dataset.class_counts
     absent = [name for name, count in counts.items() if count == 0]
@@ -136,7 +158,7 @@ def _raise_gap(
     if pd.isna(labels.iat[gap]):
         missing.append("label")
     raise ValueError(
-        f"NaN in the middle of the data at {features.index[gap]} (bar {gap}) in {missing}; the usable "
-        f"rows must be one contiguous block of bars (downstream purging assumes it). This usually means "
+        f"NaN in the middle of the data at {features.index[gap]} (bar {gap}) in {missing}; between gaps "
+        f"the usable rows must be one contiguous block of bars (downstream purging assumes it). This means "
         f"NaN or missing values in the candles around that time; clean or drop them before building."
     )

@@ -23,6 +23,7 @@ import pandas as pd
 MODES: tuple[str, ...] = ("long_short", "long_only")
 ON_HOLD: tuple[str, ...] = ("keep", "flat")
 SELL, HOLD, BUY = 0, 1, 2
+NOT_READY = -1  # no usable probabilities (too little history, e.g. after a gap): the bot is flat
 ACTION_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
 ACTION_CODES: dict[str, int] = {name: code for code, name in enumerate(ACTION_NAMES)}
 
@@ -68,20 +69,26 @@ class DecisionPolicy:
         return cls(**{k: values[k] for k in ("mode", "on_hold", "min_proba", "min_margin") if k in values})
 
     def actions(self, proba: np.ndarray) -> np.ndarray:
-        """Action codes (0 sell, 1 hold, 2 buy) for class probabilities of shape (rows, 3)."""
+        """Action codes (0 sell, 1 hold, 2 buy) for class probabilities of shape (rows, 3); a row with
+        NaN probabilities (not ready) gets ``NOT_READY``."""
         proba = np.asarray(proba, dtype=float)
         if proba.ndim != 2 or proba.shape[1] != 3:
             raise ValueError(f"class probabilities must have shape (rows, 3), got {proba.shape}")
         p_sell, p_buy = proba[:, 0], proba[:, 2]
         buy = (p_buy >= self.min_proba) & (p_buy - p_sell >= self.min_margin) & (p_buy > p_sell)
         sell = (p_sell >= self.min_proba) & (p_sell - p_buy >= self.min_margin) & (p_sell > p_buy)
-        return np.where(buy, BUY, np.where(sell, SELL, HOLD)).astype(np.int64)
+        codes = np.where(buy, BUY, np.where(sell, SELL, HOLD))
+        return np.where(np.isnan(proba).any(axis=1), NOT_READY, codes).astype(np.int64)
 
     def positions_from_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Positions in {-1, 0, +1} held after each row, for consecutive rows starting flat."""
+        """Positions in {-1, 0, +1} held after each row, for consecutive rows starting flat.
+
+        A ``NOT_READY`` row is flat, and a hold after it keeps that flat position: a bot that could not
+        see (too little history, a gap in the candles) does not carry a position through."""
         actions = np.asarray(actions)
         short = -1.0 if self.mode == "long_short" else 0.0
         pos = np.where(actions == BUY, 1.0, np.where(actions == SELL, short, np.nan))
+        pos = np.where(actions == NOT_READY, 0.0, pos)
         if self.on_hold == "flat":
             return np.nan_to_num(pos, nan=0.0)
         return pd.Series(pos).ffill().fillna(0.0).to_numpy()  # keep: carry the last buy/sell forward

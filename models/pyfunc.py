@@ -13,12 +13,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from features.candles import check_bar_sizes, infer_bar, normalize_candles, segment_ids
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
-from features.data import count_gaps, infer_bar, normalize_candles
 from features.labels import CLASS_NAMES
 from models.policy import DecisionPolicy
 
 NOT_READY = "insufficient_history"
+AFTER_GAP = "after_gap"  # not ready because a gap in the candles restarted the indicators' warm-up
+CLASS_ARRAY = np.asarray(CLASS_NAMES, dtype=object)
 OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position")
 
 
@@ -99,7 +101,8 @@ class SignalModel(PythonModel):
                     f"these candles are {bar} bars but the model was trained on {self.bar} bars; "
                     f"resample the candles to {self.bar} before calling predict"
                 )
-            count_gaps(candles.index, bar)
+            check_bar_sizes(candles.index, bar)
+        # After a gap the indicators start again (features.candles.segments): those rows are not ready.
         features = compute_model_features(candles, self.feature_set, self._context, bar=self.bar)
         features = features[self.feature_names]
         ready = features.notna().all(axis=1).to_numpy()
@@ -107,27 +110,24 @@ class SignalModel(PythonModel):
         if ready.any():
             proba[ready] = self.ensemble.predict_proba(features[ready])
         label = np.where(ready, np.nan_to_num(proba).argmax(axis=1), -1).astype(np.int64)
-        names = np.asarray(CLASS_NAMES + (NOT_READY,), dtype=object)
+        after_gap = ~ready & (segment_ids(candles.index, self.bar) > 0)
+        why = np.where(after_gap, AFTER_GAP, NOT_READY)
         # A model pickled before decision policies existed has none: it acts on its most probable class,
-        # flat on hold, as its backtest did then.
+        # flat on hold, as its backtest did then. Rows that are not ready are flat either way.
         policy = getattr(self, "policy", None)
-        action = np.full(len(candles), -1, dtype=np.int64)
-        position = np.zeros(len(candles), dtype=np.int64)
-        if ready.any():
-            action[ready] = label[ready] if policy is None else policy.actions(proba[ready])
-            rule = policy or DecisionPolicy(on_hold="flat")
-            position[ready] = rule.positions_from_actions(action[ready]).astype(np.int64)
+        action = label if policy is None else policy.actions(proba)
+        position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(action)
         return pd.DataFrame(
             {
                 # MLflow's schema enforcement only accepts timezone-naive datetimes: naive UTC out, as in.
                 "timestamp": candles.index.tz_convert("UTC").tz_localize(None),
-                "signal": names[label],
+                "signal": np.where(ready, CLASS_ARRAY[np.maximum(label, 0)], why),
                 "label": label,
                 "p_sell": proba[:, 0],
                 "p_hold": proba[:, 1],
                 "p_buy": proba[:, 2],
                 "ready": ready,
-                "action": names[action],
-                "position": position,
+                "action": np.where(ready, CLASS_ARRAY[np.maximum(action, 0)], why),
+                "position": position.astype(np.int64),
             }
         ).reset_index(drop=True)

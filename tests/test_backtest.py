@@ -418,15 +418,28 @@ def test_boolean_signals_are_refused():
         backtest(candles, signals_on(candles, [True, False, True]), BacktestConfig())
 
 
+@pytest.mark.parametrize("hold", ["keep", "flat"])
+def test_candles_without_a_signal_between_signals_are_flat(hold):
+    """Rows dropped next to a gap have no signal: the bot is flat there, and a hold right after them
+    does not bring back the position it had before."""
+    candles = candles_from_opens([100.0, 101.0, 103.0, 102.0, 104.0, 106.0, 105.0, 107.0])
+    skipping = pd.Series([BUY, BUY, HOLD, SELL], index=candles.index[[0, 1, 4, 5]])
+    bt = backtest(candles, skipping, BacktestConfig(hold=hold, fee_bps=10, slippage_bps=0))
+    # periods start at rows 1..6: long, long, flat, flat, flat (hold after the missing rows), short
+    assert bt.position.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    opens = candles["open"].to_numpy()
+    gross = [opens[t + 2] / opens[t + 1] - 1 for t in range(6)]
+    cost = 10 / 1e4
+    expected = [gross[0] - cost, gross[1], -cost, 0.0, 0.0, -gross[5] - cost]
+    np.testing.assert_allclose(bt.returns.to_numpy(), expected)
+
+
 def test_signal_index_problems_are_refused():
     candles = candles_from_opens([100.0] * 8)
     cfg = BacktestConfig()
     outside = pd.Series([BUY], index=[pd.Timestamp("2030-01-01", tz="UTC")])
     with pytest.raises(ValueError, match="not candle timestamps"):
         backtest(candles, outside, cfg)
-    skipping = pd.Series([BUY, BUY], index=candles.index[[1, 3]])
-    with pytest.raises(ValueError, match="consecutive candle rows"):
-        backtest(candles, skipping, cfg)
     naive = pd.Series([BUY, BUY], index=candles.index[:2].tz_localize(None))
     with pytest.raises(ValueError, match="time zones"):
         backtest(candles, naive, cfg)

@@ -125,21 +125,36 @@ def test_a_partial_first_hour_is_dropped_not_used():
     np.testing.assert_allclose(got.loc["2024-01-03 10:45", NAMES].to_numpy(), hourly.loc["2024-01-03 10:00"])
 
 
-def test_across_a_gap_a_row_sees_the_last_complete_bar_before_it():
-    """A short interior bin is kept (real trades); the empty hour is skipped; nothing later is used."""
+def test_across_a_tolerated_hole_a_row_sees_the_last_complete_bar_before_it():
+    """A single missing candle is tolerated (GAP_TOLERANCE_BARS): the short interior bin is kept (it
+    holds real trades) and nothing later is used."""
     candles = make_candles(24 * M * 4, seed=8, freq="15min", start="2024-01-01")
-    gap = (candles.index >= "2024-01-03 10:30") & (candles.index < "2024-01-03 12:30")
-    holed = candles[~gap]
+    holed = candles[candles.index != pd.Timestamp("2024-01-03 10:30", tz="UTC")]
     got = compute_model_features(holed, "seed15", CTX)
     bins = resample_context(holed, CTX, BAR)
-    assert pd.Timestamp("2024-01-03 10:00", tz="UTC") in bins.index  # 2 candles, kept
-    assert pd.Timestamp("2024-01-03 11:00", tz="UTC") not in bins.index  # empty
+    assert pd.Timestamp("2024-01-03 10:00", tz="UTC") in bins.index  # 3 candles, kept
     hourly = compute_features(bins, "seed15")
-    # 10:15 still sees 09:00; after the gap, 12:30 sees 10:00 (11:00 has no candles), 12:45 sees 12:00.
-    for row, hour in (("10:15", "09:00"), ("12:30", "10:00"), ("12:45", "12:00")):
+    # 10:15 still sees 09:00; 10:45 closes the 10:00 bin and sees it, 11:00 too.
+    for row, hour in (("10:15", "09:00"), ("10:45", "10:00"), ("11:00", "10:00")):
         np.testing.assert_allclose(
             got.loc[f"2024-01-03 {row}", NAMES].to_numpy(), hourly.loc[f"2024-01-03 {hour}"].to_numpy()
         )
+
+
+def test_after_a_gap_the_context_starts_its_warm_up_again():
+    """Two hours missing is a gap: no context (or base) indicator window spans it, so the rows after it
+    have no features until the warm-up is complete again, and rows before it are unchanged."""
+    candles = make_candles(24 * M * 8, seed=8, freq="15min", start="2024-01-01")
+    gap = (candles.index >= "2024-01-03 10:30") & (candles.index < "2024-01-03 12:30")
+    holed = candles[~gap]
+    got = compute_model_features(holed, "seed15", CTX)
+    before = holed.index < "2024-01-03 10:30"
+    pd.testing.assert_frame_equal(got[before], compute_model_features(holed[before], "seed15", CTX))
+    after = holed[~before]
+    pd.testing.assert_frame_equal(got[~before], compute_model_features(after, "seed15", CTX))
+    warm = min_history_bars("seed15", CTX, BAR) - 1
+    assert got[~before].iloc[: warm - M].isna().any(axis=1).all()
+    assert got[~before].iloc[warm:].notna().all().all()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -146,10 +146,29 @@ def test_grid_sharpes_keys_and_values():
     assert list(sharpes) == [p.key for p in grid]
     for p in grid:
         assert sharpes[p.key] == sharpe_per_period(net_returns(p.positions(proba), r, 0.001))
-    # TradingCosts slices its per-row returns with the same rows as the probabilities.
-    full_r = np.concatenate([np.full(50, 0.1), r, np.full(20, -0.1)])
-    costs = TradingCosts(period_return=full_r, cost=0.001, mode="long_short", on_hold="keep")
-    assert costs.grid_sharpes(np.arange(50, 350), proba) == sharpes
+    # TradingCosts trades each development row on its own candle: row b earns open[b+2] / open[b+1] - 1.
+    g = np.concatenate([np.full(50, 0.1), r, np.full(20, -0.1)])
+    opens = 100 * np.concatenate([[1.0, 1.0], np.cumprod(1 + g)])  # opens[b+2] / opens[b+1] - 1 == g[b]
+    costs = TradingCosts(opens, np.arange(len(g)), 0.001, "long_short", "keep")
+    assert costs.grid_sharpes(np.arange(50, 350), proba) == pytest.approx(sharpes, rel=1e-9)
+
+
+def test_trading_costs_are_flat_on_candles_whose_rows_were_dropped_next_to_a_gap():
+    proba, r = _confident_right_weak_wrong(n=300, seed=3)
+    opens = 100 * np.concatenate([[1.0, 1.0], np.cumprod(1 + r)])
+    # development rows 100..109 were dropped (their label or indicators would span a gap)
+    bars = np.r_[0:100, 110:300]
+    costs = TradingCosts(opens, bars, 0.001, "long_short", "keep")
+    kept = np.r_[0:100, 110:300]
+    full, returns = costs.span(np.arange(len(bars)), proba[kept])
+    assert len(full) == len(returns) == 300 and np.allclose(returns, r)
+    assert np.isnan(full[100:110]).all() and np.array_equal(full[kept], proba[kept])
+    # the policy is flat on those candles, and a hold right after them does not bring back the old position
+    policy = DecisionPolicy(on_hold="keep")
+    positions = policy.positions(full)
+    assert (positions[100:110] == 0).all()
+    first_action = 110 + int(np.argmax(policy.actions(full[110:]) != 1))
+    assert (positions[110:first_action] == 0).all()
 
 
 # --------------------------------------------------------------------------------------------------

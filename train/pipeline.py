@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
 from evaluation.baselines import informed_baselines
-from evaluation.economics import fit_policy, trial_sharpe_stats
+from evaluation.economics import trial_sharpe_stats
 from evaluation.gate import ChampionComparison, GateConfig, GateReport, compare_with_champion, evaluate_gate
 from evaluation.lookahead import analyse
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
@@ -50,13 +50,21 @@ from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.notify import notify
-from models.policy import ACTION_CODES, DecisionPolicy, net_returns
+from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import SignalModel, as_model_input
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, parse_args
 from train.prepare import Prepared, prepare
-from train.tune import FINISHED, SPACE_VERSION, TuningError, run_study, study_name_for
+from train.tune import (
+    FINISHED,
+    SPACE_VERSION,
+    TuningError,
+    describe_trials,
+    run_study,
+    study_name_for,
+    trial_counts,
+)
 
 log = logging.getLogger("train.pipeline")
 REPORT = "report.html"
@@ -91,6 +99,11 @@ class Stages:
 def print_plan(plan: dict) -> None:
     print(f"data      {plan['data']['source']}  ({plan['data']['description']})")
     print(f"rows      {plan['rows_after_features_and_labels']:,} usable, classes {plan['class_counts']}")
+    if plan.get("gaps"):
+        print(
+            f"gaps      {plan['gaps']} gap(s) in the candles: {plan['rows_dropped_at_gaps']:,} rows "
+            "dropped so that no label or indicator window spans one"
+        )
     dev, hold = plan["development"], plan["holdout"]
     print(f"dev       {dev['rows']:,} rows  {dev['time'][0]} .. {dev['time'][1]}")
     print(f"gap       {plan['purge_gap_rows']} rows purged")
@@ -148,8 +161,9 @@ def score_champion(
         policy = DecisionPolicy(mode=cfg.backtest_mode, on_hold="flat")
         actions = rows["label"].to_numpy()
     # Both models trade the holdout from flat at its first row, at the same costs.
-    champion_returns = net_returns(
-        policy.positions_from_actions(actions), data.period_returns[holdout_pos], cfg.cost
+    champion_returns = holdout_returns(
+        data,
+        backtest(data.candles, pd.Series(actions, index=data.ds.X.index[holdout_pos]), _config(cfg, policy)),
     )
     notes = []
     if tags.get("features", cfg.features) != cfg.features:
@@ -169,6 +183,19 @@ def score_champion(
         champion_returns,
         note="; ".join(notes),
     )
+
+
+def _config(cfg: PipelineConfig, policy: DecisionPolicy) -> BacktestConfig:
+    return BacktestConfig(
+        mode=policy.mode, hold=policy.on_hold, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps
+    )
+
+
+def holdout_returns(data: Prepared, bt: BacktestResult) -> np.ndarray:
+    """Per holdout row, the after-cost return of the period its signal traded (NaN for the last rows,
+    which have no period to trade)."""
+    starts = data.candles.index[np.minimum(data.ds.bars[data.split.holdout] + 1, len(data.candles) - 1)]
+    return bt.returns.reindex(starts).to_numpy()
 
 
 def stage_model_code(tmp: Path) -> list[str]:
@@ -237,6 +264,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
     )
     tracking.log_candles_snapshot(data.candles, info)
     tracking.log_params_once(cfg.to_dict())
+    mlflow.log_metrics({"data_gaps": data.ds.gaps, "rows_dropped_at_gaps": data.ds.rows_dropped_at_gaps})
     mlflow.log_dict(cfg.to_dict(), "config.json")
     mlflow.log_dict(data.plan, "plan.json")
     mlflow.log_dict(tracking.environment(), "environment.json")
@@ -266,23 +294,27 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
         )
         best = study.best_trial
         trials = study.trials_dataframe()
+        # Finished trials only (complete or pruned, as n_trials counts them); failed ones are counted apart.
+        counts = trial_counts(study.trials)
         tuned = Tuned(
             child.info.run_id,
             best.params,
             best.value,
             best.user_attrs.get("cv_macro_f1_std", float("nan")),
-            len(trials),
+            counts["finished"],
             study,
         )
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-        mlflow.log_params({"optuna_study": study_name, "n_trials_requested": cfg.n_trials})
+        mlflow.log_params(
+            {"optuna_study": study_name, "n_trials_requested": cfg.n_trials, "timeout": cfg.timeout}
+        )
+        mlflow.set_tag("trials", describe_trials(counts, cfg.n_trials, cfg.timeout or None))
         mlflow.log_metrics(
             {
                 "cv_macro_f1_mean": tuned.cv_macro_f1_mean,
                 "cv_macro_f1_std": tuned.cv_macro_f1_std,
-                "n_trials_complete": int((trials["state"] == "COMPLETE").sum()),
-                "n_trials_pruned": int((trials["state"] == "PRUNED").sum()),
             }
+            | {f"n_trials_{k}": v for k, v in counts.items()}
         )
         mlflow.log_text(trials.to_csv(index=False), "trials.csv")
         mlflow.log_dict(best.params, "best_params.json")
@@ -299,11 +331,7 @@ def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n
     mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
     mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
-    costs = data.trading_costs(cfg)
-    rows = ensemble.oof_index_
-    policy, search = fit_policy(
-        ensemble.oof_proba_, costs.period_return[rows], costs.cost, costs.mode, costs.on_hold
-    )
+    policy, search = data.trading_costs(cfg).fit_policy(ensemble.oof_index_, ensemble.oof_proba_)
     chosen = next(r for r in search if r["policy"] == policy.key)
     mlflow.log_params({f"policy_{k}": v for k, v in policy.to_dict().items()})
     mlflow.log_metrics(
@@ -377,9 +405,7 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
     )
 
     # Trade the holdout the way the bot will: the decision policy's actions, after fees and slippage.
-    bt_config = BacktestConfig(
-        mode=policy.mode, hold=policy.on_hold, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps
-    )
+    bt_config = _config(cfg, policy)
     actions = policy.actions(ens_proba)
     bt = backtest(data.candles, pd.Series(actions, index=X_hold.index), bt_config, bar=data.info.bar)
     # The same rules acting on the momentum / reversal baselines' calls: what the easy signals earn.
@@ -421,10 +447,7 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
         "backtest.json",
     )
 
-    # Per holdout row, what the policy earned (NaN for the last rows, which have no period to trade).
-    hold_returns = np.full(len(y_hold), np.nan)
-    hold_returns[: len(bt.returns)] = bt.returns.to_numpy()
-    champion = score_champion(cfg.model_name, data, cfg, ens_pred, hold_returns)
+    champion = score_champion(cfg.model_name, data, cfg, ens_pred, holdout_returns(data, bt))
     if champion is not None and champion.champion_macro_f1 is not None:
         mlflow.log_metrics(
             {
@@ -671,9 +694,18 @@ def register(
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step and return the summary (also printed by ``main``)."""
+    from features.data import SNAPSHOT_PREFIXES
+    from train.tune import check_storage
+
     stages = Stages()
     n_jobs = cfg.n_jobs or default_n_jobs()
 
+    # The stores first, in seconds, before any data is read. A dry run touches neither (it needs the
+    # tracking store only to download a runs:/ snapshot), so it checks only what it reads.
+    if not cfg.dry_run or cfg.data.startswith(SNAPSHOT_PREFIXES):
+        tracking.check_reachable()
+    if not cfg.dry_run:
+        check_storage(cfg.optuna_storage)
     with stages("data"):
         data = prepare(cfg)
     print_plan(data.plan)
@@ -681,8 +713,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         print("dry run: nothing trained, nothing logged, nothing registered")
         return {"dry_run": True, "plan": data.plan}
 
-    tracking.check_reachable()
     tracking.use_experiment()
+    tracking.track_liveness()  # runs record their process and a heartbeat: a later run can tell if it died
+    for closed in tracking.close_orphaned_runs():  # runs a killed pipeline left RUNNING
+        print(f"orphan    {closed}")
     with mlflow.start_run() as parent:
         digest = log_inputs(cfg, data)
         tuned = {}
@@ -778,6 +812,8 @@ def print_summary(s: dict) -> None:
     moved = "moved to this version" if s["promoted"] else "not moved"
     print(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")
     stages = s["stages"]
+    if notes := tracking.tuning_notes(s["run_id"]):  # trials cut short by the timeout, or failed
+        print("trials    " + "; ".join(f"{name}: {note}" for name, note in notes.items()))
     print(f"run       {s['run_id']}  ({stages['total_seconds']:.0f}s, peak {stages['peak_rss_mb']:.0f} MB)")
 
 
@@ -799,9 +835,13 @@ def main(argv: list[str] | None = None) -> int:
         TuningError,
         ValueError,
         TypeError,
-        MlflowException,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:  # one line naming the store, not the SQL statement it refused
+        from models.tracking import error_message
+
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 1
     if not summary.get("dry_run"):
         print_summary(summary)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from evaluation.economics import TradingCosts, period_returns
+from evaluation.economics import TradingCosts
 from features.data import DataInfo, load_candles
 from features.dataset import Dataset, build_dataset
 from train.config import PipelineConfig
@@ -37,6 +37,10 @@ def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
     return {
         "data": info.to_dict() | {"description": info.describe()},
         "rows_after_features_and_labels": ds.n_rows,
+        # gaps (more than GAP_TOLERANCE_BARS missing bars) and the rows lost because a label or indicator
+        # window would have spanned one
+        "gaps": ds.gaps,
+        "rows_dropped_at_gaps": ds.rows_dropped_at_gaps,
         "class_counts": ds.class_counts,
         "development": {"rows": len(split.dev), "time": span(split.dev)},
         "purge_gap_rows": split.gap,
@@ -65,15 +69,12 @@ class Prepared:
     def holdout(self) -> tuple[pd.DataFrame, np.ndarray]:
         return self.ds.X.iloc[self.split.holdout], self.ds.y.to_numpy()[self.split.holdout]
 
-    @property
-    def period_returns(self) -> np.ndarray:
-        """What a position taken on each data set row earns (open[t+1] -> open[t+2]); NaN at the end."""
-        return period_returns(self.candles, self.ds.bars)
-
     def trading_costs(self, cfg: PipelineConfig) -> TradingCosts:
-        """The development rows' period returns with the run's costs and policy rules, for tuning trials."""
+        """The development rows' candles with the run's costs and policy rules, for tuning trials and the
+        policy fit."""
         return TradingCosts(
-            self.period_returns[self.split.dev],
+            self.candles["open"].to_numpy(dtype=float),
+            self.ds.bars[self.split.dev],
             cfg.cost,
             cfg.backtest_mode,
             cfg.on_hold,

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
     parser.add_argument("--data", default="builtin")
     parser.add_argument("--timeframe", default="")
-    parser.add_argument("--days", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--days", type=tracking.parse_int, default=0)
+    parser.add_argument("--seed", type=tracking.parse_int, default=42)
     parser.add_argument("--fee-bps", type=float, default=10.0, help="backtest fee per unit traded, bps")
     parser.add_argument("--slippage-bps", type=float, default=5.0, help="backtest slippage per unit, bps")
     args = parser.parse_args(argv)
@@ -174,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                     result["metrics"]["confusion_matrix"], f"{args.model_uri}", Path(tmp) / "cm_evaluated.png"
                 )
                 mlflow.log_artifact(str(path), "confusion_matrix")
-    except (DataError, ValueError, tracking.TrackingUnavailable, MlflowException) as exc:
+    except (DataError, ValueError, tracking.TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:  # one line naming the store, not the SQL statement it refused
+        print(f"error: {tracking.error_message(exc)}", file=sys.stderr)
         return 1
     m = result["metrics"]
     print(

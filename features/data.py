@@ -263,7 +263,8 @@ def load_candles(
         try:
             path = Path(data).expanduser().resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # unknown ~user, a NUL byte, a symlink loop
-            raise DataError(f"Data path {str(data)!r} is not a usable file path: {str(exc).rstrip('.')}.") from exc
+            reason = str(exc).rstrip(".")
+            raise DataError(f"Data path {str(data)!r} is not a usable file path: {reason}.") from exc
         raw, digest = _read_file(path)
         frame, source = normalize_candles(raw), str(path)
     native_bar = infer_bar(frame.index)

@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             tracking.use_experiment()
             return _move(args.command, args)
         return _status(args) if args.command == "status" else _history(args)
-    except (RegistryError, tracking.TrackingUnavailable, MlflowException) as exc:
+    except (RegistryError, tracking.TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:  # one line naming the store, not the SQL statement it refused
+        print(f"error: {tracking.error_message(exc)}", file=sys.stderr)
         return 1
 
 

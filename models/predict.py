@@ -16,8 +16,12 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from features.data import DataError, load_candles
+from features.data import SNAPSHOT_PREFIXES, DataError, load_candles
+from models import tracking
 from models.pyfunc import as_model_input
+
+# Model URIs resolved through the tracking server / model registry (a local path or s3:// is not).
+TRACKED_URIS = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
     parser.add_argument("--data", default="builtin", help="'builtin' or a CSV/Parquet candle file")
     parser.add_argument("--timeframe", default="", help="resample first (must match the model's bars)")
-    parser.add_argument("--days", type=int, default=0, help="only the last N days (0 = all)")
+    parser.add_argument("--days", type=tracking.parse_int, default=0, help="only the last N days (0 = all)")
     parser.add_argument("--output", default="signals.csv", help="output file (.csv or .parquet)")
     args = parser.parse_args(argv)
     output = Path(args.output)
@@ -33,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --output must end in .csv or .parquet, got {args.output!r}", file=sys.stderr)
         return 1
     try:
+        # In seconds, before any work: a dead server would otherwise take MLflow's minutes of retries.
+        if args.model_uri.startswith(TRACKED_URIS) or args.data.startswith(SNAPSHOT_PREFIXES):
+            tracking.check_reachable()
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
         model = mlflow.pyfunc.load_model(args.model_uri)
         signals = model.predict(as_model_input(candles))
-    except (DataError, ValueError, MlflowException, OSError) as exc:
+    except (DataError, ValueError, tracking.TrackingUnavailable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:
+        print(f"error: {tracking.error_message(exc)}", file=sys.stderr)
         return 1
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":

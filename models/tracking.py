@@ -9,9 +9,13 @@ when MLflow asks it to load or resolve a source.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
+import re
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -23,9 +27,13 @@ __all__ = [
     "CandleSource",
     "TrackingUnavailable",
     "check_reachable",
+    "error_message",
     "log_dataset",
     "log_metrics",
+    "new_sqlite_file",
+    "one_line",
     "parse_bool",
+    "parse_int",
     "use_experiment",
 ]
 
@@ -50,18 +58,100 @@ def _env(**values: str):
                 os.environ[k] = v
 
 
+def new_sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///<file>`` store URI when it does not exist yet (MLflow and Optuna create it
+    on first use), else None (another kind of URI, ``sqlite://`` URI filenames with options, in memory)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or "?" in uri:
+        return None
+    raw = uri[len(prefix) :]
+    if raw in ("", ":memory:") or raw.startswith("file:"):
+        return None
+    path = Path(raw).expanduser()
+    return None if path.exists() else path
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line, without the SQL statement, bound parameters, link and autoflush
+    note that SQLAlchemy appends (a failed INSERT of a run prints dozens of lines otherwise)."""
+    text = str(exc)
+    for marker in ("\n[SQL: ", "\n[parameters: "):
+        text = text.split(marker, 1)[0]
+    text = re.sub(r"\(Background on this error at: [^)]*\)", "", text)
+    text = re.sub(r"\(raised as a result of Query-invoked autoflush;[^)]*\)", "", text)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "[SQL: " in text or "sqlalche.me/" in text
+
+
+def error_message(exc: BaseException) -> str:
+    """What a command prints after ``error: `` for a failed MLflow call: one line, and when the store's
+    database refused (read-only, corrupt, locked, full), the store's URI and what to check."""
+    text = one_line(exc)
+    if _is_database_error(exc):
+        return (
+            f"the MLflow tracking store {mlflow.get_tracking_uri()!r} refused the request: {text}. "
+            "Check that the store is a writable, uncorrupted MLflow database (file and directory "
+            "permissions, disk space), or fix MLFLOW_TRACKING_URI."
+        )
+    return text
+
+
+class _DropStoreTracebacks(logging.Filter):
+    """MLflow logs the full traceback (with the SQL statement and its parameters) of every database
+    error before raising it; the commands report the same error in one line (:func:`error_message`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+_STORE_LOGGER = logging.getLogger("mlflow.store.db.utils")
+
+
+def _quiet_store_tracebacks() -> None:
+    if not any(isinstance(f, _DropStoreTracebacks) for f in _STORE_LOGGER.filters):
+        _STORE_LOGGER.addFilter(_DropStoreTracebacks())
+
+
 def check_reachable() -> str:
-    """Fail fast, before any training, if the tracking store cannot be reached."""
+    """Fail fast, before any work, if the tracking store (or a separate model registry) cannot be reached.
+
+    One attempt with a short timeout instead of MLflow's default 7 retries with exponential backoff
+    (about 4 minutes against a dead server). A ``sqlite:///`` file that does not exist yet is not created
+    here (a command that then fails on its input leaves nothing behind), only its directory is checked.
+    From here on, MLflow's own tracebacks of database errors are not printed: the commands report them in
+    one line with :func:`error_message`.
+    """
+    _quiet_store_tracebacks()
     uri = mlflow.get_tracking_uri()
-    try:
-        # One quick attempt instead of MLflow's default minutes of retries.
-        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
-            MlflowClient().search_experiments(max_results=1)
-    except Exception as exc:  # any failure here means the same thing to the user
-        raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking store at {uri!r}: {type(exc).__name__}: {exc}. "
-            "Start the server or fix MLFLOW_TRACKING_URI (unset it to use the local sqlite:///mlflow.db)."
-        ) from exc
+    registry = mlflow.get_registry_uri()
+    stores = [("tracking store", "MLFLOW_TRACKING_URI", uri)]
+    if registry and registry != uri:
+        stores.append(("model registry", "MLFLOW_REGISTRY_URI", registry))
+    for what, variable, store in stores:
+        new = new_sqlite_file(store)
+        if new is not None:
+            if not new.parent.is_dir():
+                raise TrackingUnavailable(
+                    f"cannot reach the MLflow {what} at {store!r}: the directory {str(new.parent)!r} of the "
+                    f"database file does not exist. Create it or fix {variable}."
+                )
+            continue
+        try:
+            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
+                if what == "tracking store":
+                    MlflowClient().search_experiments(max_results=1)
+                else:
+                    MlflowClient(registry_uri=store).search_registered_models(max_results=1)
+        except Exception as exc:  # any failure here means the same thing to the user
+            raise TrackingUnavailable(
+                f"cannot reach the MLflow {what} at {store!r}: {type(exc).__name__}: {one_line(exc)}. "
+                f"Start the server or fix {variable}"
+                + (" (unset it to use the local sqlite:///mlflow.db)." if what == "tracking store" else ".")
+            ) from exc
     return uri
 
 
@@ -137,3 +227,18 @@ def parse_bool(text: str) -> bool:
     if value in ("false", "0", "no", "n", ""):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_int(text: str) -> int:
+    """argparse ``type`` for whole numbers: "6", and "6.0" as `mlflow run` may pass it; not "6.5"."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)

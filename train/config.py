@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from features.context import context_label, parse_context_timeframe
@@ -12,7 +13,9 @@ from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
 from models.policy import MODES, ON_HOLD
-from models.tracking import parse_bool
+from models.tracking import parse_bool, parse_int
+
+MAX_FOLDS = 20
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class PipelineConfig:
             expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
                 raise TypeError(f"{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+            if f.type == "float" and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         checks = [
             (self.days >= 0, "days must be >= 0 (0 = all history)"),
             (self.horizon >= 1, "horizon must be >= 1 bar"),
@@ -59,7 +64,8 @@ class PipelineConfig:
             (self.features in FEATURE_SETS, f"features must be one of {list(FEATURE_SETS)}"),
             (self.n_trials >= 1, "n_trials must be >= 1"),
             (self.timeout >= 0, "timeout must be >= 0 seconds (0 = no limit)"),
-            (self.n_folds >= 2, "n_folds must be >= 2"),
+            # More folds than 20 leave validation blocks of a few dozen rows at the minimum data size.
+            (2 <= self.n_folds <= MAX_FOLDS, f"n_folds must be in [2, {MAX_FOLDS}]"),
             (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
             (0 <= self.gate_min_f1 <= 1, "gate_min_f1 must be a macro-F1 in [0, 1]"),
             (0 <= self.gate_margin < 1, "gate_margin must be in [0, 1)"),
@@ -143,7 +149,7 @@ HELP = {
     "model_name": "registered model name",
     "seed": "random seed (samplers, models, baselines)",
     "dry_run": "validate data and print the plan; train nothing, register nothing",
-    "n_folds": "purged walk-forward folds",
+    "n_folds": f"purged walk-forward folds (2 to {MAX_FOLDS})",
     "holdout_frac": "share of the rows, at the end, kept as the untouched holdout",
     "gate_min_f1": "gate: minimum holdout macro-F1",
     "gate_margin": "gate: minimum macro-F1 margin over the best baseline (trivial or informed)",
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune, ensemble, evaluate, gate and register a buy/sell/hold classifier.",
     )
     for f in fields(PipelineConfig):
-        kind = {"int": int, "float": float, "bool": parse_bool, "str": str}[f.type]
+        kind = {"int": parse_int, "float": float, "bool": parse_bool, "str": str}[f.type]
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,

@@ -23,6 +23,7 @@ from evaluation.economics import TradingCosts
 from evaluation.metrics import macro_f1
 from models.base import build_model
 from models.ensemble import fit_predict_fold
+from models.tracking import new_sqlite_file, one_line
 
 # Bump when a search space or what a trial records changes, so a resumed study never mixes two.
 # 2: trials record the after-cost Sharpe ratios of the decision-policy rules (oof_sharpe).
@@ -120,6 +121,28 @@ class TuningError(RuntimeError):
     """A study that produced nothing usable; the message says what to change."""
 
 
+class StorageUnavailable(TuningError):
+    """The Optuna storage cannot be opened or written; the message names the URL and the fix."""
+
+
+def _shown(url: str) -> str:
+    """The storage URL as printed: without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show it as given
+        return url
+
+
+def _storage_error(url: str, exc: BaseException) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"cannot open the Optuna storage {_shown(url)!r}: {type(exc).__name__}: {one_line(exc)}. Fix "
+        "--optuna-storage (MLproject: optuna_storage): a sqlite:///<file> in an existing, writable "
+        "directory, or a running database server you can write to, e.g. postgresql://user@host/db."
+    )
+
+
 def storage_url(url: str) -> str:
     """The storage URL with an explicit PostgreSQL driver.
 
@@ -162,10 +185,13 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
         return stale
 
 
-def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None):
+def make_storage(
+    url: str, heartbeat_interval: int = 30, grace_period: int | None = None, engine_kwargs: dict | None = None
+):
     """An Optuna RDB storage with heartbeats: a trial whose worker died (even by SIGKILL) stops counting
     as running after ``grace_period`` seconds and is marked FAILED when any worker next starts, so a
-    rerun resumes and loses at most the trial that was in flight."""
+    rerun resumes and loses at most the trial that was in flight. A storage that cannot be opened raises
+    :class:`StorageUnavailable` naming the URL."""
     import sqlalchemy.exc
 
     for attempt in range(5):
@@ -174,15 +200,47 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | Non
                 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
                 return HeartbeatStorage(
                     storage_url(url),
+                    engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period or 4 * heartbeat_interval,
                 )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # Workers starting together on an empty database race to create Optuna's schema; the
             # loser finds it made by the winner on the next attempt.
             if attempt == 4:
-                raise
+                raise _storage_error(url, exc) from exc
             time.sleep(0.5 + random.random())
+        except Exception as exc:  # bad URL, missing driver, no server, not a database, old schema ...
+            raise _storage_error(url, exc) from exc
+
+
+def check_storage(url: str) -> None:
+    """Fail fast, before any data is read or any run is created, if the Optuna storage cannot be opened
+    and written: a study is created and deleted again. A ``sqlite:///`` file that does not exist yet is
+    not created here (only its directory is checked); the first study creates it."""
+    import os
+    import uuid
+
+    new = new_sqlite_file(url)
+    if new is not None:
+        if not new.parent.is_dir() or not os.access(new.parent, os.W_OK | os.X_OK):
+            raise _storage_error(
+                url, FileNotFoundError(f"no writable directory {str(new.parent)!r} for the database file")
+            )
+        return
+    # A server that drops packets would otherwise hold the connection attempt for minutes.
+    postgres = storage_url(url).startswith("postgresql")
+    storage = make_storage(url, engine_kwargs={"connect_args": {"connect_timeout": 10}} if postgres else None)
+    try:
+        study_id = storage.create_new_study(
+            [optuna.study.StudyDirection.MAXIMIZE], f"storage-check-{uuid.uuid4().hex}"
+        )
+        storage.delete_study(study_id)
+    except Exception as exc:  # read-only file or role, full disk, locked database ...
+        raise _storage_error(url, exc) from exc
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def study_name_for(model: str, fingerprint: str) -> str:
@@ -298,18 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
+    from features.data import SNAPSHOT_PREFIXES
+    from models.tracking import TrackingUnavailable, check_reachable, parse_int
     from train.config import build_parser
 
     parser = build_parser()
     parser.prog = "python -m train.tune"
     parser.description = main.__doc__.splitlines()[0]
     parser.add_argument("--model", required=True, choices=list(SPACES), help="model family to tune")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
-    parser.add_argument("--worker-id", type=int, default=0, help="distinct per machine: seeds its samplers")
+    parser.add_argument("--processes", type=parse_int, default=1, help="worker processes on this machine")
+    parser.add_argument(
+        "--worker-id", type=parse_int, default=0, help="distinct per machine: seeds its samplers"
+    )
     parser.add_argument("--study-name", default="", help="override the derived study name")
     parser.add_argument(
         "--heartbeat",
-        type=int,
+        type=parse_int,
         default=30,
         help="seconds between heartbeats; a dead worker's trial fails after 4",
     )
@@ -321,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = PipelineConfig(**{k: v for k, v in vars(args).items() if k not in extra})
         if extra["processes"] < 1:
             raise ValueError(f"--processes must be >= 1, got {extra['processes']}")
+        # Before any data is read: the storage every trial is written to, and the tracking store only
+        # when the candles are a logged snapshot (runs:/...) to download from it.
+        if cfg.data.startswith(SNAPSHOT_PREFIXES):
+            check_reachable()
+        check_storage(cfg.optuna_storage)
         # Threads per fit: the cores of this machine shared by its worker processes (no oversubscription).
         n_jobs = cfg.n_jobs or max(1, (os.cpu_count() or 1) // extra["processes"])
         cfg = dataclasses.replace(cfg, n_jobs=n_jobs, optuna_storage=storage_url(cfg.optuna_storage))
@@ -342,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, TuningError, argparse.ArgumentTypeError) as exc:
+    except (ValueError, TypeError, TuningError, TrackingUnavailable, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(

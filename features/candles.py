@@ -188,8 +188,10 @@ def check_bar_sizes(index: pd.DatetimeIndex, bar: pd.Timedelta) -> None:
     if len(short):
         shown = ", ".join(f"{fmt_ts(index[i])} -> {fmt_ts(index[i + 1])}" for i in short[:3])
         raise DataError(
-            f"Mixed bar sizes: {len(short)} spacing(s) are shorter than the {fmt_td(bar)} bar, e.g. {shown}. "
-            "One file must hold one bar size: resample the finer part (or split the file)."
+            f"Mixed bar sizes: the candles are mostly {fmt_td(bar)} bars, but {len(short)} spacing(s) "
+            f"between {fmt_ts(index[short[0]])} and {fmt_ts(index[short[-1] + 1])} are shorter than the "
+            f"bar, e.g. {shown}. One file must hold one bar size: resample the finer part (or split the "
+            "file)."
         )
     values = spacing.asi8
     change = np.flatnonzero(np.diff(values)) + 1

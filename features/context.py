@@ -258,7 +258,8 @@ def feature_function(
     ``bar`` is fixed too, so a truncated history of one candle (where no bar can be inferred) works.
     """
     if parse_context_timeframe(context_timeframe) is None:
-        return compute_features
+        # With the bar known, the same gap rule as training and serving (a warm-up after each gap).
+        return compute_features if bar is None else functools.partial(compute_model_features, bar=bar)
     if bar is not None:
         check_context(context_timeframe, bar)  # fail here, not inside the first computation
     return functools.partial(compute_model_features, context_timeframe=context_timeframe, bar=bar)

@@ -3,14 +3,22 @@
 The generic helpers (reachability check, experiment choice, dataset and metric logging) live in
 :mod:`models.tracking`, where the ``models`` and ``evaluation`` command-line steps use them without
 importing ``train``; they are re-exported here. This module adds what only the pipeline logs: the code
-version and environment, and the candle snapshot.
+version and environment, the candle snapshot, and the liveness of its runs: who runs them (host, pid),
+a heartbeat, and closing the runs a dead process left RUNNING.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -34,12 +42,17 @@ __all__ = [
     "CandleSource",
     "TrackingUnavailable",
     "check_reachable",
+    "close_orphaned_runs",
     "environment",
     "git_commit",
     "log_candles_snapshot",
     "log_dataset",
     "log_metrics",
     "log_params_once",
+    "owner_alive",
+    "owner_tags",
+    "track_liveness",
+    "tuning_notes",
     "use_experiment",
 ]
 
@@ -134,3 +147,252 @@ def log_params_once(params: dict) -> None:
     run = mlflow.active_run()
     logged = MlflowClient().get_run(run.info.run_id).data.params if run else {}
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+# ----------------------------------------------------------------- runs left RUNNING by a dead process
+#
+# A process killed outright (SIGKILL, OOM, power loss) cannot end its MLflow runs: they stay RUNNING for
+# good. Every run the pipeline starts therefore records which process runs it (``host``, ``pid`` and
+# ``pid_start``, so that a later process given the same pid is not mistaken for it) and a ``heartbeat``
+# refreshed while it is open; the next pipeline closes as KILLED the runs whose process is gone.
+
+HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = "host", "pid", "pid_start", "heartbeat"
+KILLED_REASON_TAG = "killed_reason"
+NOTE_TAG = "mlflow.note.content"
+PROJECT_STEPS = ("pipeline", "tune", "ensemble")  # the runs this project starts (tag ``step``)
+HEARTBEAT_SECONDS = 60.0
+# A run of another host is judged by its heartbeat alone, written with that host's clock: generous.
+GRACE_SECONDS = 30 * 60.0
+# A run without process tags or heartbeat (logged before they existed) is judged by its start time.
+LEGACY_GRACE_SECONDS = 24 * 3600.0
+
+_log = logging.getLogger(__name__)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    """This boot of this machine and this pid namespace, where a pid names one process ("" if unknown)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    return f"{boot}/{namespace}" if boot or namespace else ""
+
+
+def process_start(pid: int) -> str | None:
+    """A token for the live process ``pid``, different for a later process given the same pid (machine
+    boot, pid namespace and start time in clock ticks, from /proc), or None if no such process is alive
+    (a zombie is dead). Without /proc (not Linux): "" for a live pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat:
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        if fields[0] in ("Z", "X"):
+            return None
+        return f"{_machine()}/{fields[19]}"  # field 22 of stat: start time
+    if os.path.isdir("/proc/self"):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """``host``, ``pid`` and ``pid_start`` of this process (also recorded on Optuna trials)."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
+
+
+def owner_alive(owner: Mapping[str, object]) -> bool | None:
+    """Whether the process that ``owner`` (:func:`owner_tags`) names is alive: True or False if it ran
+    on this machine, None if this machine cannot tell (another host, a reboot or another pid namespace
+    since, or no owner recorded)."""
+    host, pid, start = owner.get(HOST_TAG), str(owner.get(PID_TAG, "")), str(owner.get(PID_START_TAG) or "")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if start and start.rsplit("/", 1)[0] != _machine():
+        return None
+    now = process_start(int(pid))
+    if now is None:
+        return False
+    return not start or now == start  # a different start time: the pid was reused
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _active_run_ids() -> set[str]:
+    """Runs open in this process, in any thread (what the heartbeat refreshes)."""
+    from mlflow.tracking import fluent  # MLflow's own per-thread run stacks (pinned version)
+
+    stacks = fluent._active_run_stack.get_all_thread_values().values()
+    return {run.info.run_id for stack in stacks for run in list(stack)}
+
+
+try:  # the class MLflow's run-context plugins derive from
+    from mlflow.tracking.context.abstract_context import RunContextProvider
+except ImportError:  # pragma: no cover - MLflow is pinned
+    RunContextProvider = object
+
+
+class _OwnerContext(RunContextProvider):
+    """Adds the owner tags and a first heartbeat to every run ``mlflow.start_run`` creates."""
+
+    def in_context(self) -> bool:
+        return True
+
+    def tags(self) -> dict[str, str]:
+        return owner_tags() | {HEARTBEAT_TAG: _now()}
+
+
+_heartbeat = {"interval": HEARTBEAT_SECONDS, "thread": None}
+
+
+def _beat() -> None:
+    while True:
+        time.sleep(_heartbeat["interval"])
+        try:
+            run_ids = _active_run_ids()
+        except Exception as exc:  # MLflow moved its internals: no heartbeat, runs are judged by pid
+            _log.warning("heartbeat stopped: %s", exc)
+            return
+        for run_id in run_ids:
+            try:
+                MlflowClient().set_tag(run_id, HEARTBEAT_TAG, _now())
+            except Exception as exc:  # a store briefly unreachable: the next beat tries again
+                _log.debug("heartbeat of run %s failed: %s", run_id, exc)
+
+
+def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
+    """From now on every run this process starts carries ``host``, ``pid`` and ``pid_start`` tags and
+    a ``heartbeat`` tag (UTC time) refreshed every ``interval`` seconds while it is open, so that a later
+    pipeline can tell whether its process is alive (:func:`close_orphaned_runs`). Under `mlflow run` the
+    launcher created the pipeline run: it is tagged here. Calling it again only changes the interval."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking.context.registry import _run_context_provider_registry as registry
+
+    # MLflow registers context providers from entry points only; this project is not an installed package.
+    if not any(isinstance(p, _OwnerContext) for p in registry):
+        registry.register(_OwnerContext)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        tags = owner_tags() | {HEARTBEAT_TAG: _now()}
+        MlflowClient().log_batch(os.environ["MLFLOW_RUN_ID"], tags=[RunTag(k, v) for k, v in tags.items()])
+    _heartbeat["interval"] = interval
+    if _heartbeat["thread"] is None:
+        _heartbeat["thread"] = threading.Thread(target=_beat, name="mlflow-run-heartbeat", daemon=True)
+        _heartbeat["thread"].start()
+
+
+def _experiment_in_use() -> str:
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice, else the env's
+
+    return _get_experiment_id()
+
+
+def _parse_time(text: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def why_dead(run, now: float, grace: float, legacy_grace: float) -> str | None:
+    """Why ``run`` (RUNNING) has no live process behind it, or None if it may be alive."""
+    tags = run.data.tags
+    alive = owner_alive(tags)
+    if alive is not None:
+        return None if alive else f"its process (pid {tags[PID_TAG]} on {tags[HOST_TAG]}) is gone"
+    beat = _parse_time(tags.get(HEARTBEAT_TAG))
+    if beat is not None:
+        if now - beat <= grace:
+            return None
+        where = f" on {tags[HOST_TAG]}" if HOST_TAG in tags else ""
+        return f"no heartbeat from its process{where} since {tags[HEARTBEAT_TAG]} (grace {grace:.0f} s)"
+    if now - run.info.start_time / 1000 <= legacy_grace:
+        return None
+    return f"it has no heartbeat and started more than {legacy_grace:.0f} s ago"
+
+
+def close_orphaned_runs(
+    experiment_id: str | None = None,
+    grace: float = GRACE_SECONDS,
+    legacy_grace: float = LEGACY_GRACE_SECONDS,
+) -> list[str]:
+    """Close as KILLED this project's runs (tag ``step`` pipeline, tune or ensemble) in the experiment in
+    use that a dead process left RUNNING; returns one line per closed run.
+
+    A run from this machine is dead when its process (``pid`` with its start time ``pid_start``) is
+    gone; a run from another host when its ``heartbeat`` is older than ``grace`` seconds; a run without
+    either (logged before they existed) when it started more than ``legacy_grace`` seconds ago. A closed
+    run gets the tag ``killed_reason`` and a note (``mlflow.note.content``) saying it was found orphaned,
+    and ends at its last heartbeat. Runs open in this process are never touched.
+    """
+    from mlflow.entities import RunTag
+
+    client = MlflowClient()
+    experiment_id = experiment_id or _experiment_in_use()
+    skip = _active_run_ids() | {os.environ.get("MLFLOW_RUN_ID")}
+    me = owner_tags()
+    now = datetime.now(UTC).timestamp()
+    closed, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], "attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        for run in page:
+            if run.info.run_id in skip or run.data.tags.get("step") not in PROJECT_STEPS:
+                continue
+            reason = why_dead(run, now, grace, legacy_grace)
+            if reason is None:
+                continue
+            note = (
+                f"Found orphaned and closed as KILLED at {_now()} by the pipeline of pid {me[PID_TAG]} on "
+                f"{me[HOST_TAG]}: the run was left RUNNING, but {reason}."
+            )
+            old_note = run.data.tags.get(NOTE_TAG)
+            tags = {
+                KILLED_REASON_TAG: f"orphaned: {reason}",
+                NOTE_TAG: f"{old_note}\n\n{note}" if old_note else note,
+            }
+            client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            beat = _parse_time(run.data.tags.get(HEARTBEAT_TAG))
+            end = int(beat * 1000) if beat is not None else None  # last seen alive, else now
+            client.set_terminated(
+                run.info.run_id, "KILLED", end_time=max(end, run.info.start_time) if end else None
+            )
+            name = run.data.tags.get("mlflow.runName", run.info.run_id)
+            closed.append(f"{name} ({run.info.run_id}) closed as KILLED: {reason}")
+        token = page.token
+        if not token:
+            return closed
+
+
+def tuning_notes(pipeline_run_id: str) -> dict[str, str]:
+    """Model family -> how its tuning ended, for the tune runs of a pipeline run whose trials fell short
+    of ``n_trials`` (the timeout), were cut by the timeout or failed (empty when all went to plan)."""
+    client = MlflowClient()
+    experiment_id = client.get_run(pipeline_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{pipeline_run_id}' and tags.step = 'tune'"
+    )
+    notes = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        m = run.data.metrics
+        short = m.get("n_trials_finished", 0) < float(run.data.params.get("n_trials_requested", 0))
+        if short or m.get("n_trials_cut_by_timeout") or m.get("n_trials_failed"):
+            notes[run.data.tags.get("model_family", run.info.run_name)] = run.data.tags.get("trials", "")
+    return notes

@@ -29,6 +29,10 @@ from models.tracking import new_sqlite_file, one_line
 # 2: trials record the after-cost Sharpe ratios of the decision-policy rules (oof_sharpe).
 SPACE_VERSION = 2
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# User attribute of a trial the timeout stopped between two folds (a pruned trial, never the best).
+CUT_BY_TIMEOUT = "cut_by_timeout"
+# System attribute of a trial: the process running it (train.tracking.owner_tags: host, pid, pid_start).
+OWNER = "owner"
 
 
 def space_lightgbm(trial: optuna.Trial) -> dict[str, Any]:
@@ -83,13 +87,24 @@ SPACES: dict[str, Callable[[optuna.Trial], dict[str, Any]]] = {
 
 
 def make_objective(
-    name: str, X, y, cv, seed: int = 0, n_jobs: int | None = None, costs: TradingCosts | None = None
+    name: str,
+    X,
+    y,
+    cv,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    costs: TradingCosts | None = None,
+    deadline: float | None = None,
 ):
     """Objective: mean macro-F1 over the purged folds; the running mean is reported after each fold.
 
     With ``costs``, a completed trial also records ``oof_sharpe``: the after-cost Sharpe ratio of every
     decision-policy rule on its out-of-fold predictions, so the deflated Sharpe ratio of the final model
     can use the measured spread of the trials' Sharpe ratios.
+
+    ``deadline`` (a ``time.monotonic()`` value) is the end of the tuning time: a trial still running
+    then stops after the fold in flight, as a pruned trial with the user attribute ``cut_by_timeout``.
+    Pruned, it is never the best trial and the median pruner ignores it (it compares completed trials).
     """
     y = np.asarray(y)
     classes = np.unique(y)
@@ -99,7 +114,8 @@ def make_objective(
         estimator = build_model(name, space(trial), seed=seed, n_jobs=n_jobs)
         scores: list[float] = []
         rows, probas = [], []
-        for step, (train_idx, test_idx) in enumerate(cv.split(X, y)):
+        folds = list(cv.split(X, y))
+        for step, (train_idx, test_idx) in enumerate(folds):
             proba = fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
             rows.append(test_idx)
             probas.append(proba)
@@ -108,6 +124,10 @@ def make_objective(
             if trial.should_prune():
                 trial.set_user_attr("fold_macro_f1", scores)
                 raise optuna.TrialPruned()
+            if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
+                trial.set_user_attr("fold_macro_f1", scores)
+                trial.set_user_attr(CUT_BY_TIMEOUT, True)
+                raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
         trial.set_user_attr("fold_macro_f1", scores)
         trial.set_user_attr("cv_macro_f1_std", float(np.std(scores)))
         if costs is not None:
@@ -155,33 +175,61 @@ def storage_url(url: str) -> str:
 
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, also failing trials whose worker died before their first heartbeat.
+    """Optuna's RDB storage, also failing trials whose worker is known dead before the grace period.
 
-    Optuna only fails a RUNNING trial whose last heartbeat is older than the grace period; a worker
-    killed between creating a trial and its heartbeat thread's first beat (while the sampler draws the
-    trial's parameters) leaves a trial with no heartbeat at all, which would stay RUNNING forever.
-    Such a trial is stale once it started longer than the grace period ago: a live worker has beaten
-    by then. The start time is the creating worker's clock (in UTC), as Optuna writes it.
+    Optuna only fails a RUNNING trial whose last heartbeat is older than the grace period. Two more
+    kinds of RUNNING trial are stale here:
+
+    * a trial whose process ran on this machine and is gone: each new trial records its process
+      (system attribute ``owner``: host, pid and the process's start time, so a reused pid is not
+      mistaken for it). A pipeline killed and rerun at once fails its killed trial at once, instead of
+      leaving it RUNNING for the grace period, or for good if the rerun finds the study full;
+    * a trial with no heartbeat at all (its worker was killed between creating it and the heartbeat
+      thread's first beat, while the sampler drew its parameters) once it started longer than the grace
+      period ago: a live worker has beaten by then. The start time is the creating worker's clock (in
+      UTC), as Optuna writes it.
     """
 
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        from train.tracking import owner_tags
+
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            owner = owner_tags()
+            self.set_trial_system_attr(trial._trial_id, OWNER, owner)
+            trial.system_attrs = {**trial.system_attrs, OWNER: owner}
+        return trial
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        import json
+
         from optuna.storages._rdb import models  # Optuna's own table models (pinned version)
         from optuna.storages._rdb.storage import _create_scoped_session
         from sqlalchemy import orm
+
+        from train.tracking import owner_alive
 
         stale = super()._get_stale_trial_ids(study_id)
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace)  # stored as naive UTC
         with _create_scoped_session(self.scoped_session, True) as session:
-            never_beaten = (
+            running = (
                 session.query(models.TrialModel)
-                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .options(
+                    orm.selectinload(models.TrialModel.heartbeats),
+                    orm.selectinload(models.TrialModel.system_attributes),
+                )
                 .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
                 .filter(models.TrialModel.study_id == study_id)
-                .filter(models.TrialModel._datetime_start_utc < cutoff)
                 .all()
             )
-            stale += [t.trial_id for t in never_beaten if not t.heartbeats and t.trial_id not in stale]
+            for t in running:
+                if t.trial_id in stale:
+                    continue
+                owner = next((json.loads(a.value_json) for a in t.system_attributes if a.key == OWNER), {})
+                never_beaten = not t.heartbeats and t._datetime_start_utc < cutoff
+                if never_beaten or owner_alive(owner) is False:
+                    stale.append(t.trial_id)
         return stale
 
 
@@ -285,11 +333,18 @@ def run_study(
     )
     study.set_user_attr("model", name)
     study.set_user_attr("space_version", SPACE_VERSION)
+    # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
+    # starts, which a full study never does): failed trials never count towards n_trials.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = n_trials - done
     if remaining > 0:
+        # Optuna checks its timeout only between trials; the objective also checks it between folds.
+        deadline = time.monotonic() + timeout if timeout else None
         study.optimize(
-            make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs),
+            make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs, deadline=deadline),
             n_trials=remaining,
             timeout=timeout,
             catch=(),
@@ -297,12 +352,55 @@ def run_study(
             callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
         )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        cut = [t for t in study.trials if t.user_attrs.get(CUT_BY_TIMEOUT)]
+        if cut:
+            folds, seconds = len(cut[0].user_attrs["fold_macro_f1"]), cut[0].duration.total_seconds()
+            n_folds = cv.get_n_splits(X, y)
+            raise TuningError(
+                f"study '{study_name}' has no completed trial: the timeout of {timeout:g} s cut the first "
+                f"after {folds} of {n_folds} folds ({seconds:.0f} s; a whole trial takes about "
+                f"{seconds / folds * n_folds:.0f} s here); raise --timeout, or set it to 0 for no limit"
+            )
         raise TuningError(
             f"study '{study_name}' has no completed trial (timeout {timeout}s too short, or every trial "
             "was pruned); raise --timeout or --n-trials"
         )
     logging.getLogger(__name__).info("study %s: best %.4f", study_name, study.best_value)
     return study
+
+
+def trial_counts(trials) -> dict[str, int]:
+    """How a study's trials ended: ``finished`` (complete or pruned: what counts towards n_trials) and
+    ``complete``, ``pruned`` (of which ``cut_by_timeout``), ``failed``, ``running``."""
+    state = optuna.trial.TrialState
+    return {
+        "finished": sum(t.state in FINISHED for t in trials),
+        "complete": sum(t.state == state.COMPLETE for t in trials),
+        "pruned": sum(t.state == state.PRUNED for t in trials),
+        "cut_by_timeout": sum(
+            t.state == state.PRUNED and bool(t.user_attrs.get(CUT_BY_TIMEOUT)) for t in trials
+        ),
+        "failed": sum(t.state == state.FAIL for t in trials),
+        "running": sum(t.state == state.RUNNING for t in trials),
+    }
+
+
+def describe_trials(counts: dict[str, int], n_trials: int, timeout: float | None) -> str:
+    """One line: e.g. "12 trials requested, 5 finished within timeout 90 s (1 cut short by it)"."""
+    finished = counts["finished"]
+    if finished >= n_trials:
+        text = f"{finished} trials finished"
+    else:
+        limit = f" within timeout {timeout:g} s" if timeout else ""
+        text = f"{n_trials} trials requested, {finished} finished{limit}"
+    notes = []
+    if counts["cut_by_timeout"]:
+        notes.append(f"{counts['cut_by_timeout']} cut short by the timeout after some folds")
+    if counts["failed"]:
+        notes.append(f"{counts['failed']} failed, not counted")
+    if counts["running"]:
+        notes.append(f"{counts['running']} still running elsewhere")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _load_trials(storage, study_name: str) -> list:

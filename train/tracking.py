@@ -23,6 +23,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.tracking import (
@@ -345,7 +346,10 @@ def close_orphaned_runs(
 
     client = MlflowClient()
     experiment_id = experiment_id or _experiment_in_use()
-    skip = _active_run_ids() | {os.environ.get("MLFLOW_RUN_ID")}
+    try:
+        skip = _active_run_ids() | {os.environ.get("MLFLOW_RUN_ID")}
+    except AttributeError:  # MLflow moved its internals; runs open here are judged alive anyway (own pid)
+        skip = {os.environ.get("MLFLOW_RUN_ID")}
     me = owner_tags()
     now = datetime.now(UTC).timestamp()
     closed, token = [], None
@@ -368,12 +372,16 @@ def close_orphaned_runs(
                 KILLED_REASON_TAG: f"orphaned: {reason}",
                 NOTE_TAG: f"{old_note}\n\n{note}" if old_note else note,
             }
-            client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             beat = _parse_time(run.data.tags.get(HEARTBEAT_TAG))
             end = int(beat * 1000) if beat is not None else None  # last seen alive, else now
-            client.set_terminated(
-                run.info.run_id, "KILLED", end_time=max(end, run.info.start_time) if end else None
-            )
+            try:
+                client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                client.set_terminated(
+                    run.info.run_id, "KILLED", end_time=max(end, run.info.start_time) if end else None
+                )
+            except MlflowException as exc:  # e.g. no permission on another user's run: not this run's job
+                _log.warning("cannot close orphaned run %s: %s", run.info.run_id, exc)
+                continue
             name = run.data.tags.get("mlflow.runName", run.info.run_id)
             closed.append(f"{name} ({run.info.run_id}) closed as KILLED: {reason}")
         token = page.token
@@ -385,10 +393,14 @@ def tuning_notes(pipeline_run_id: str) -> dict[str, str]:
     """Model family -> how its tuning ended, for the tune runs of a pipeline run whose trials fell short
     of ``n_trials`` (the timeout), were cut by the timeout or failed (empty when all went to plan)."""
     client = MlflowClient()
-    experiment_id = client.get_run(pipeline_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{pipeline_run_id}' and tags.step = 'tune'"
-    )
+    try:
+        experiment_id = client.get_run(pipeline_run_id).info.experiment_id
+        runs = client.search_runs(
+            [experiment_id], f"tags.mlflow.parentRunId = '{pipeline_run_id}' and tags.step = 'tune'"
+        )
+    except Exception as exc:  # only a summary line: a store hiccup after the run must not fail it
+        _log.warning("cannot read the tune runs of %s: %s", pipeline_run_id, exc)
+        return {}
     notes = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         m = run.data.metrics

@@ -150,12 +150,16 @@ def _shown(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:  # not a URL SQLAlchemy can parse: show it as given
         return url
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def _storage_error(url: str, exc: BaseException) -> StorageUnavailable:
+    # Optuna reports a refused write as "invalid data in the commit"; the database's own reason is the cause.
+    while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     return StorageUnavailable(
         f"cannot open the Optuna storage {_shown(url)!r}: {type(exc).__name__}: {one_line(exc)}. Fix "
         "--optuna-storage (MLproject: optuna_storage): a sqlite:///<file> in an existing, writable "

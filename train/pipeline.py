@@ -44,7 +44,7 @@ from evaluation.plots import (
 )
 from evaluation.report import write_report
 from features.context import context_label, feature_function
-from features.data import DataError
+from features.data import SNAPSHOT_PREFIXES, DataError
 from features.dataset import InsufficientDataError
 from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
@@ -60,6 +60,7 @@ from train.tune import (
     FINISHED,
     SPACE_VERSION,
     TuningError,
+    check_storage,
     describe_trials,
     run_study,
     study_name_for,
@@ -694,9 +695,6 @@ def register(
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step and return the summary (also printed by ``main``)."""
-    from features.data import SNAPSHOT_PREFIXES
-    from train.tune import check_storage
-
     stages = Stages()
     n_jobs = cfg.n_jobs or default_n_jobs()
 

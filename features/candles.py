@@ -69,11 +69,13 @@ class DataError(ValueError):
 
 
 def fmt_ts(ts: pd.Timestamp) -> str:
-    if ts.tzinfo is None:
-        return ts.strftime("%Y-%m-%d %H:%M:%S")
-    return (
-        ts.strftime("%Y-%m-%d %H:%M:%S UTC") if ts.utcoffset() == pd.Timedelta(0) else ts.isoformat(sep=" ")
-    )
+    try:
+        if ts.tzinfo is None:
+            return ts.strftime("%Y-%m-%d %H:%M:%S")
+        utc = ts.utcoffset() == pd.Timedelta(0)
+        return ts.strftime("%Y-%m-%d %H:%M:%S UTC") if utc else ts.isoformat(sep=" ")
+    except (ValueError, NotImplementedError):  # years Python's datetime cannot format (e.g. year -1)
+        return ts.isoformat()
 
 
 def _examples(labels: pd.Index | np.ndarray | list[Any], extra: list[str] | None = None) -> str:
@@ -300,7 +302,23 @@ def _parse_timestamps(values: pd.Series, where: str) -> pd.DatetimeIndex:
             "Use ISO 8601 (e.g. '2024-01-31 13:30:00', naive means UTC, or with an offset like '+00:00') "
             "or integer epoch seconds / milliseconds."
         )
-    return pd.DatetimeIndex(parsed).as_unit(TIME_UNIT)
+    return _in_range(pd.DatetimeIndex(parsed).as_unit(TIME_UNIT), values, where)
+
+
+# Candle times a file may hold: from the Unix epoch to the last day pandas' nanosecond timestamps (and
+# so MLflow's schema checks and most tools downstream) can represent.
+_EARLIEST, _LATEST = pd.Timestamp("1970-01-01", tz="UTC"), pd.Timestamp("2262-04-11", tz="UTC")
+
+
+def _in_range(parsed: pd.DatetimeIndex, values: pd.Series, where: str) -> pd.DatetimeIndex:
+    bad = np.flatnonzero(np.asarray((parsed < _EARLIEST) | (parsed >= _LATEST)))
+    if len(bad):
+        samples = [_show(values.iloc[i]) for i in bad[:_MAX_EXAMPLES]]
+        raise DataError(
+            f"{len(bad)} timestamp(s) in {where} are outside 1970-01-01 .. 2262-04-10 UTC: "
+            f"{_examples(bad, samples)}. Check the column holds dates (a value like '-1' reads as year -1)."
+        )
+    return parsed
 
 
 def _parse_epoch(numbers: pd.Series, where: str) -> pd.DatetimeIndex:
@@ -309,8 +327,11 @@ def _parse_epoch(numbers: pd.Series, where: str) -> pd.DatetimeIndex:
     arr = numbers.to_numpy(dtype=dtype)
     for unit, lo, hi in _EPOCH_UNITS:
         if ((arr >= lo) & (arr < hi)).all():
-            parsed = pd.to_datetime(arr, unit=unit, utc=True)
-            return pd.DatetimeIndex(parsed).as_unit(TIME_UNIT)
+            try:
+                parsed = pd.to_datetime(arr, unit=unit, utc=True)
+            except (OverflowError, pd.errors.OutOfBoundsDatetime):
+                parsed = pd.DatetimeIndex([_LATEST] * len(arr))  # reported as out of range below
+            return _in_range(pd.DatetimeIndex(parsed).as_unit(TIME_UNIT), numbers, where)
     units = np.full(len(arr), "?", dtype=object)
     for unit, lo, hi in _EPOCH_UNITS:
         units[(arr >= lo) & (arr < hi)] = unit

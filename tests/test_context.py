@@ -66,7 +66,9 @@ def test_without_context_nothing_changes():
         compute_model_features(candles, "seed15", ""), compute_features(candles, "seed15")
     )
     assert min_history_bars("default") == warmup_bars("default") + 1
-    assert feature_function(None, BAR) is compute_features
+    assert feature_function(None, None) is compute_features
+    # with the bar known, the same gap rule as training and serving; without gaps, the same values
+    pd.testing.assert_frame_equal(feature_function(None, BAR)(candles, "default"), compute_features(candles))
 
 
 @pytest.mark.parametrize("feature_set", FEATURE_SETS)

@@ -100,6 +100,7 @@ def test_runs_of_dead_processes_are_closed_and_live_ones_left(store):
 
 
 def test_runs_record_their_process_and_a_heartbeat(store):
+    mlflow.set_experiment("orphans")  # not one an earlier test left active in another store
     tracking.track_liveness(interval=0.3)
     try:
         with mlflow.start_run() as run, mlflow.start_run(nested=True) as child:

@@ -99,7 +99,17 @@ def test_pipeline_tracks_and_registers_through_postgres_server(
         model_uri = "models:/pg-model/1"  # still downloadable through the server, just not promoted
     model = mlflow.pyfunc.load_model(model_uri)
     out = model.predict(_naive(candles.iloc[-600:]))
-    assert list(out.columns) == ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready"]
+    assert list(out.columns) == [
+        "timestamp",
+        "signal",
+        "label",
+        "p_sell",
+        "p_hold",
+        "p_buy",
+        "ready",
+        "action",
+        "position",
+    ]
     assert len(out) == 600 and out["ready"].iloc[-1]
     assert set(out.loc[out["ready"], "signal"]) <= {"sell", "hold", "buy"}
 

@@ -40,7 +40,7 @@ class BalancedXGBClassifier(XGBClassifier):
 
 
 def default_n_jobs() -> int:
-    """Threads per model fit: all cores, since trials and folds run one at a time."""
+    """Cores to use: as many single-threaded fold fits at once as the machine has cores."""
     return max(1, os.cpu_count() or 1)
 
 

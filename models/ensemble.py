@@ -9,9 +9,12 @@ anything but the rows passed to ``fit``, so fitting it on the development window
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from joblib import parallel_config
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import VotingClassifier
 from sklearn.metrics import f1_score, log_loss
@@ -42,14 +45,37 @@ def fit_predict_fold(estimator, X, y, train_idx, test_idx, classes: np.ndarray) 
     return out
 
 
-def oof_predict_proba(estimator, X, y, cv) -> tuple[np.ndarray, np.ndarray]:
+def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Iterator:
+    """``fn(train_idx, test_idx)`` for each fold, yielded in fold order, with up to ``n_parallel`` folds
+    running at once (threads: the libraries release the GIL while they fit).
+
+    Several single-threaded fits side by side degrade gracefully on a busy machine, where one fit
+    spread over every core waits at each synchronisation for the core another process holds. Closing
+    the generator early (a pruned trial) cancels the folds not started and waits for those running.
+    """
+    if n_parallel <= 1:
+        for train_idx, test_idx in folds:
+            yield fn(train_idx, test_idx)
+        return
+    pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="fold")
+    try:
+        futures = [pool.submit(fn, train_idx, test_idx) for train_idx, test_idx in folds]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def oof_predict_proba(estimator, X, y, cv, n_parallel: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities over the validation blocks of ``cv``: (row positions, probabilities)."""
     classes = np.unique(np.asarray(y))
-    idx, probas = [], []
-    for train_idx, test_idx in cv.split(X, y):
-        idx.append(test_idx)
-        probas.append(fit_predict_fold(estimator, X, y, train_idx, test_idx, classes))
-    return np.concatenate(idx), np.vstack(probas)
+    folds = list(cv.split(X, y))
+
+    def fit(train_idx, test_idx):
+        return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
+
+    probas = list(map_folds(fit, folds, n_parallel))
+    return np.concatenate([test for _, test in folds]), np.vstack(probas)
 
 
 def simplex_grid(n_models: int, step: float) -> np.ndarray:
@@ -90,13 +116,22 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
     cv: splitter used to produce out-of-fold predictions for the weights (required unless ``weights``)
     weights: fixed weights; when given, no out-of-fold fitting is done
     weight_step: grid resolution of the weight search on the simplex
+    n_jobs: out-of-fold fits run at once (threads; give the estimators one thread each)
     """
 
-    def __init__(self, estimators: list[tuple[str, Any]], cv=None, weights=None, weight_step: float = 0.05):
+    def __init__(
+        self,
+        estimators: list[tuple[str, Any]],
+        cv=None,
+        weights=None,
+        weight_step: float = 0.05,
+        n_jobs: int = 1,
+    ):
         self.estimators = estimators
         self.cv = cv
         self.weights = weights
         self.weight_step = weight_step
+        self.n_jobs = n_jobs
 
     def fit(self, X, y):
         names = [name for name, _ in self.estimators]
@@ -115,14 +150,19 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         else:
             if self.cv is None:
                 raise ValueError("either fixed weights or a cv splitter is needed to fit the weights")
-            oof = [oof_predict_proba(est, X, y, self.cv) for _, est in self.estimators]
+            oof = [oof_predict_proba(est, X, y, self.cv, self.n_jobs) for _, est in self.estimators]
             idx = oof[0][0]
             self.oof_index_ = idx
             self.oof_probas_ = {name: p for name, (_, p) in zip(names, oof, strict=True)}
             self.weights_, self.oof_macro_f1_ = fit_weights([p for _, p in oof], y[idx], self.weight_step)
-        self.voter_ = VotingClassifier(
-            [(name, clone(est)) for name, est in self.estimators], voting="soft", weights=list(self.weights_)
-        ).fit(X, y)
+        voter = VotingClassifier(
+            [(name, clone(est)) for name, est in self.estimators],
+            voting="soft",
+            weights=list(self.weights_),
+            n_jobs=self.n_jobs,
+        )
+        with parallel_config(backend="threading"):  # the refits side by side, in this process
+            self.voter_ = voter.fit(X, y)
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]

@@ -159,7 +159,7 @@ HELP = {
     "gate_economic": "gate: the decision policy's holdout backtest must beat doing nothing after costs "
     "(block bootstrap at gate_confidence)",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
-    "n_jobs": "threads per model fit (0 = all cores)",
+    "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
     "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat",
     "fee_bps": "holdout backtest: fee per unit of notional traded, in basis points",

@@ -326,9 +326,10 @@ def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n
     """Refit the tuned models as one ensemble and choose its decision policy, on development rows only."""
     mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
     X_dev, y_dev = data.dev
-    estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=n_jobs)) for n, t in tuned.items()]
+    # One thread per fit, n_jobs fits at once (see models.ensemble.map_folds).
+    estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=1)) for n, t in tuned.items()]
     # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
-    ensemble = WeightedSoftVoting(estimators, cv=data.cv).fit(X_dev, y_dev)
+    ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs).fit(X_dev, y_dev)
     mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
     mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.

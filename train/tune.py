@@ -8,6 +8,7 @@ stop a bad trial early. No tracking calls here: the pipeline logs what the study
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -21,8 +22,8 @@ import optuna
 
 from evaluation.economics import TradingCosts
 from evaluation.metrics import macro_f1
-from models.base import build_model
-from models.ensemble import fit_predict_fold
+from models.base import build_model, default_n_jobs
+from models.ensemble import fit_predict_fold, map_folds
 from models.tracking import new_sqlite_file, one_line
 
 # Bump when a search space or what a trial records changes, so a resumed study never mixes two.
@@ -111,23 +112,29 @@ def make_objective(
     space = SPACES[name]
 
     def objective(trial: optuna.Trial) -> float:
-        estimator = build_model(name, space(trial), seed=seed, n_jobs=n_jobs)
+        # One thread per fit and up to n_jobs folds at once (models.ensemble.map_folds): on a busy
+        # machine that degrades gracefully, where one fit spread over every core does not.
+        estimator = build_model(name, space(trial), seed=seed, n_jobs=1)
         scores: list[float] = []
         rows, probas = [], []
         folds = list(cv.split(X, y))
-        for step, (train_idx, test_idx) in enumerate(folds):
-            proba = fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
-            rows.append(test_idx)
-            probas.append(proba)
-            scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
-            trial.report(float(np.mean(scores)), step)
-            if trial.should_prune():
-                trial.set_user_attr("fold_macro_f1", scores)
-                raise optuna.TrialPruned()
-            if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
-                trial.set_user_attr("fold_macro_f1", scores)
-                trial.set_user_attr(CUT_BY_TIMEOUT, True)
-                raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
+
+        def fit(train_idx, test_idx):
+            return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
+
+        with contextlib.closing(map_folds(fit, folds, n_jobs or default_n_jobs())) as results:
+            for step, ((_, test_idx), proba) in enumerate(zip(folds, results, strict=True)):
+                rows.append(test_idx)
+                probas.append(proba)
+                scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
+                trial.report(float(np.mean(scores)), step)
+                if trial.should_prune():
+                    trial.set_user_attr("fold_macro_f1", scores)
+                    raise optuna.TrialPruned()
+                if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
+                    trial.set_user_attr("fold_macro_f1", scores)
+                    trial.set_user_attr(CUT_BY_TIMEOUT, True)
+                    raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
         trial.set_user_attr("fold_macro_f1", scores)
         trial.set_user_attr("cv_macro_f1_std", float(np.std(scores)))
         if costs is not None:

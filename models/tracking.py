@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,10 +156,25 @@ def check_reachable() -> str:
     return uri
 
 
+DEFAULT_EXPERIMENT_HINT = (
+    "note: `mlflow run` put this run in MLflow's 'Default' experiment; pass --experiment-name "
+    f"{DEFAULT_EXPERIMENT} to keep the runs together (the direct `python -m` commands use it by default)"
+)
+
+
 def use_experiment() -> None:
-    """Under `mlflow run` the CLI has already chosen the experiment and opened the run; otherwise pick one."""
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    """The experiment every command logs to: MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else
+    :data:`DEFAULT_EXPERIMENT` (never MLflow's 'Default'). Under `mlflow run` the CLI has already chosen the
+    experiment and opened the run; when that is 'Default' (no --experiment-name), print a one-line hint."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        if os.environ.get("MLFLOW_EXPERIMENT_ID") == "0":  # MLflow's Default experiment
+            print(DEFAULT_EXPERIMENT_HINT, file=sys.stderr)
+        return
+    name, experiment_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_id and not name:
+        mlflow.set_experiment(experiment_id=experiment_id)
+    else:
+        mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
 
 
 class CandleSource(DatasetSource):

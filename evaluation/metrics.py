@@ -15,6 +15,7 @@ from sklearn.metrics import (
 )
 
 from features.labels import CLASS_NAMES
+from models.ensemble import as_probabilities
 
 LABELS = np.arange(len(CLASS_NAMES))
 
@@ -31,6 +32,9 @@ def classification_metrics(y_true, proba: np.ndarray, y_pred=None) -> dict:
     ``y_pred`` is given (baselines whose call is not the most probable class, e.g. a random direction).
     """
     y_true = np.asarray(y_true)
+    # float64 rows summing to one, also after the clip away from 0 (log loss of a 0 is infinite).
+    clipped = np.clip(as_probabilities(proba), 1e-15, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
     y_pred = np.asarray(proba).argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=LABELS, zero_division=0
@@ -38,7 +42,7 @@ def classification_metrics(y_true, proba: np.ndarray, y_pred=None) -> dict:
     out = {
         "macro_f1": macro_f1(y_true, y_pred),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=LABELS)),
+        "log_loss": float(log_loss(y_true, clipped, labels=LABELS)),
     }
     for k, name in enumerate(CLASS_NAMES):
         out[f"precision_{name}"] = float(precision[k])

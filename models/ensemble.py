@@ -21,6 +21,20 @@ from sklearn.metrics import f1_score, log_loss
 from sklearn.utils.validation import check_is_fitted
 
 
+def as_probabilities(proba) -> np.ndarray:
+    """Class probabilities as float64 rows that sum to one within float64 rounding.
+
+    XGBoost returns float32 probabilities: their rows sum to one only within float32 rounding (up to
+    about 1e-7 off), and once copied into a float64 array (or blended with float64 ones) they fail
+    scikit-learn's check for float64 probabilities (tolerance sqrt(eps) = 1.5e-8), which warns "The
+    y_prob values do not sum to one" in every log loss of a blend that gives XGBoost weight. Rows
+    summing to zero (never from a classifier) are left as they are.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    total = p.sum(axis=1, keepdims=True)
+    return np.divide(p, total, out=p.copy(), where=total > 0)
+
+
 def _take(X, idx):
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
@@ -39,7 +53,7 @@ def fit_predict_fold(estimator, X, y, train_idx, test_idx, classes: np.ndarray) 
             "use more data (days), fewer folds or a smaller label threshold"
         )
     model = clone(estimator).fit(_take(X, train_idx), y_train)
-    proba = model.predict_proba(_take(X, test_idx))
+    proba = as_probabilities(model.predict_proba(_take(X, test_idx)))
     out = np.zeros((len(test_idx), len(classes)))
     out[:, np.searchsorted(classes, model.classes_)] = proba
     return out
@@ -186,7 +200,8 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return self.voter_.predict_proba(X)
+        # The weighted average carries a float32 model's rounding (see as_probabilities): renormalise.
+        return as_probabilities(self.voter_.predict_proba(X))
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)

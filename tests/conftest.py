@@ -1,7 +1,8 @@
-"""Shared fixtures for the features tests."""
+"""Shared fixtures: seeded candles, and a throwaway MLflow tracking store."""
 
 from __future__ import annotations
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -14,3 +15,18 @@ pytest_plugins = ["tests.servers", "tests.webhook"]
 def candles() -> pd.DataFrame:
     """600 seeded 30-minute BTC-like bars from 2024-01-01 UTC (fresh copy per test)."""
     return make_candles(600, seed=7)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A throwaway tracking store (experiment "tests") and working directory: the Optuna storage and
+    artifacts land under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # restored after the test if set meanwhile
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)

@@ -28,6 +28,14 @@ def make_candles(
     return candles_from_returns(log_ret, rng, start, freq, vol)
 
 
+def persistent_regime(rng: np.random.Generator, n: int, persistence: float) -> np.ndarray:
+    """A hidden -1 / 0 / +1 state per bar, kept from one bar to the next with probability ``persistence``
+    (else drawn anew, uniformly): regime[t] is the draw at the last switch up to t, so it is causal."""
+    switch = rng.random(n) > persistence
+    draws = rng.integers(-1, 2, n)
+    return draws[np.maximum.accumulate(np.where(switch, np.arange(n), 0))]
+
+
 def make_regime_candles(
     n: int,
     seed: int = 11,
@@ -44,11 +52,7 @@ def make_regime_candles(
     persists over the label horizon, so recent-momentum features predict the label well out of sample.
     """
     rng = np.random.default_rng(seed)
-    switch = rng.random(n) > persistence
-    draws = rng.integers(-1, 2, n)
-    # regime[t] = draws at the last switch up to t (forward fill of the switch points, causal)
-    last_switch = np.maximum.accumulate(np.where(switch, np.arange(n), 0))
-    regime = draws[last_switch]
+    regime = persistent_regime(rng, n, persistence)
     log_ret = regime * trend + vol * rng.standard_normal(n)
     return candles_from_returns(log_ret, rng, start, freq, vol)
 
@@ -72,10 +76,7 @@ def make_flow_signal_candles(
     prices, where the drift leaves little trace ahead of time.
     """
     rng = np.random.default_rng(seed)
-    switch = rng.random(n + 1) > persistence
-    draws = rng.integers(-1, 2, n + 1)
-    last_switch = np.maximum.accumulate(np.where(switch, np.arange(n + 1), 0))
-    drift = draws[last_switch]  # drift[t] moves bar t; volume of bar t shows drift[t + 1]
+    drift = persistent_regime(rng, n + 1, persistence)  # drift[t] moves bar t; bar t's volume shows t + 1
     log_ret = drift[:n] * trend + vol * rng.standard_normal(n)
     frame = candles_from_returns(log_ret, rng, start, freq, vol)
     frame["volume"] *= np.exp(flow * drift[1:])
@@ -123,6 +124,10 @@ def candles_from_returns(
         index=index,
         dtype="float64",
     )
+
+
+# The served model's output columns, in order (models.pyfunc.SignalModel.predict_candles).
+SERVED_COLUMNS = ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position"]
 
 
 def write_csv(frame: pd.DataFrame, path) -> str:

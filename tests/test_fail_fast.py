@@ -18,7 +18,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -31,20 +30,6 @@ from train.prepare import prepare
 REPO = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port of the loopback interface
 SNAPSHOT = "runs:/0123456789abcdef0123456789abcdef/data/candles.parquet"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A throwaway tracking store and Optuna storage; artifacts land under tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

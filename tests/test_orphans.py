@@ -29,20 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A throwaway tracking store and Optuna storage; artifacts land under tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "orphans")
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -55,7 +41,7 @@ def _iso(seconds_ago: float) -> str:
 
 def test_runs_of_dead_processes_are_closed_and_live_ones_left(store):
     client = MlflowClient()
-    exp = client.create_experiment("orphans")
+    exp = client.create_experiment("tests")
     me = tracking.owner_tags()
     dead = {**me, "pid": str(_dead_pid())}  # this host; the pid's process is gone
     reused = {**me, "pid_start": me["pid_start"].rsplit("/", 1)[0] + "/1"}  # a live pid, another process
@@ -100,7 +86,7 @@ def test_runs_of_dead_processes_are_closed_and_live_ones_left(store):
 
 
 def test_runs_record_their_process_and_a_heartbeat(store):
-    mlflow.set_experiment("orphans")  # not one an earlier test left active in another store
+    mlflow.set_experiment("tests")  # not one an earlier test left active in another store
     tracking.track_liveness(interval=0.3)
     try:
         with mlflow.start_run() as run, mlflow.start_run(nested=True) as child:
@@ -153,7 +139,7 @@ def _start(tmp_path, csv, n_trials: int, fold_sleep: float) -> subprocess.Popen:
         os.environ,
         PYTHONPATH=str(REPO),
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        MLFLOW_EXPERIMENT_NAME="orphans",
+        MLFLOW_EXPERIMENT_NAME="tests",
     )
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(var, None)
@@ -188,7 +174,7 @@ def _trial_progress(tmp_path) -> list[tuple[str, int]]:
 def _runs(tmp_path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        experiment = client.get_experiment_by_name("orphans")
+        experiment = client.get_experiment_by_name("tests")
     except Exception:  # the store is being created
         return []
     return client.search_runs([experiment.experiment_id]) if experiment else []

@@ -28,6 +28,7 @@ from models.predict import main as predict_main
 from models.pyfunc import as_model_input
 from models.registry import PRODUCTION
 from tests.helpers import (
+    SERVED_COLUMNS,
     make_candles,
     make_flow_signal_candles,
     make_regime_candles,
@@ -41,20 +42,6 @@ from train.pipeline import main, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A throwaway tracking store and Optuna storage; artifacts land under tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # restored after the test if set meanwhile
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
 
 
 def _cfg(data: str, tmp: Path, **kw) -> PipelineConfig:
@@ -209,17 +196,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     served = _fresh_process_predict(
         f"models:/test-model@{PRODUCTION}", learnable, mlflow.get_tracking_uri(), store
     )
-    assert served["columns"] == [
-        "timestamp",
-        "signal",
-        "label",
-        "p_sell",
-        "p_hold",
-        "p_buy",
-        "ready",
-        "action",
-        "position",
-    ]
+    assert served["columns"] == SERVED_COLUMNS
     assert served["metadata"]["policy"] == first["policy"]
     # the served model acts through the logged policy exactly as the gate's backtest traded it: its
     # actions on the holdout rows, turned into positions from flat, are the backtest's positions

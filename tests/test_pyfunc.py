@@ -10,7 +10,7 @@ from models.base import build_model
 from models.ensemble import WeightedSoftVoting
 from models.policy import DecisionPolicy
 from models.pyfunc import NOT_READY, InvalidCandles, SignalModel
-from tests.helpers import make_regime_candles
+from tests.helpers import SERVED_COLUMNS, make_regime_candles
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,7 @@ def _bot_frame(candles):
 def test_signals_match_the_ensemble_on_the_same_features(served):
     model, candles, ens = served
     out = model.predict(None, _bot_frame(candles))
-    assert list(out.columns) == [
-        "timestamp",
-        "signal",
-        "label",
-        "p_sell",
-        "p_hold",
-        "p_buy",
-        "ready",
-        "action",
-        "position",
-    ]
+    assert list(out.columns) == SERVED_COLUMNS
     ready = out["ready"].to_numpy()
     assert (~ready[: warmup_bars("default")]).all() and ready[warmup_bars("default") :].all()
     expected = ens.predict_proba(compute_features(candles).dropna())

@@ -26,14 +26,14 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION
-from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import SERVED_COLUMNS, make_flow_signal_candles, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "serve-model"
 MODEL_URI = f"models:/{MODEL_NAME}@{PRODUCTION}"
-OUTPUT_COLUMNS = ["timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position"]
+OUTPUT_COLUMNS = SERVED_COLUMNS
 PROBA = ["p_sell", "p_hold", "p_buy"]
 N_REQUEST = 300  # candles per request: the last ones of the training data
 STARTUP_DEADLINE = 90.0

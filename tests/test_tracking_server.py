@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION, get_production
-from tests.helpers import make_regime_candles, tiny_config
+from tests.helpers import SERVED_COLUMNS, make_regime_candles, tiny_config
 from tests.servers import TrackingServer, mlflow_server, pg_connect, port_is_open
 from train.pipeline import main, run_pipeline
 
@@ -99,17 +99,7 @@ def test_pipeline_tracks_and_registers_through_postgres_server(
         model_uri = "models:/pg-model/1"  # still downloadable through the server, just not promoted
     model = mlflow.pyfunc.load_model(model_uri)
     out = model.predict(_naive(candles.iloc[-600:]))
-    assert list(out.columns) == [
-        "timestamp",
-        "signal",
-        "label",
-        "p_sell",
-        "p_hold",
-        "p_buy",
-        "ready",
-        "action",
-        "position",
-    ]
+    assert list(out.columns) == SERVED_COLUMNS
     assert len(out) == 600 and out["ready"].iloc[-1]
     assert set(out.loc[out["ready"], "signal"]) <= {"sell", "hold", "buy"}
 

@@ -6,31 +6,44 @@
     python -m models.lifecycle history  --model-name NAME [--json true]
 
 Each move opens one MLflow run (step tag ``promote`` / ``rollback``) that logs the audit record, so the
-registry history names the run that made the move. A refused move leaves a FAILED run with the reason,
-and changes nothing in the registry.
+registry history names the run that made the move; its name says what it did (``promote v3 -> production``,
+``rollback v5 -> v4``). A refused move leaves a FAILED run named ``refused promote v3`` with the reason,
+and changes nothing in the registry. ``status`` and ``history`` only read: they open no run (under
+`mlflow run`, whose launcher opens one anyway, that run is named ``status <model>`` / ``history <model>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from models import tracking
-from models.registry import RegistryError, history, promote, rollback, status
+from models.registry import AliasMove, RegistryError, history, promote, rollback, status
 from models.tracking import parse_bool
 
 DEFAULT_MODEL = "crypto-signal-ensemble"
 
 
+def move_run_name(move: AliasMove) -> str:
+    """What a move run did: ``promote v3 -> production``, ``force_promote v4 -> production``,
+    ``rollback v5 -> v4``."""
+    if move.action == "rollback":
+        return f"rollback v{move.from_version} -> v{move.to_version}"
+    return f"{move.action} v{move.to_version} -> production"
+
+
 def _move(kind: str, args: argparse.Namespace) -> int:
     version = args.version or None
-    run_name = f"{kind} {args.model_name}" + (f" v{version}" if version else "")
-    with mlflow.start_run(run_name=run_name) as run:
+    asked = f"{kind} v{version}" if version else kind
+    with mlflow.start_run(run_name=asked) as run:
         mlflow.set_tags(
             {
                 "step": kind,
@@ -48,11 +61,17 @@ def _move(kind: str, args: argparse.Namespace) -> int:
             else:
                 move = rollback(args.model_name, version, args.reason, run_id=run.info.run_id)
         except RegistryError as exc:
-            mlflow.set_tag("refused", str(exc)[:500])
+            mlflow.set_tags({"refused": str(exc)[:500], MLFLOW_RUN_NAME: f"refused {asked}"})
             mlflow.end_run(status="FAILED")
             raise
         mlflow.log_dict(asdict(move), "audit.json")
-        mlflow.set_tags({"from_version": move.from_version or "", "to_version": move.to_version})
+        mlflow.set_tags(
+            {
+                "from_version": move.from_version or "",
+                "to_version": move.to_version,
+                MLFLOW_RUN_NAME: move_run_name(move),
+            }
+        )
     print(
         f"{move.action}: {args.model_name} production v{move.from_version or '-'} -> v{move.to_version} "
         f"(move #{move.seq}, run {run.info.run_id})"
@@ -68,6 +87,16 @@ def _print_history(moves: list[dict]) -> None:
             f"#{m['seq']:<3} {m['at']}  {m['action']:<13} v{m['from_version'] or '-'} -> v{m['to_version']}  "
             f"by {m['by']}  run {m['run_id'] or '-'}  reason: {m['reason']}"
         )
+
+
+def _name_launcher_run(command: str, model_name: str) -> None:
+    """Read-only commands open no run; `mlflow run` opens one before they start: say what it was."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        client = MlflowClient()
+        client.set_tag(run_id, MLFLOW_RUN_NAME, f"{command} {model_name}")
+        client.set_tag(run_id, "step", command)
+        client.set_tag(run_id, "model_name", model_name)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -141,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("promote", "rollback"):
             tracking.use_experiment()
             return _move(args.command, args)
+        _name_launcher_run(args.command, args.model_name)
         return _status(args) if args.command == "status" else _history(args)
     except (RegistryError, tracking.TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
+import sys
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from features.context import context_label, parse_context_timeframe
@@ -181,9 +184,98 @@ def build_parser() -> argparse.ArgumentParser:
             default=f.default,
             help=f"{HELP[f.name]} (default: {f.default!r})",
         )
+    # How much the command says; not a PipelineConfig field (not a run parameter, not in the fingerprint).
+    parser.add_argument(
+        "--log-level",
+        dest="log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="INFO: progress and results; DEBUG: also detail; WARNING: only warnings and errors "
+        "(default: 'INFO')",
+    )
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
-    args = build_parser().parse_args(argv)
-    return PipelineConfig(**vars(args))
+    args = vars(build_parser().parse_args(argv))
+    args.pop("log_level")
+    return PipelineConfig(**args)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Loggers of this project (``logging.getLogger(__name__)`` in each module): they get the chosen level.
+PROJECT_LOGGERS = ("train", "features", "models", "evaluation")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Progress and results (INFO, DEBUG) on stdout, where the plan and the summary always were;
+    warnings and errors on stderr. The streams are looked up at each line (a test may swap them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno < logging.WARNING:
+            return text
+        ours = record.name.split(".")[0] in PROJECT_LOGGERS
+        return (
+            f"{record.levelname.lower()}: {text}"
+            if ours
+            else f"{record.levelname.lower()} {record.name}: {text}"
+        )
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Set up the console once per entry point (``main``): our loggers at ``level``, every library
+    at WARNING (MLflow's INFO lines, e.g. "Creating initial MLflow database tables", only at DEBUG),
+    and the library warnings a user cannot act on silenced (``quiet_library_noise``)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
+        root.removeHandler(handler)  # a second main() in one process (tests) replaces, never doubles
+    handler = _ConsoleHandler()
+    handler.setFormatter(_ConsoleFormat("%(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    # MLflow logs through its own handler (it does not propagate): INFO from it only when asked for DEBUG.
+    logging.getLogger("mlflow").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+    quiet_library_noise()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_library_noise() -> None:
+    """Silence, narrowly (by message, category and module), library warnings that are benign here and
+    that a user cannot act on. Any other warning still shows."""
+    # MLflow infers a schema for every logged dataset and for the model's output: our `label` columns
+    # are integers by design (class codes, -1 for rows without history) and never missing, which is
+    # all the hint warns about.
+    warnings.filterwarnings(
+        "ignore",
+        message="Hint: Inferred schema contains integer column",
+        category=UserWarning,
+        module="mlflow",
+    )
+    # MLflow warns that a python_model object is pickled (CloudPickle) rather than logged as code: that
+    # is how the served model is built on purpose, and only our own runs' models are ever loaded.
+    pyfunc = logging.getLogger("mlflow.pyfunc")
+    if not any(isinstance(f, _DropMessage) for f in pyfunc.filters):
+        pyfunc.addFilter(_DropMessage("Passing a Python object as `python_model`"))

@@ -302,6 +302,46 @@ def check_storage(url: str) -> None:
         storage.engine.dispose()
 
 
+log = logging.getLogger(__name__)
+
+
+class TrialProgress:
+    """Optuna callback: one INFO line per trial this process ends, e.g.
+    ``trial     lightgbm 3/12: macro-F1 0.3512 (41s); best 0.3530; 38s of the 90s timeout left``.
+
+    ``k`` counts the study's finished trials (complete or pruned, as ``n_trials`` does), whoever ran
+    them; ``best`` is the best completed trial of the study so far.
+    """
+
+    def __init__(self, name: str, n_trials: int, timeout: float | None):
+        self.name, self.n_trials, self.timeout = name, n_trials, timeout
+        self.start = time.monotonic()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = optuna.trial.TrialState
+        trials = study.get_trials(deepcopy=False)
+        k = sum(t.state in FINISHED for t in trials)
+        folds = len(trial.user_attrs.get("fold_macro_f1", []))
+        if trial.state == state.COMPLETE:
+            outcome = f"macro-F1 {trial.value:.4f}"
+        elif trial.state == state.PRUNED and trial.user_attrs.get(CUT_BY_TIMEOUT):
+            outcome = f"cut by the timeout after {folds} fold(s)"
+        elif trial.state == state.PRUNED:
+            outcome = f"pruned after {folds} fold(s)"
+        else:
+            outcome = trial.state.name.lower()
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        values = [t.value for t in trials if t.state == state.COMPLETE]
+        best = f"best {max(values):.4f}" if values else "no completed trial yet"
+        left = ""
+        if self.timeout:
+            remaining = max(0.0, self.timeout - (time.monotonic() - self.start))
+            left = f"; {remaining:.0f}s of the {self.timeout:g}s timeout left"
+        log.info(
+            "trial     %s %d/%d: %s (%.0fs); %s%s", self.name, k, self.n_trials, outcome, seconds, best, left
+        )
+
+
 def study_name_for(model: str, fingerprint: str) -> str:
     """The study a model's trials go to; the pipeline and every `tune` worker derive the same name."""
     return f"{model}-{fingerprint}"
@@ -320,12 +360,14 @@ def run_study(
     n_jobs: int | None = None,
     worker_id: int = 0,
     costs: TradingCosts | None = None,
+    description: dict | None = None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
     Trials finished earlier (by an interrupted run, or by other workers on this or other machines that
     share ``storage``) count towards ``n_trials``: rerunning resumes, and any number of workers fill one
-    study together. ``storage`` is a URL or an Optuna storage object.
+    study together. ``storage`` is a URL or an Optuna storage object. ``description`` (see
+    :func:`study_description`) becomes the study's user attrs, so optuna-dashboard shows what it measured.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage) if isinstance(storage, str) else storage
@@ -344,13 +386,24 @@ def run_study(
     )
     study.set_user_attr("model", name)
     study.set_user_attr("space_version", SPACE_VERSION)
+    for key, value in (description or {}).items():
+        study.set_user_attr(key, value)
     # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
     # starts, which a full study never does): failed trials never count towards n_trials.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["cv_macro_f1"])
         optuna.storages.fail_stale_trials(study)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = n_trials - done
+    log.info(
+        "tuning    %s: %d of %d trials to run%s%s",
+        name,
+        max(remaining, 0),
+        n_trials,
+        f" ({done} finished earlier)" if done else "",
+        f", timeout {timeout:g}s" if timeout else "",
+    )
     if remaining > 0:
         # Optuna checks its timeout only between trials; the objective also checks it between folds.
         deadline = time.monotonic() + timeout if timeout else None
@@ -360,7 +413,10 @@ def run_study(
             timeout=timeout,
             catch=(),
             # other workers' trials count too: stop once the study as a whole is full
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+            callbacks=[
+                optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                TrialProgress(name, n_trials, timeout),
+            ],
         )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         cut = [t for t in study.trials if t.user_attrs.get(CUT_BY_TIMEOUT)]
@@ -376,7 +432,7 @@ def run_study(
             f"study '{study_name}' has no completed trial (timeout {timeout}s too short, or every trial "
             "was pruned); raise --timeout or --n-trials"
         )
-    logging.getLogger(__name__).info("study %s: best %.4f", study_name, study.best_value)
+    log.debug("study %s: best %.4f", study_name, study.best_value)
     return study
 
 
@@ -421,6 +477,38 @@ def _load_trials(storage, study_name: str) -> list:
         return []
 
 
+def study_description(cfg, info, model: str) -> dict:
+    """Everything in the study's name (``cfg.fingerprint``) in readable form, for its user attrs: the
+    data (source, range, checksum), features, label, folds, seed, search space and backtest rules."""
+    from features.context import context_label
+
+    return {
+        "model": model,
+        "data": cfg.data,
+        "data_source": info.source,
+        "data_start": str(info.start),
+        "data_end": str(info.end),
+        "data_sha256": info.sha256,
+        "bar": str(info.bar),
+        "timeframe": cfg.timeframe,
+        "days": cfg.days,
+        "features": cfg.features,
+        "context_timeframe": context_label(cfg.context_timeframe),
+        "label_horizon": cfg.horizon,
+        "label_threshold": cfg.threshold,
+        "label_vol_window": cfg.vol_window,
+        "n_folds": cfg.n_folds,
+        "holdout_frac": cfg.holdout_frac,
+        "seed": cfg.seed,
+        "space_version": SPACE_VERSION,
+        "backtest_mode": cfg.backtest_mode,
+        "on_hold": cfg.on_hold,
+        "fee_bps": cfg.fee_bps,
+        "slippage_bps": cfg.slippage_bps,
+        "objective": "mean macro-F1 over the purged walk-forward folds of the development rows",
+    }
+
+
 def tune_worker(
     cfg, model: str, worker_id: int = 0, study_name: str | None = None, heartbeat: int = 30
 ) -> optuna.Study:
@@ -443,11 +531,15 @@ def tune_worker(
         n_jobs=cfg.n_jobs or None,
         worker_id=worker_id,
         costs=data.trading_costs(cfg),
+        description=study_description(cfg, data.info, model),
     )
 
 
 def _worker(args: tuple) -> tuple[int, int]:
-    cfg, model, worker_id, study_name, heartbeat = args
+    cfg, model, worker_id, study_name, heartbeat, log_level = args
+    from train.config import configure_logging
+
+    configure_logging(log_level)  # a spawned worker process starts with logging unconfigured
     study = tune_worker(cfg, model, worker_id, study_name, heartbeat)
     return worker_id, sum(t.state in FINISHED for t in study.trials)
 
@@ -463,11 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import multiprocessing
     import os
-    import sys
 
     from features.data import SNAPSHOT_PREFIXES
     from models.tracking import TrackingUnavailable, check_reachable, parse_int
-    from train.config import build_parser
+    from train.config import build_parser, configure_logging
 
     parser = build_parser()
     parser.prog = "python -m train.tune"
@@ -485,7 +576,11 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between heartbeats; a dead worker's trial fails after 4",
     )
     args = parser.parse_args(argv)
-    extra = {k: getattr(args, k) for k in ("model", "processes", "worker_id", "study_name", "heartbeat")}
+    configure_logging(args.log_level)
+    extra = {
+        k: getattr(args, k)
+        for k in ("model", "processes", "worker_id", "study_name", "heartbeat", "log_level")
+    }
     try:
         from train.config import PipelineConfig
 
@@ -507,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra["worker_id"] * 1000 + k,
                 extra["study_name"] or None,
                 extra["heartbeat"],
+                extra["log_level"],
             )
             for k in range(extra["processes"])
         ]
@@ -516,12 +612,12 @@ def main(argv: list[str] | None = None) -> int:
             with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
                 results = pool.map(_worker, jobs)
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
+        log.warning("interrupted: finished trials are kept; rerun the same command to resume")
         return 130
     except (ValueError, TypeError, TuningError, TrackingUnavailable, argparse.ArgumentTypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
-    print(
+    log.info(
         f"study for {extra['model']}: {max(n for _, n in results)} finished trials "
         f"({len(results)} worker process(es), {cfg.n_jobs} thread(s) each) in {cfg.optuna_storage}"
     )

@@ -54,7 +54,7 @@ from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import SignalModel, as_model_input
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
-from train.config import PipelineConfig, parse_args
+from train.config import PipelineConfig, build_parser, configure_logging, parse_args
 from train.prepare import Prepared, prepare
 from train.tune import (
     FINISHED,
@@ -82,10 +82,15 @@ class Stages:
         self.peak_mb: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str, doing: str = ""):
+        """Time the block; with ``doing``, also say (INFO) when the stage starts and how long it took."""
         start = time.perf_counter()
+        if doing:
+            log.info("%-9s %s ...", name, doing)
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
+        if doing:
+            log.info("%-9s done in %.0fs", name, self.seconds[name])
         # ru_maxrss is in KiB on Linux and is the process peak so far; per stage it is monotone.
         self.peak_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -98,23 +103,23 @@ class Stages:
 
 
 def print_plan(plan: dict) -> None:
-    print(f"data      {plan['data']['source']}  ({plan['data']['description']})")
-    print(f"rows      {plan['rows_after_features_and_labels']:,} usable, classes {plan['class_counts']}")
+    log.info(f"data      {plan['data']['source']}  ({plan['data']['description']})")
+    log.info(f"rows      {plan['rows_after_features_and_labels']:,} usable, classes {plan['class_counts']}")
     if plan.get("gaps"):
-        print(
+        log.info(
             f"gaps      {plan['gaps']} gap(s) in the candles: {plan['rows_dropped_at_gaps']:,} rows "
             "dropped so that no label or indicator window spans one"
         )
     dev, hold = plan["development"], plan["holdout"]
-    print(f"dev       {dev['rows']:,} rows  {dev['time'][0]} .. {dev['time'][1]}")
-    print(f"gap       {plan['purge_gap_rows']} rows purged")
-    print(f"holdout   {hold['rows']:,} rows  {hold['time'][0]} .. {hold['time'][1]}")
+    log.info(f"dev       {dev['rows']:,} rows  {dev['time'][0]} .. {dev['time'][1]}")
+    log.info(f"gap       {plan['purge_gap_rows']} rows purged")
+    log.info(f"holdout   {hold['rows']:,} rows  {hold['time'][0]} .. {hold['time'][1]}")
     for f in plan["folds"]:
-        print(
+        log.info(
             f"fold {f['fold']}    train {f['n_train']:>6,} rows to {f['train_time'][1]} | "
             f"validate {f['n_validation']:,} rows {f['validation_time'][0]} .. {f['validation_time'][1]}"
         )
-    print(f"models    {', '.join(plan['models'])}")
+    log.info(f"models    {', '.join(plan['models'])}")
 
 
 def score_champion(
@@ -688,7 +693,7 @@ def register(
             expect_current=None if ev.champion is None else ev.champion.version,
         )
     except RegistryError as exc:  # production moved while this run was being evaluated
-        print(f"warning: {exc}", file=sys.stderr)
+        log.warning("%s", exc)
         mlflow.set_tag("promotion_refused", str(exc)[:500])
         return version, False
     return version, True
@@ -709,32 +714,33 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         data = prepare(cfg)
     print_plan(data.plan)
     if cfg.dry_run:
-        print("dry run: nothing trained, nothing logged, nothing registered")
+        log.info("dry run: nothing trained, nothing logged, nothing registered")
         return {"dry_run": True, "plan": data.plan}
 
     tracking.use_experiment()
     tracking.track_liveness()  # runs record their process and a heartbeat: a later run can tell if it died
     for closed in tracking.close_orphaned_runs():  # runs a killed pipeline left RUNNING
-        print(f"orphan    {closed}")
+        log.info("orphan    %s", closed)
     with mlflow.start_run() as parent:
         digest = log_inputs(cfg, data)
         tuned = {}
         for name in cfg.model_list:
             with stages(f"tune_{name}"):
                 tuned[name] = tune(cfg, data, name, n_jobs)
-            print(
+            log.info(
                 f"tuned     {name:<14} cv macro-F1 {tuned[name].cv_macro_f1_mean:.4f} "
                 f"({tuned[name].n_trials} trials, {stages.seconds[f'tune_{name}']:.0f}s)"
             )
         with mlflow.start_run(run_name="ensemble", nested=True):
-            with stages("ensemble"):
+            with stages("ensemble", f"out-of-fold weights and refit of {', '.join(tuned)}"):
                 fitted = fit_ensemble(cfg, data, tuned, n_jobs)
-            with stages("evaluate"):
+            with stages("evaluate", "holdout metrics, baselines, backtest, champion, gate"):
                 ev = evaluate(cfg, data, fitted, tuned)
-            with stages("report"):  # before registering: a failure here leaves the registry untouched
+            # The report before registering: a failure here leaves the registry untouched.
+            with stages("report", "plots, feature importance, look-ahead check, HTML report"):
                 gate_report = report(cfg, data, fitted, tuned, ev, parent.info.run_id)
                 mlflow.log_dict(gate_report, "gate_report.json")
-            with stages("register"):
+            with stages("register", f"logging and registering the model as {cfg.model_name}"):
                 version, promoted = register(cfg, data, fitted, ev, parent.info.run_id, digest)
         ens = ev.results["ensemble"]
         mlflow.set_tags({"gate": ev.gate.result, "model_version": version})
@@ -782,38 +788,40 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 
 def print_summary(s: dict) -> None:
-    print("\n== summary " + "=" * 60)
-    print(f"{'model':<16}{'cv macro-F1':>14}{'holdout macro-F1':>19}{'weight':>9}")
+    log.info("\n== summary " + "=" * 60)
+    log.info(f"{'model':<16}{'cv macro-F1':>14}{'holdout macro-F1':>19}{'weight':>9}")
     for name, m in s["models"].items():
-        print(
+        log.info(
             f"{name:<16}{m['cv_macro_f1_mean']:>14.4f}{m['holdout_macro_f1']:>19.4f}"
             f"{s['ensemble']['weights'][name]:>9.2f}"
         )
-    print(f"{'ensemble':<16}{'':>14}{s['ensemble']['holdout_macro_f1']:>19.4f}")
+    log.info(f"{'ensemble':<16}{'':>14}{s['ensemble']['holdout_macro_f1']:>19.4f}")
     for name, f1 in s["baselines"].items():
-        print(f"{'baseline ' + name:<30}{f1:>19.4f}")
+        log.info(f"{'baseline ' + name:<30}{f1:>19.4f}")
     p, bt, bh, dsr = s["policy"], s["backtest"], s["buyhold"], s["deflated_sharpe"]
-    print(
+    log.info(
         f"policy    {p['mode']}, {p['on_hold']} on hold; act on buy/sell when p >= {p['min_proba']:g} "
         f"and beats the other direction by >= {p['min_margin']:g} (chosen on out-of-fold predictions)"
     )
-    print(
+    log.info(
         f"backtest  holdout after costs: return {bt['total_return']:+.2%}, Sharpe {bt['sharpe']:.2f}, "
         f"{bt['n_trades']:,} trades, max drawdown {bt['max_drawdown']:.1%}, deflated Sharpe {dsr['dsr']:.3f}"
     )
     others = ", ".join(f"{k} {m['total_return']:+.2%}" for k, m in s["baseline_backtests"].items())
-    print(f"          buy-and-hold {bh['total_return']:+.2%} (Sharpe {bh['sharpe']:.2f}); {others}")
+    log.info(f"          buy-and-hold {bh['total_return']:+.2%} (Sharpe {bh['sharpe']:.2f}); {others}")
     gate = s["gate"]
-    print(f"gate      {gate['result'].upper()}")
+    log.info(f"gate      {gate['result'].upper()}")
     for c in gate["checks"]:
-        print(f"  [{'x' if c['passed'] else ' '}] {c['name']}: {c['detail']}")
+        log.info(f"  [{'x' if c['passed'] else ' '}] {c['name']}: {c['detail']}")
     alias = f"{PRODUCTION} -> v{s['production_version']}" if s["production_version"] else f"no {PRODUCTION}"
     moved = "moved to this version" if s["promoted"] else "not moved"
-    print(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")
+    log.info(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")
     stages = s["stages"]
     if notes := tracking.tuning_notes(s["run_id"]):  # trials cut short by the timeout, or failed
-        print("trials    " + "; ".join(f"{name}: {note}" for name, note in notes.items()))
-    print(f"run       {s['run_id']}  ({stages['total_seconds']:.0f}s, peak {stages['peak_rss_mb']:.0f} MB)")
+        log.info("trials    " + "; ".join(f"{name}: {note}" for name, note in notes.items()))
+    log.info(
+        f"run       {s['run_id']}  ({stages['total_seconds']:.0f}s, peak {stages['peak_rss_mb']:.0f} MB)"
+    )
 
 
 def terminate_as_interrupt(signum, frame) -> None:
@@ -823,7 +831,8 @@ def terminate_as_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The log level first (an option outside PipelineConfig); bad arguments exit here as before.
+    configure_logging(build_parser().parse_args(argv).log_level)
     try:
         cfg = parse_args(argv)
         summary = run_pipeline(cfg)
@@ -835,12 +844,12 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         TypeError,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     except MlflowException as exc:  # one line naming the store, not the SQL statement it refused
         from models.tracking import error_message
 
-        print(f"error: {error_message(exc)}", file=sys.stderr)
+        log.error("%s", error_message(exc))
         return 1
     if not summary.get("dry_run"):
         print_summary(summary)

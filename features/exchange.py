@@ -101,7 +101,7 @@ CACHE_ENV = "CRYPTO_SIGNALS_CACHE_DIR"
 _SPEC_FORMAT = "exchange:<exchange>:<symbol>:<timeframe>, e.g. exchange:bitbank:BTC/JPY:15m"
 _META_KEY = b"crypto_signals.ohlcv_cache"
 _CACHE_FORMAT = 1
-_PROGRESS_EVERY = 50  # requests between progress log lines
+_PROGRESS_SECONDS = 5.0  # at most one progress line this often while pages are fetched
 
 # Exchanges whose OHLCV endpoint serves one UTC calendar day per request whatever `limit` says.
 _DAY_PAGED = frozenset({"bitbank"})
@@ -371,6 +371,7 @@ class _Session:
     def walk(self, since: int, until: int, closed_end: int, out: list[pd.DataFrame]) -> None:
         """Append validated closed candles with open time in [since, ...) to ``out`` page by page, while
         ``since < until``. The last page may run past ``until`` (overlap is merged by the caller)."""
+        noted, pages, candles = time.monotonic(), 0, 0
         while since < until:
             rows = self.page(since)
             frame = self._to_frame(rows, since)
@@ -379,11 +380,21 @@ class _Session:
                 closed = frame.loc[frame.index <= pd.Timestamp(closed_end, unit="ms", tz="UTC")]
                 if len(closed):
                     out.append(closed)
+                    candles += len(closed)
                 since = last + self.tf_ms
             else:
                 since = self.next_window(since)
-            if self.requests % _PROGRESS_EVERY == 0:
-                log.info("%s: %d requests, up to %s", self.spec.label, self.requests, _fmt_ms(since))
+            pages += 1
+            if time.monotonic() - noted >= _PROGRESS_SECONDS and since < until:
+                noted = time.monotonic()
+                log.info(
+                    "fetching  %s: %d page(s), %d candle(s) so far, reached %s (until %s)",
+                    self.spec.label,
+                    pages,
+                    candles,
+                    _fmt_ms(min(since, until)),
+                    _fmt_ms(until),
+                )
 
     def _to_frame(self, rows: list[list[Any]], since: int) -> pd.DataFrame:
         """One page as a validated candle frame (open time >= since); bad data -> DataError."""

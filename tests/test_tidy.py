@@ -5,10 +5,17 @@ fingerprint they were named from."""
 from __future__ import annotations
 
 import mlflow
+import numpy as np
+import optuna
+import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.metrics import f1_score
 
+from features.labels import CLASS_NAMES
 from models.lifecycle import main as lifecycle_main
+from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
 from tests.test_lifecycle import _versions
+from train.pipeline import run_pipeline
 
 
 def _all_runs(client: MlflowClient) -> list:
@@ -42,3 +49,97 @@ def test_read_only_lifecycle_commands_open_no_run_and_moves_are_named(tracking_b
     ]
     assert "did not pass its gate" in new[2].data.tags["refused"]
     assert {mlflow.get_experiment(r.info.experiment_id).name for r in new} == {"crypto-signals"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny pipeline run in its own store (the `store` fixture's set-up, once for the module)."""
+    tmp = tmp_path_factory.mktemp("tidy")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+        mlflow.set_tracking_uri(uri)
+        try:
+            data = write_csv(make_flow_signal_candles(3000, seed=11), tmp / "flow.csv")
+            cfg = tiny_config(data, tmp, "tidy-model", horizon=3)
+            yield cfg, run_pipeline(cfg), tmp
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def test_pipeline_run_describes_itself_and_logs_its_holdout_rows(tiny_run):
+    cfg, summary, _ = tiny_run
+    client = MlflowClient()
+    parent = client.get_run(summary["run_id"])
+    note = parent.data.tags["mlflow.note.content"]
+    gate = summary["gate"]
+    assert f"gate {gate['result']}" in note and f"v{summary['model_version']}" in note
+    assert f"{summary['ensemble']['holdout_macro_f1']:.4f}" in note
+    assert f"{summary['backtest']['total_return']:+.2%}" in note and "buy-and-hold" in note
+    assert ("production" in note) and (("not production" in note) != summary["promoted"])
+
+    (ensemble,) = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.step = 'ensemble'",
+    )
+    table = mlflow.load_table("holdout_predictions.json", run_ids=[ensemble.info.run_id])
+    assert list(table.columns) == [
+        "timestamp",
+        "label",
+        "p_sell",
+        "p_hold",
+        "p_buy",
+        "predicted",
+        "action",
+        "position",
+    ]
+    assert len(table) == summary["plan"]["holdout"]["rows"]
+    proba = table[["p_sell", "p_hold", "p_buy"]].to_numpy()
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert (table["predicted"] == np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(axis=1)]).all()
+    recomputed = f1_score(table["label"], table["predicted"], labels=list(CLASS_NAMES), average="macro")
+    assert recomputed == pytest.approx(ensemble.data.metrics["holdout_macro_f1"], abs=1e-9)
+    assert recomputed == pytest.approx(parent.data.metrics["holdout_macro_f1"], abs=1e-9)
+    assert set(table["action"]) <= set(CLASS_NAMES)
+    assert set(table["position"].dropna()) <= {-1.0, 0.0, 1.0}
+    assert table["position"].notna().sum() == summary["backtest"]["n_periods"]
+
+
+def test_studies_carry_their_fingerprint(tiny_run):
+    cfg, summary, _ = tiny_run
+    study_name = (
+        MlflowClient()
+        .search_runs([MlflowClient().get_run(summary["run_id"]).info.experiment_id], "tags.step = 'tune'")[0]
+        .data.tags["optuna_study"]
+    )
+    study = optuna.load_study(study_name=study_name, storage=cfg.optuna_storage)
+    attrs = study.user_attrs
+    expected = {
+        "model",
+        "data",
+        "data_source",
+        "data_start",
+        "data_end",
+        "data_sha256",
+        "features",
+        "context_timeframe",
+        "label_horizon",
+        "label_threshold",
+        "label_vol_window",
+        "n_folds",
+        "holdout_frac",
+        "seed",
+        "space_version",
+        "backtest_mode",
+        "on_hold",
+        "fee_bps",
+        "slippage_bps",
+    }
+    assert expected <= set(attrs), expected - set(attrs)
+    assert attrs["label_horizon"] == 3 and attrs["model"] == "lightgbm" and attrs["seed"] == cfg.seed
+    assert attrs["data_start"] < attrs["data_end"] and len(attrs["data_sha256"]) == 64
+    assert study.metric_names == ["cv_macro_f1"]

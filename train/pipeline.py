@@ -63,6 +63,7 @@ from train.tune import (
     check_storage,
     describe_trials,
     run_study,
+    study_description,
     study_name_for,
     trial_counts,
 )
@@ -297,6 +298,7 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
             seed=cfg.seed,
             n_jobs=n_jobs,
             costs=data.trading_costs(cfg),
+            description=study_description(cfg, data.info, name),
         )
         best = study.best_trial
         trials = study.trials_dataframe()
@@ -441,6 +443,18 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
     table["equity"] = (1 + table["return"]).cumprod()
     table["buyhold_equity"] = (1 + table["buyhold_return"]).cumprod()
     mlflow.log_text(table.to_csv(index_label="period_start"), "backtest.csv")
+    # Every holdout row as the model saw it, so anyone can recompute the holdout numbers: the position is
+    # the one the row's action sets, held from the next bar's open (empty for the last signals, dropped).
+    rows = data.candles.index.get_indexer(X_hold.index)
+    entry = data.candles.index[np.minimum(rows + 1, len(data.candles) - 1)]
+    names = np.asarray(CLASS_NAMES, dtype=object)
+    predictions = pd.DataFrame(
+        {"timestamp": X_hold.index.astype(str), "label": names[np.asarray(y_hold)]}
+        | {f"p_{c}": ens_proba[:, k] for k, c in enumerate(CLASS_NAMES)}
+        | {"predicted": names[ens_pred], "action": names[actions]}  # the policy's actions: 0..2, no NaN rows
+        | {"position": bt.position.reindex(entry).to_numpy()}
+    )
+    mlflow.log_table(predictions, artifact_file="holdout_predictions.json")
     mlflow.log_dict(
         {
             "config": asdict(bt_config),
@@ -758,6 +772,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             | stages.metrics()
         )
         mlflow.log_dict(gate_report, "gate_report.json")
+        # The run's description (runs table and run page): what was decided, on which numbers.
+        gate, bt, bh = ev.gate, ev.backtest.metrics, ev.backtest.benchmark_metrics
+        failed = ", ".join(gate.failed_checks())
+        production = version if promoted else (ev.champion and ev.champion.version)
+        where = "production" if promoted else f"not production (production: v{production or '-'})"
+        mlflow.set_tag(
+            "mlflow.note.content",
+            f"**gate {gate.result}**{f' (failed: {failed})' if failed else ''}: "
+            f"{cfg.model_name} v{version}, {where}\n\n"
+            f"- holdout macro-F1 **{gate.candidate_macro_f1:.4f}** vs best baseline "
+            f"{gate.baseline_macro_f1:.4f} ({gate.baseline_name})\n"
+            f"- backtest after costs: return **{bt['total_return']:+.2%}**, Sharpe {bt['sharpe']:.2f}, "
+            f"{bt['n_trades']} trades; buy-and-hold {bh['total_return']:+.2%}\n"
+            f"- deflated Sharpe {ev.deflated_sharpe['dsr']:.3f}; holdout rows in the ensemble run's "
+            "`holdout_predictions.json`",
+        )
 
     return {
         "run_id": parent.info.run_id,

@@ -1,8 +1,16 @@
 """The model a trading bot loads: candles in, per-candle signal and class probabilities out.
 
-The logged model carries its own feature code (``features/`` and ``models/`` are shipped as MLflow
-``code_paths``), so the bot computes exactly the features the ensemble was trained on, in a process that
-has never seen this repository.
+The logged model carries its own feature code (the project's modules are pickled by value into it, see
+``train.pipeline.model_code_by_value``), so the bot computes exactly the features the ensemble was trained
+on, in a process that has never seen this repository and whose own ``features`` or ``models`` packages
+are left alone.
+
+Input schema: the logged signature declares the six candle columns with MLflow's ``Any`` type, optional
+(:func:`input_schema`), so MLflow's schema enforcement passes every timestamp form a bot sends (naive or
+timezone-aware datetimes, ISO 8601 strings with or without an offset, epoch seconds or milliseconds) and
+every check is :func:`features.candles.normalize_candles`', whose refusal names the problem first. A
+typed schema would refuse timezone-aware datetimes, ISO strings (in Python) and epoch numbers before
+``predict`` ran, with a dump of the whole input before the reason.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from features.candles import check_bar_sizes, infer_bar, normalize_candles, segment_ids
+from features.candles import OHLCV, check_bar_sizes, infer_bar, normalize_candles, segment_ids
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.labels import CLASS_NAMES
 from models.policy import DecisionPolicy
@@ -22,6 +31,18 @@ NOT_READY = "insufficient_history"
 AFTER_GAP = "after_gap"  # not ready because a gap in the candles restarted the indicators' warm-up
 CLASS_ARRAY = np.asarray(CLASS_NAMES, dtype=object)
 OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position")
+INPUT_COLUMNS = ("timestamp", *OHLCV)
+
+
+def input_schema() -> Schema:
+    """The logged model's input signature: the candle columns, any type, none required by MLflow.
+
+    MLflow enforces a signature before ``predict`` runs and words its refusals as a dump of the input
+    followed by the reason; with ``Any`` columns that are not required it only selects these columns
+    (dropping others) and ``predict`` checks them (a missing column, an unparseable timestamp, text
+    prices ...), with a message that starts with the problem.
+    """
+    return Schema([ColSpec(AnyType(), name, required=False) for name in INPUT_COLUMNS])
 
 
 class InvalidCandles(MlflowException, ValueError):
@@ -29,12 +50,28 @@ class InvalidCandles(MlflowException, ValueError):
     (a plain exception's text is replaced by a generic one), and a ValueError for Python callers."""
 
     def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        # One line, the problem first: a server puts it in the JSON `message`, a log shows one line.
+        super().__init__(" ".join(str(message).split()), error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # `mlflow models serve` rewrites the message of an MlflowException raised by predict as
+        # "Failed to predict data '<the whole input, ~1,400 characters>'. \nError: <message>": a client
+        # would read a data dump before the reason. Keep the reason alone, which names the rows.
+        current = getattr(self, "_message", None)
+        if current is not None and str(value).endswith(current):
+            return
+        self._message = str(value)
 
 
 def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
     """Candles in the convention of ``features.data`` as the served model takes them: a ``timestamp``
-    column of timezone-naive UTC datetimes (MLflow's schema check refuses timezone-aware ones)."""
+    column of timezone-naive UTC datetimes (the form every model version accepts; versions logged
+    before the ``Any`` input schema refuse timezone-aware ones)."""
     frame = candles.reset_index()
     frame["timestamp"] = frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
     return frame
@@ -77,6 +114,12 @@ class SignalModel(PythonModel):
         return min_history_bars(self.feature_set, self._context, self.bar)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if isinstance(model_input, pd.DataFrame) and len(model_input.columns) == 0:
+            # MLflow keeps only the signature's columns: none of them was sent (e.g. 'Open', 'Close').
+            raise InvalidCandles(
+                f"Missing columns: the model takes candles with columns {', '.join(INPUT_COLUMNS)} "
+                "(these exact lower-case names; other columns are dropped before the model sees them)."
+            )
         try:
             return self.predict_candles(model_input)
         except ValueError as exc:  # bad candles (features.data.DataError is one): say why, loudly
@@ -84,6 +127,10 @@ class SignalModel(PythonModel):
 
     def predict_candles(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """Signals for ``model_input`` candles (timestamp, open, high, low, close, volume), oldest first.
+
+        ``timestamp`` may be naive UTC or timezone-aware datetimes, ISO 8601 strings (naive means UTC,
+        an offset such as ``Z`` or ``+09:00`` is converted), or epoch seconds / milliseconds (ints);
+        the output ``timestamp`` is naive UTC datetimes whatever the input form.
 
         Rows with too little history get ``ready=False``, ``signal='insufficient_history'``,
         ``label=-1`` and NaN probabilities: they are marked, never guessed.
@@ -119,7 +166,7 @@ class SignalModel(PythonModel):
         position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(action)
         return pd.DataFrame(
             {
-                # MLflow's schema enforcement only accepts timezone-naive datetimes: naive UTC out, as in.
+                # Naive UTC out, whatever the input form (MLflow serializes naive datetimes as ISO strings).
                 "timestamp": candles.index.tz_convert("UTC").tz_localize(None),
                 "signal": np.where(ready, CLASS_ARRAY[np.maximum(label, 0)], why),
                 "label": label,

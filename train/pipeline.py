@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import shutil
 import signal
 import sys
 import tempfile
@@ -20,12 +19,13 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
+import cloudpickle
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
@@ -51,7 +51,7 @@ from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.notify import notify
 from models.policy import ACTION_CODES, DecisionPolicy
-from models.pyfunc import SignalModel, as_model_input
+from models.pyfunc import SignalModel, as_model_input, input_schema
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging, parse_args
@@ -205,19 +205,30 @@ def holdout_returns(data: Prepared, bt: BacktestResult) -> np.ndarray:
     return bt.returns.reindex(starts).to_numpy()
 
 
-def stage_model_code(tmp: Path) -> list[str]:
-    """Copy the code the served model unpickles, without data files, caches or the training steps.
+# The project's packages whose code the served model runs (SignalModel and the feature functions, the
+# ensemble and its base models, the decision policy, the CV splitter the ensemble keeps as a parameter).
+MODEL_CODE_PACKAGES = ("features", "models", "train")
 
-    That is ``features`` and ``models``, plus ``train/split.py``: the fitted ensemble keeps its CV
-    splitter as a parameter (scikit-learn's contract), so unpickling it needs that one module.
+
+@contextmanager
+def model_code_by_value():
+    """Pickle the project's classes and functions by value into the model logged inside this block.
+
+    The logged model then carries the code it runs and imports none of it: no MLflow ``code_paths``, so
+    nothing named ``features``, ``models`` or ``train`` goes on the loading process's ``sys.path`` or in
+    its ``sys.modules``, and a bot with packages of those names keeps its own. Only what the pickled
+    objects reference is stored (cloudpickle follows their globals); third-party code (numpy, pandas,
+    scikit-learn, LightGBM, XGBoost, MLflow) stays pickled by reference. Versions logged before this
+    carry their code as ``code_paths`` and still load that way.
     """
-    ignore = shutil.ignore_patterns("builtin", "__pycache__", "*.pyc")
-    for package in ("features", "models"):
-        shutil.copytree(tracking.REPO_ROOT / package, tmp / package, ignore=ignore)
-    (tmp / "train").mkdir()
-    for module in ("__init__.py", "split.py"):
-        shutil.copy2(tracking.REPO_ROOT / "train" / module, tmp / "train" / module)
-    return [str(tmp / p) for p in ("features", "models", "train")]
+    packages = [sys.modules[name] for name in MODEL_CODE_PACKAGES]  # all imported by this module
+    for package in packages:
+        cloudpickle.register_pickle_by_value(package)  # covers its submodules
+    try:
+        yield
+    finally:
+        for package in packages:
+            cloudpickle.unregister_pickle_by_value(package)
 
 
 @dataclass
@@ -646,12 +657,13 @@ def register(
     with warnings.catch_warnings():
         # `label` is an integer column by design (-1 marks rows without history), never NaN.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        signature = infer_signature(example, signal_model.predict_candles(example))
-    with tempfile.TemporaryDirectory() as tmp:
+        outputs = infer_signature(example, signal_model.predict_candles(example)).outputs
+    # Inputs of any type: every timestamp form a bot sends reaches predict, which checks it (models.pyfunc).
+    signature = ModelSignature(input_schema(), outputs)
+    with model_code_by_value():
         logged = mlflow.pyfunc.log_model(
             name="model",
             python_model=signal_model,
-            code_paths=stage_model_code(Path(tmp)),
             signature=signature,
             input_example=example,
             pip_requirements=[f"{d}=={dist_version(d)}" for d in MODEL_REQUIREMENTS],

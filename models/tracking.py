@@ -1,9 +1,9 @@
 """MLflow tracking helpers shared by the command-line steps (``models.lifecycle``, ``evaluation.evaluate``)
 and the training pipeline (``train.tracking`` re-exports them).
 
-``models`` is copied into every logged model (``code_paths``), so this module imports only the standard
-library, pandas and mlflow at import time; ``features.data`` is imported only inside :class:`CandleSource`
-when MLflow asks it to load or resolve a source.
+It imports only the standard library, pandas and mlflow at import time (``features.data`` only inside
+:class:`CandleSource`, when MLflow asks it to load or resolve a source), never ``train``, so the CLIs in
+``models`` and ``evaluation`` do not reach up into the training code.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 import pandas as pd
 import pytest
@@ -9,6 +11,22 @@ import pytest
 from tests.helpers import make_candles
 
 pytest_plugins = ["tests.servers", "tests.webhook"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """An entry point's main() called in-process configures logging (train.config.configure_logging):
+    undo it after the test, so the next one sees logging as a fresh process would."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    names = ("", "train", "features", "models", "evaluation", "__main__", "mlflow")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        if type(handler).__module__ == "train.config":  # only ours: pytest's capture handlers stay
+            root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture

@@ -114,7 +114,9 @@ def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeyp
         mlflow.set_experiment("timeout")
         X, y = _data()
         data = SimpleNamespace(
-            info=SimpleNamespace(sha256="0" * 64),
+            info=SimpleNamespace(
+                sha256="0" * 64, source="synthetic", start="2024-01-01", end="2024-02-01", bar="30min"
+            ),
             dev=(X, y),
             cv=PurgedWalkForward(n_splits=3, horizon=2),
             trading_costs=lambda cfg: None,

@@ -307,7 +307,14 @@ def test_experiment_page_lists_the_runs_and_their_metrics(driver, ui_server, ui_
 
     for column in ("Dataset", "Source"):  # hide two wide columns so the metrics fit in the screenshot
         toggle_column(driver, column)
-    for column in ("holdout_macro_f1", "baseline_macro_f1", "cv_macro_f1_mean", "gate", "model_version"):
+    for column in (
+        "Description",
+        "holdout_macro_f1",
+        "baseline_macro_f1",
+        "backtest_total_return",
+        "gate",
+        "model_version",
+    ):
         toggle_column(driver, column)
     holdout = js_number(ui_store["metrics"]["holdout_macro_f1"])
     baseline = js_number(ui_store["metrics"]["baseline_macro_f1"])
@@ -319,6 +326,7 @@ def test_experiment_page_lists_the_runs_and_their_metrics(driver, ui_server, ui_
     row = squash(" ".join(part.text for part in parts))
     assert run_name in row and holdout in row and baseline in row, row
     assert "passed" in row and ui_store["tags"]["model_version"] in row, row
+    assert "gate passed" in row, row  # the run's description (mlflow.note.content) says it at a glance
     assert "ui-model" in text  # the ensemble run's logged model, linked to its registered version
     save_screenshot(driver, screenshot_dir, "experiment-runs.png")
 

@@ -205,7 +205,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Loggers of this project (``logging.getLogger(__name__)`` in each module): they get the chosen level.
-PROJECT_LOGGERS = ("train", "features", "models", "evaluation")
+# "__main__" is the entry point module itself under `python -m train.tune` and the like.
+PROJECT_LOGGERS = ("train", "features", "models", "evaluation", "__main__")
 
 
 class _ConsoleHandler(logging.Handler):

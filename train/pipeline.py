@@ -43,6 +43,7 @@ from evaluation.plots import (
     plot_reliability,
 )
 from evaluation.report import write_report
+from features.candles import fmt_td
 from features.context import context_label, feature_function
 from features.data import SNAPSHOT_PREFIXES, DataError
 from features.dataset import InsufficientDataError
@@ -268,7 +269,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
     source = info.describe().split(": ", 1)[0]  # builtin, a file's name, exchange:..., runs:/...
     mlflow.set_tag(
         "mlflow.runName",
-        f"pipeline {source} {cfg.timeframe or str(info.bar)} {cfg.features} "
+        f"pipeline {source} {cfg.timeframe or fmt_td(info.bar)} {cfg.features} "
         f"h{cfg.horizon} {time.strftime('%Y-%m-%d %H:%M')}",
     )
     mlflow.set_tags(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import mlflow
 import pandas as pd
@@ -11,6 +12,25 @@ import pytest
 from tests.helpers import make_candles
 
 pytest_plugins = ["tests.servers", "tests.webhook"]
+
+
+# The experiment variables as the test session found them.
+_SESSION_EXPERIMENT = {v: os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_experiment(monkeypatch):
+    """mlflow.set_experiment() (in a test, a module-scoped fixture or an entry point called in-process)
+    writes MLFLOW_EXPERIMENT_ID into os.environ and remembers the experiment in a module global; a later
+    test on another store would inherit an experiment id that does not exist there. Every test starts
+    from the session's own values."""
+    for var, value in _SESSION_EXPERIMENT.items():
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    mlflow.tracking.fluent._active_experiment_id = None  # MLflow 3.17's module global
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,7 @@ def test_pipeline_run_describes_itself_and_logs_its_holdout_rows(tiny_run):
         [parent.info.experiment_id],
         f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.step = 'ensemble'",
     )
-    table = mlflow.load_table("holdout_predictions.json", run_ids=[ensemble.info.run_id])
+    table = client.load_table(parent.info.experiment_id, "holdout_predictions.json", [ensemble.info.run_id])
     assert list(table.columns) == [
         "timestamp",
         "label",

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,12 +257,14 @@ class _OwnerContext(RunContextProvider):
         return owner_tags() | {HEARTBEAT_TAG: _now()}
 
 
-_heartbeat = {"interval": HEARTBEAT_SECONDS, "thread": None}
+_heartbeat = {"interval": HEARTBEAT_SECONDS, "thread": None, "wake": threading.Event()}
 
 
 def _beat() -> None:
+    wake = _heartbeat["wake"]
     while True:
-        time.sleep(_heartbeat["interval"])
+        wake.wait(_heartbeat["interval"])  # woken early when track_liveness changes the interval
+        wake.clear()
         try:
             run_ids = _active_run_ids()
         except Exception as exc:  # MLflow moved its internals: no heartbeat, runs are judged by pid
@@ -291,9 +292,13 @@ def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
         tags = owner_tags() | {HEARTBEAT_TAG: _now()}
         MlflowClient().log_batch(os.environ["MLFLOW_RUN_ID"], tags=[RunTag(k, v) for k, v in tags.items()])
     _heartbeat["interval"] = interval
-    if _heartbeat["thread"] is None:
+    thread = _heartbeat["thread"]
+    if thread is None or not thread.is_alive():
+        _heartbeat["wake"] = threading.Event()
         _heartbeat["thread"] = threading.Thread(target=_beat, name="mlflow-run-heartbeat", daemon=True)
         _heartbeat["thread"].start()
+    else:
+        _heartbeat["wake"].set()  # a running thread may be asleep for the old interval
 
 
 def _experiment_in_use() -> str:

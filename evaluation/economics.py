@@ -22,7 +22,10 @@ def period_returns(candles: pd.DataFrame, bars: np.ndarray) -> np.ndarray:
 
     NaN where the candles end before open[b+2] (the last rows of the data).
     """
-    opens = candles["open"].to_numpy(dtype=float)
+    return _open_to_open(candles["open"].to_numpy(dtype=float), bars)
+
+
+def _open_to_open(opens: np.ndarray, bars: np.ndarray) -> np.ndarray:
     bars = np.asarray(bars, dtype=np.int64)
     out = np.full(len(bars), np.nan)
     ok = bars + 2 < len(opens)
@@ -50,9 +53,8 @@ class TradingCosts:
         span = np.arange(bars[0], bars[-1] + 1)
         full = np.full((len(span), 3), np.nan)
         full[bars - bars[0]] = proba
-        returns = np.full(len(span), np.nan)
-        ok = span + 2 < len(self.opens)
-        returns[ok] = self.opens[span[ok] + 2] / self.opens[span[ok] + 1] - 1.0
+        returns = _open_to_open(self.opens, span)
+        ok = np.isfinite(returns)
         return full[ok], returns[ok]
 
     def grid_sharpes(self, rows: np.ndarray, proba: np.ndarray) -> dict:

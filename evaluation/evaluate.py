@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from evaluation.backtest import BacktestConfig, backtest
+from evaluation.backtest import BacktestConfig, BacktestResult, backtest
 from evaluation.baselines import informed_baselines
 from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
@@ -34,15 +34,46 @@ MIN_SCORED_ROWS = 100
 PROBA = ["p_sell", "p_hold", "p_buy"]
 
 
-def score_model(
-    model, candles: pd.DataFrame, seed: int = 0, fee_bps: float = 10.0, slippage_bps: float = 5.0
-) -> dict:
-    """Out-of-sample metrics of a loaded pyfunc model on ``candles``, with baselines, and the backtest of
-    its decision policy (its ``action`` column; a model logged before policies existed: its most
-    probable class, flat on hold) after costs, beside buy-and-hold.
+@dataclass
+class Scoring:
+    """A model's output on candles, its own labels for them, and which rows may be scored.
 
-    Raises ValueError when the model lacks the metadata to label the candles or too few candles fall
-    after its training window.
+    ``scored`` marks rows the model is ready on, whose label has matured (``make_labels`` is NaN until
+    the horizon has passed) and that lie after the model's training window (``trained_until``).
+    """
+
+    meta: dict
+    out: pd.DataFrame  # the served model's output, one row per candle
+    labels: pd.Series  # the model's own labels (NaN where not matured)
+    scored: np.ndarray  # bool per candle
+    trained_until: pd.Timestamp
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.scored.sum())
+
+    @property
+    def horizon(self) -> int:
+        return int(self.meta["horizon"])
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.labels.to_numpy()[self.scored].astype(np.int64)
+
+    @property
+    def proba(self) -> np.ndarray:
+        return self.out.loc[self.scored, PROBA].to_numpy()
+
+    @property
+    def block(self) -> int:
+        """Moving-block bootstrap block: 10 horizons (at least 20 rows), as the gate uses."""
+        return max(20, 10 * self.horizon)
+
+
+def prepare_scoring(model, candles: pd.DataFrame) -> Scoring:
+    """Run a loaded pyfunc model on ``candles`` and label them with its own label definition.
+
+    Raises ValueError when the model lacks the metadata to label the candles.
     """
     meta = model.metadata.metadata or {}
     missing = [k for k in ("horizon", "threshold", "vol_window", "trained_until") if k not in meta]
@@ -55,16 +86,49 @@ def score_model(
     )
     out = model.predict(as_model_input(candles))
     trained_until = pd.Timestamp(meta["trained_until"])
+    after = (out["timestamp"] > trained_until).to_numpy()
+    scored = out["ready"].to_numpy() & labels.notna().to_numpy() & after
+    return Scoring(meta, out, labels, scored, trained_until)
+
+
+def policy_backtest(
+    scoring: Scoring, candles: pd.DataFrame, fee_bps: float = 10.0, slippage_bps: float = 5.0
+) -> tuple[DecisionPolicy, BacktestConfig, BacktestResult]:
+    """Backtest of the model's decision policy (its ``action`` column; a model logged before policies
+    existed: its most probable class, flat on hold) on the scored rows, after costs."""
+    out, scored = scoring.out, scoring.scored
+    policy = scoring.meta.get("policy")
+    if "action" in out and policy:
+        rule = DecisionPolicy.from_dict(policy)
+        actions = out.loc[scored, "action"].map(ACTION_CODES).to_numpy()
+    else:
+        rule = DecisionPolicy(on_hold="flat")
+        actions = out.loc[scored, "label"].to_numpy()
+    config = BacktestConfig(mode=rule.mode, hold=rule.on_hold, fee_bps=fee_bps, slippage_bps=slippage_bps)
+    return rule, config, backtest(candles, pd.Series(actions, index=candles.index[scored]), config)
+
+
+def score_model(
+    model, candles: pd.DataFrame, seed: int = 0, fee_bps: float = 10.0, slippage_bps: float = 5.0
+) -> dict:
+    """Out-of-sample metrics of a loaded pyfunc model on ``candles``, with baselines, and the backtest of
+    its decision policy (its ``action`` column; a model logged before policies existed: its most
+    probable class, flat on hold) after costs, beside buy-and-hold.
+
+    Raises ValueError when the model lacks the metadata to label the candles or too few candles fall
+    after its training window.
+    """
+    s = prepare_scoring(model, candles)
+    meta, out, labels, scored, trained_until = s.meta, s.out, s.labels, s.scored, s.trained_until
     timestamps = out["timestamp"]
-    scored = out["ready"].to_numpy() & labels.notna().to_numpy() & (timestamps > trained_until).to_numpy()
-    if scored.sum() < MIN_SCORED_ROWS:
+    if s.n_scored < MIN_SCORED_ROWS:
         raise ValueError(
-            f"only {int(scored.sum())} candles can be scored out of sample (need {MIN_SCORED_ROWS}): "
+            f"only {s.n_scored} candles can be scored out of sample (need {MIN_SCORED_ROWS}): "
             f"the model saw data up to {trained_until}, these candles end at {timestamps.iloc[-1]}; "
             "give newer candles"
         )
-    y = labels.to_numpy()[scored].astype(np.int64)
-    metrics = classification_metrics(y, out.loc[scored, PROBA].to_numpy())
+    y = s.y
+    metrics = classification_metrics(y, s.proba)
     # Baselines learn class frequencies from labelled candles before the scored window when there are
     # enough of them, else from the scored labels themselves (which only flatters the baselines).
     # Labelled candles whose label matured by the training cut: the model's own development rows.
@@ -95,17 +159,9 @@ def score_model(
             f"informed baselines left out: only {len(before)} labelled candles up to the model's training "
             f"cut to fit them on (need {MIN_SCORED_ROWS}); give candles that start earlier"
         )
-    policy = meta.get("policy")
-    if "action" in out and policy:
-        rule = DecisionPolicy.from_dict(policy)
-        actions = out.loc[scored, "action"].map(ACTION_CODES).to_numpy()
-    else:
-        rule = DecisionPolicy(on_hold="flat")
-        actions = out.loc[scored, "label"].to_numpy()
-    config = BacktestConfig(mode=rule.mode, hold=rule.on_hold, fee_bps=fee_bps, slippage_bps=slippage_bps)
-    bt = backtest(candles, pd.Series(actions, index=candles.index[scored]), config)
-    calls = out.loc[scored, PROBA].to_numpy().argmax(axis=1)
-    edge = directional_edge(y, calls, block=max(20, 10 * int(meta["horizon"])), seed=seed)
+    rule, config, bt = policy_backtest(s, candles, fee_bps, slippage_bps)
+    calls = s.proba.argmax(axis=1)
+    edge = directional_edge(y, calls, block=s.block, seed=seed)
     return {
         "metrics": metrics,
         "baselines": baselines,
@@ -115,7 +171,7 @@ def score_model(
         "backtest_config": asdict(config),
         "directional_edge": asdict(edge),
         "notes": notes,
-        "rows_scored": int(scored.sum()),
+        "rows_scored": s.n_scored,
         "window": [str(timestamps[scored].iloc[0]), str(timestamps[scored].iloc[-1])],
         "trained_until": str(trained_until),
     }

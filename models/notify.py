@@ -29,7 +29,9 @@ USERNAME = "crypto-signals"
 USER_AGENT = "crypto-signals-notify/1.0 (+python-urllib)"
 MAX_CHARS = 2000  # Discord's limit for ``content``; Slack's ``text`` allows more.
 BACKOFF_S = (0.5, 1.0)  # sleeps between the at most 3 attempts
-KNOWN_EVENTS = frozenset({"gate_passed", "gate_failed", "promotion", "rollback"})  # used by callers
+KNOWN_EVENTS = frozenset(
+    {"gate_passed", "gate_failed", "promotion", "rollback", "monitor_degraded", "monitor_drifted"}
+)  # used by callers
 
 FieldValue = str | int | float | None
 

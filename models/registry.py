@@ -12,32 +12,41 @@ Moves are serialised by a lock that uses the registry's own uniqueness guarantee
 model whose name already exists fails atomically on every backend (SQLite, PostgreSQL, a tracking
 server), so ``<name>.production-lock`` exists exactly while one process is moving the alias. Two
 simultaneous moves therefore run one after the other and are both recorded in order; one that cannot
-get the lock in time is refused with a clear message and changes nothing.
+get the lock in time is refused with a clear message and changes nothing. The same mechanism
+(:func:`registry_lock`, with a heartbeat for long holders) keeps two weekly retrains of one model apart
+(``<name>.retrain-lock``, see :mod:`train.retrain`).
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import random
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 PRODUCTION = "production"
 AUDIT_PREFIX = "audit."
 LOCK_SUFFIX = ".production-lock"
+# Tags of a lock (a registered model, see registry_lock).
+OWNER_TAG, ACQUIRED_TAG, TOKEN_TAG, HEARTBEAT_TAG = "owner", "acquired_at", "lock_token", "heartbeat"
 PROMOTIONS = ("promote", "force_promote")
 MAX_REASON = 500
+
+_log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -145,19 +154,54 @@ def holders(moves: list[AliasMove]) -> list[str]:
     return stack
 
 
+class LockBusy(RegistryError):
+    """A registry lock stayed held by a live holder until the wait ran out; nothing was changed."""
+
+
+@dataclass
+class LockHold:
+    """What :func:`registry_lock` yields: the lock, how long getting it took, whether a stale lock was
+    broken to get it, and ``lost`` (set by the heartbeat when another process deleted or took the lock)."""
+
+    name: str
+    token: str
+    waited: float
+    broke: str | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
 @contextmanager
-def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stale_after: float = 300.0):
-    """Hold the alias lock of ``name`` (see the module docstring); RegistryError after ``timeout`` s."""
-    lock = f"{name}{LOCK_SUFFIX}"
-    owner = f"{_who()} pid {os.getpid()}"
-    deadline = time.monotonic() + timeout
+def registry_lock(
+    lock: str,
+    client: MlflowClient,
+    *,
+    timeout: float,
+    stale: Callable[[RegisteredModel], str | None],
+    busy: Callable[[RegisteredModel], str],
+    tags: dict[str, str] | None = None,
+    description: str = "",
+    heartbeat: float | None = None,
+):
+    """Hold the lock ``lock``: a registered model of that name, which exists only while one process
+    holds it (creating a registered model whose name exists fails atomically on every backend).
+
+    A held lock for which ``stale(held)`` returns a reason is deleted and taken; otherwise the caller
+    retries every 0.1-0.3 s and raises :class:`LockBusy` with ``busy(held)`` after ``timeout`` seconds
+    (0: one look). With ``heartbeat`` the holder refreshes the lock's ``heartbeat`` tag that often from a
+    daemon thread, so a long holder can be judged alive by its heartbeat rather than by a fixed age.
+    The lock is deleted on release, unless another process has taken it over meanwhile.
+    """
+    token = uuid.uuid4().hex
+    own = {OWNER_TAG: f"{_who()} pid {os.getpid()}", ACQUIRED_TAG: _now(), TOKEN_TAG: token}
+    if heartbeat:
+        own[HEARTBEAT_TAG] = _now()
+    own |= {k: str(v) for k, v in (tags or {}).items()}
+    started = time.monotonic()
+    deadline = started + timeout
+    broke = None
     while True:
         try:
-            client.create_registered_model(
-                lock,
-                tags={"owner": owner, "acquired_at": _now()},
-                description=f"Lock held while the production alias of '{name}' moves; deleted on release.",
-            )
+            client.create_registered_model(lock, tags=own, description=description)
             break
         except MlflowException as exc:
             # MLflow's SQL store answers a name clash by looking the existing model up: if its holder
@@ -172,21 +216,108 @@ def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stal
             if _not_found(exc):
                 continue  # released meanwhile: try again at once
             raise
-        age = time.time() - held.creation_timestamp / 1000
-        if age > stale_after:  # its owner died without releasing it
-            _delete_quietly(client, lock)
+        reason = stale(held)
+        if reason is not None:  # its holder died without releasing it
+            _delete_if_same(client, held)
+            broke = reason
             continue
-        if time.monotonic() > deadline:
-            raise RegistryError(
-                f"another promotion or rollback of '{name}' is in progress ({held.tags.get('owner', '?')}, "
-                f"since {held.tags.get('acquired_at', '?')}); nothing was changed. Try again; if that "
-                f"process died, its lock expires {stale_after:.0f}s after it was taken."
-            )
+        if time.monotonic() >= deadline:
+            raise LockBusy(busy(held))
         time.sleep(0.1 + random.random() * 0.2)
+    hold = LockHold(lock, token, time.monotonic() - started, broke)
+    stop = threading.Event()
+    beat = None
+    if heartbeat:
+        beat = threading.Thread(
+            target=_beat, args=(client, hold, heartbeat, stop), name=f"heartbeat {lock}", daemon=True
+        )
+        beat.start()
     try:
-        yield
+        yield hold
     finally:
+        stop.set()
+        if beat is not None:
+            beat.join(timeout=10)
+        _delete_if_mine(client, lock, token)
+
+
+def _beat(client: MlflowClient, hold: LockHold, every: float, stop: threading.Event) -> None:
+    """Refresh the ``heartbeat`` tag of the lock ``hold`` every ``every`` s while it is still ours."""
+    while not stop.wait(every):
+        try:
+            current = client.get_registered_model(hold.name)
+        except MlflowException as exc:
+            if _not_found(exc):
+                hold.lost.set()
+                _log.warning("lock %s was deleted by another process while held", hold.name)
+                return
+            _log.debug("heartbeat of lock %s failed: %s", hold.name, exc)
+            continue
+        except Exception as exc:  # a store briefly unreachable: the next beat tries again
+            _log.debug("heartbeat of lock %s failed: %s", hold.name, exc)
+            continue
+        if current.tags.get(TOKEN_TAG) != hold.token:
+            hold.lost.set()
+            _log.warning("lock %s was taken over by %s while held", hold.name, current.tags.get(OWNER_TAG))
+            return
+        try:
+            client.set_registered_model_tag(hold.name, HEARTBEAT_TAG, _now())
+        except Exception as exc:
+            _log.debug("heartbeat of lock %s failed: %s", hold.name, exc)
+
+
+def _same_holder(a: RegisteredModel, b: RegisteredModel) -> bool:
+    return a.tags.get(TOKEN_TAG) == b.tags.get(TOKEN_TAG) and a.creation_timestamp == b.creation_timestamp
+
+
+def _delete_if_same(client: MlflowClient, held: RegisteredModel) -> None:
+    """Delete a stale lock, unless it was meanwhile replaced by a new holder's (the registry has no
+    compare-and-delete: this narrows the window to one round trip)."""
+    try:
+        current = client.get_registered_model(held.name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return
+        raise
+    if _same_holder(current, held):
+        _delete_quietly(client, held.name)
+
+
+def _delete_if_mine(client: MlflowClient, lock: str, token: str) -> None:
+    try:
+        current = client.get_registered_model(lock)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return
+        raise
+    if current.tags.get(TOKEN_TAG) == token:
         _delete_quietly(client, lock)
+
+
+@contextmanager
+def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stale_after: float = 300.0):
+    """Hold the alias lock of ``name`` (see the module docstring); RegistryError after ``timeout`` s."""
+
+    def stale(held: RegisteredModel) -> str | None:
+        age = time.time() - held.creation_timestamp / 1000
+        return f"taken {age:.0f}s ago" if age > stale_after else None
+
+    def busy(held: RegisteredModel) -> str:
+        return (
+            f"another promotion or rollback of '{name}' is in progress ({held.tags.get(OWNER_TAG, '?')}, "
+            f"since {held.tags.get(ACQUIRED_TAG, '?')}); nothing was changed. Try again; if that "
+            f"process died, its lock expires {stale_after:.0f}s after it was taken."
+        )
+
+    with registry_lock(
+        f"{name}{LOCK_SUFFIX}",
+        client,
+        timeout=timeout,
+        stale=stale,
+        busy=busy,
+        description=f"Lock held while the production alias of '{name}' moves; deleted on release.",
+    ):
+        yield
 
 
 def _delete_quietly(client: MlflowClient, name: str) -> None:

@@ -127,7 +127,35 @@ def print_plan(plan: dict) -> None:
 def score_champion(
     name: str, data: Prepared, cfg: PipelineConfig, candidate_pred: np.ndarray, candidate_returns: np.ndarray
 ) -> ChampionComparison | None:
-    """The current production version against the candidate on holdout rows it never trained on.
+    """The current production version of ``name`` in the registry against the candidate (see
+    :func:`compare_champion`); None when nothing is in production."""
+    champion = get_production(name)
+    if champion is None:
+        return None
+    version = str(champion.version)
+    return compare_champion(
+        version,
+        champion.tags,
+        lambda: mlflow.pyfunc.load_model(f"models:/{name}/{version}"),
+        data,
+        cfg,
+        candidate_pred,
+        candidate_returns,
+    )
+
+
+def compare_champion(
+    version: str,
+    tags: dict,
+    load,
+    data: Prepared,
+    cfg: PipelineConfig,
+    candidate_pred: np.ndarray,
+    candidate_returns: np.ndarray,
+) -> ChampionComparison:
+    """The champion (its version, version tags, and ``load()`` giving a model with ``predict(candles)``
+    and ``metadata.metadata``, as a loaded pyfunc has) against the candidate on holdout rows it never
+    trained on.
 
     Only rows after the champion's ``trained_until`` plus its horizon count: scores on rows it was fitted
     on would flatter it. The champion computes its own features from the candles (a different feature
@@ -135,16 +163,12 @@ def score_champion(
     logged before policies existed: its argmax class, flat on hold, as the old backtest traded it). A
     different label definition or bar size is not comparable: the comparison says why.
     """
-    champion = get_production(name)
-    if champion is None:
-        return None
-    version, tags = str(champion.version), champion.tags
     label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
     differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
     if differs:
         note = f"it predicts another label ({'; '.join(differs)})"
         return ChampionComparison(version, comparable=False, note=note)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    model = load()
     meta = model.metadata.metadata or {}
     if "trained_until" not in meta:
         note = "it does not say which candles it trained on (no trained_until in its metadata)"
@@ -261,6 +285,8 @@ class Evaluation:
     backtest: BacktestResult
     deflated_sharpe: dict
     baseline_backtests: dict  # baseline name -> backtest metrics under the same policy rules
+    actions: np.ndarray | None = None  # the decision policy's action per holdout row (0..2)
+    baselines_fitted: dict | None = None  # what the informed baselines learned on the development rows
 
 
 def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
@@ -341,18 +367,26 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
     return tuned
 
 
-def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int) -> Fitted:
-    """Refit the tuned models as one ensemble and choose its decision policy, on development rows only."""
-    mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
+def fit_candidate(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int) -> Fitted:
+    """Refit the tuned models as one ensemble and choose its decision policy, on development rows only
+    (no tracking: :func:`fit_ensemble` logs it)."""
     X_dev, y_dev = data.dev
     # One thread per fit, n_jobs fits at once (see models.ensemble.map_folds).
     estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=1)) for n, t in tuned.items()]
     # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
     ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs).fit(X_dev, y_dev)
-    mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
-    mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
     policy, search = data.trading_costs(cfg).fit_policy(ensemble.oof_index_, ensemble.oof_proba_)
+    return Fitted(ensemble, policy, search)
+
+
+def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n_jobs: int) -> Fitted:
+    """:func:`fit_candidate`, logged to the ensemble run."""
+    mlflow.set_tags({"step": "ensemble", "model_family": "ensemble", "feature_set": cfg.features})
+    fitted = fit_candidate(cfg, data, tuned, n_jobs)
+    ensemble, policy, search = fitted.ensemble, fitted.policy, fitted.policy_search
+    mlflow.log_params({f"weight_{k}": round(v, 4) for k, v in ensemble.named_weights_.items()})
+    mlflow.log_metric("weight_search_oof_macro_f1", ensemble.oof_macro_f1_)
     chosen = next(r for r in search if r["policy"] == policy.key)
     mlflow.log_params({f"policy_{k}": v for k, v in policy.to_dict().items()})
     mlflow.log_metrics(
@@ -363,10 +397,11 @@ def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n
         }
     )
     mlflow.log_text(pd.DataFrame(search).to_csv(index=False), "policy_search.csv")
+    X_dev, y_dev = data.dev
     X_hold, y_hold = data.holdout
     tracking.log_dataset(X_dev.assign(label=y_dev), "development", data.info.source, "training")
     tracking.log_dataset(X_hold.assign(label=y_hold), "holdout", data.info.source, "evaluation")
-    return Fitted(ensemble, policy, search)
+    return fitted
 
 
 def trial_statistics(tuned: dict[str, Tuned], policy: DecisionPolicy) -> tuple[int, list[float]]:
@@ -381,18 +416,28 @@ def trial_statistics(tuned: dict[str, Tuned], policy: DecisionPolicy) -> tuple[i
     return max(1, len(finished)), sharpes
 
 
-def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned]) -> Evaluation:
-    """Holdout metrics of every model and the baselines, the policy's backtest, the champion, the gate."""
+def assess(
+    cfg: PipelineConfig,
+    data: Prepared,
+    fitted: Fitted,
+    tuned: dict[str, Tuned],
+    champion_of=None,
+) -> Evaluation:
+    """Holdout metrics of every model and the baselines, the policy's backtest, the champion, the gate.
+
+    Computes only (no tracking): the pipeline logs the result (:func:`evaluate`), the walk-forward
+    (``train.walkforward``) keeps it per window. ``champion_of(candidate_pred, candidate_returns)``
+    returns the :class:`ChampionComparison` with the model in production, or None when there is none.
+    """
     ensemble, policy = fitted.ensemble, fitted.policy
     X_hold, y_hold = data.holdout
-    results = {}
-    for name, model in ensemble.named_estimators_.items():
-        results[name] = classification_metrics(y_hold, model.predict_proba(X_hold))
-        tracking.log_metrics("holdout_", results[name], run_id=tuned[name].run_id)
+    results = {
+        name: classification_metrics(y_hold, m.predict_proba(X_hold))
+        for name, m in ensemble.named_estimators_.items()
+    }
     ens_proba = ensemble.predict_proba(X_hold)
     ens_pred = ens_proba.argmax(axis=1)
     results["ensemble"] = classification_metrics(y_hold, ens_proba)
-    tracking.log_metrics("holdout_", results["ensemble"])
 
     # Baselines, all fitted on development rows: trivial (class frequencies) and informed (trailing
     # volatility; momentum and reversal of the last horizon's move).
@@ -414,16 +459,6 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
     base_metrics = {k: classification_metrics(y_hold, p) for k, p in trivial.items()} | {
         k: classification_metrics(y_hold, b["proba"], b["pred"]) for k, b in informed.items()
     }
-    for k, m in base_metrics.items():
-        tracking.log_metrics(f"baseline_{k}_", m)
-    mlflow.log_dict(
-        {
-            "models": results,
-            "baselines": base_metrics,
-            "baselines_fitted": {k: b["fitted"] for k, b in informed.items()},
-        },
-        "holdout_metrics.json",
-    )
 
     # Trade the holdout the way the bot will: the decision policy's actions, after fees and slippage.
     bt_config = _config(cfg, policy)
@@ -444,50 +479,7 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
         "measured": variance is not None,
         "n_trial_sharpes": len(sharpes),
     }
-    tracking.log_metrics("backtest_", bt.metrics)
-    tracking.log_metrics("buyhold_", bt.benchmark_metrics)
-    for k, m in baseline_bt.items():
-        tracking.log_metrics(f"baseline_{k}_backtest_", m)
-    mlflow.log_metrics({"backtest_dsr": dsr["dsr"], "backtest_psr": dsr["psr"], "backtest_sr0": dsr["sr0"]})
-    table = pd.DataFrame(
-        {"position": bt.position, "return": bt.returns, "buyhold_return": bt.benchmark_returns}
-    )
-    table["equity"] = (1 + table["return"]).cumprod()
-    table["buyhold_equity"] = (1 + table["buyhold_return"]).cumprod()
-    mlflow.log_text(table.to_csv(index_label="period_start"), "backtest.csv")
-    # Every holdout row as the model saw it, so anyone can recompute the holdout numbers: the position is
-    # the one the row's action sets, held from the next bar's open (empty for the last signals, dropped).
-    rows = data.candles.index.get_indexer(X_hold.index)
-    entry = data.candles.index[np.minimum(rows + 1, len(data.candles) - 1)]
-    names = np.asarray(CLASS_NAMES, dtype=object)
-    predictions = pd.DataFrame(
-        {"timestamp": X_hold.index.astype(str), "label": names[np.asarray(y_hold)]}
-        | {f"p_{c}": ens_proba[:, k] for k, c in enumerate(CLASS_NAMES)}
-        | {"predicted": names[ens_pred], "action": names[actions]}  # the policy's actions: 0..2, no NaN rows
-        | {"position": bt.position.reindex(entry).to_numpy()}
-    )
-    mlflow.log_table(predictions, artifact_file="holdout_predictions.json")
-    mlflow.log_dict(
-        {
-            "config": asdict(bt_config),
-            "policy": policy.to_dict(),
-            "metrics": bt.metrics,
-            "buyhold": bt.benchmark_metrics,
-            "baselines": baseline_bt,
-            "deflated_sharpe": dsr,
-            "signals_dropped_at_end": bt.n_dropped,
-        },
-        "backtest.json",
-    )
-
-    champion = score_champion(cfg.model_name, data, cfg, ens_pred, holdout_returns(data, bt))
-    if champion is not None and champion.champion_macro_f1 is not None:
-        mlflow.log_metrics(
-            {
-                "production_holdout_macro_f1": champion.champion_macro_f1,
-                "production_holdout_return": champion.champion_return,
-            }
-        )
+    champion = None if champion_of is None else champion_of(ens_pred, holdout_returns(data, bt))
     gate = evaluate_gate(
         y_hold,
         ens_pred,
@@ -505,9 +497,86 @@ def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[st
         dsr=dsr,
         champion=champion,
     )
-    mlflow.log_metric("baseline_macro_f1", gate.baseline_macro_f1)
-    mlflow.set_tag("gate", gate.result)
-    return Evaluation(results, base_metrics, gate, champion, ens_proba, bt, dsr, baseline_bt)
+    return Evaluation(
+        results,
+        base_metrics,
+        gate,
+        champion,
+        ens_proba,
+        bt,
+        dsr,
+        baseline_bt,
+        actions=actions,
+        baselines_fitted={k: b["fitted"] for k, b in informed.items()},
+    )
+
+
+def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned]) -> Evaluation:
+    """:func:`assess` against the registry's production version, logged to the pipeline's runs."""
+    ev = assess(
+        cfg,
+        data,
+        fitted,
+        tuned,
+        lambda pred, returns: score_champion(cfg.model_name, data, cfg, pred, returns),
+    )
+    X_hold, y_hold = data.holdout
+    bt, dsr = ev.backtest, ev.deflated_sharpe
+    for name in fitted.ensemble.named_estimators_:
+        tracking.log_metrics("holdout_", ev.results[name], run_id=tuned[name].run_id)
+    tracking.log_metrics("holdout_", ev.results["ensemble"])
+    for k, m in ev.baselines.items():
+        tracking.log_metrics(f"baseline_{k}_", m)
+    mlflow.log_dict(
+        {"models": ev.results, "baselines": ev.baselines, "baselines_fitted": ev.baselines_fitted},
+        "holdout_metrics.json",
+    )
+    tracking.log_metrics("backtest_", bt.metrics)
+    tracking.log_metrics("buyhold_", bt.benchmark_metrics)
+    for k, m in ev.baseline_backtests.items():
+        tracking.log_metrics(f"baseline_{k}_backtest_", m)
+    mlflow.log_metrics({"backtest_dsr": dsr["dsr"], "backtest_psr": dsr["psr"], "backtest_sr0": dsr["sr0"]})
+    table = pd.DataFrame(
+        {"position": bt.position, "return": bt.returns, "buyhold_return": bt.benchmark_returns}
+    )
+    table["equity"] = (1 + table["return"]).cumprod()
+    table["buyhold_equity"] = (1 + table["buyhold_return"]).cumprod()
+    mlflow.log_text(table.to_csv(index_label="period_start"), "backtest.csv")
+    # Every holdout row as the model saw it, so anyone can recompute the holdout numbers: the position is
+    # the one the row's action sets, held from the next bar's open (empty for the last signals, dropped).
+    rows = data.candles.index.get_indexer(X_hold.index)
+    entry = data.candles.index[np.minimum(rows + 1, len(data.candles) - 1)]
+    names = np.asarray(CLASS_NAMES, dtype=object)
+    predictions = pd.DataFrame(
+        {"timestamp": X_hold.index.astype(str), "label": names[np.asarray(y_hold)]}
+        | {f"p_{c}": ev.ensemble_proba[:, k] for k, c in enumerate(CLASS_NAMES)}
+        # the policy's actions: 0..2, no NaN rows
+        | {"predicted": names[ev.ensemble_proba.argmax(axis=1)], "action": names[ev.actions]}
+        | {"position": bt.position.reindex(entry).to_numpy()}
+    )
+    mlflow.log_table(predictions, artifact_file="holdout_predictions.json")
+    mlflow.log_dict(
+        {
+            "config": asdict(bt.config),
+            "policy": fitted.policy.to_dict(),
+            "metrics": bt.metrics,
+            "buyhold": bt.benchmark_metrics,
+            "baselines": ev.baseline_backtests,
+            "deflated_sharpe": dsr,
+            "signals_dropped_at_end": bt.n_dropped,
+        },
+        "backtest.json",
+    )
+    if ev.champion is not None and ev.champion.champion_macro_f1 is not None:
+        mlflow.log_metrics(
+            {
+                "production_holdout_macro_f1": ev.champion.champion_macro_f1,
+                "production_holdout_return": ev.champion.champion_return,
+            }
+        )
+    mlflow.log_metric("baseline_macro_f1", ev.gate.baseline_macro_f1)
+    mlflow.set_tag("gate", ev.gate.result)
+    return ev
 
 
 def report(
@@ -621,27 +690,19 @@ def report(
     return gate
 
 
-def register(
-    cfg: PipelineConfig,
-    data: Prepared,
-    fitted: Fitted,
-    ev: Evaluation,
-    pipeline_run_id: str,
-    data_digest: str,
-) -> tuple[str, bool]:
-    """Log the served model, register it as a new version with its gate tags, promote if it passed."""
-    info = data.info
-    signal_model = SignalModel(
+def serving_model(cfg: PipelineConfig, data: Prepared, fitted: Fitted) -> SignalModel:
+    """The model a bot loads: the fitted ensemble and policy with what it was trained on (metadata)."""
+    return SignalModel(
         fitted.ensemble,
         cfg.features,
-        info.bar,
+        data.info.bar,
         context_timeframe=cfg.context_timeframe or None,
         policy=fitted.policy,
         metadata={
             "feature_set": cfg.features,
             "context_timeframe": context_label(cfg.context_timeframe),
             "feature_names": list(data.ds.X.columns),
-            "bar": str(info.bar),
+            "bar": str(data.info.bar),
             "horizon": cfg.horizon,
             "threshold": cfg.threshold,
             "vol_window": cfg.vol_window,
@@ -654,6 +715,19 @@ def register(
             "holdout": [str(t.tz_localize(None)) for t in data.ds.X.index[data.split.holdout[[0, -1]]]],
         },
     )
+
+
+def register(
+    cfg: PipelineConfig,
+    data: Prepared,
+    fitted: Fitted,
+    ev: Evaluation,
+    pipeline_run_id: str,
+    data_digest: str,
+) -> tuple[str, bool]:
+    """Log the served model, register it as a new version with its gate tags, promote if it passed."""
+    info = data.info
+    signal_model = serving_model(cfg, data, fitted)
     example = as_model_input(data.candles.iloc[-(signal_model.min_history + 5) :])
     with warnings.catch_warnings():
         # `label` is an integer column by design (-1 marks rows without history), never NaN.

@@ -83,6 +83,11 @@ class Prepared:
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
+    return prepare_candles(cfg, candles, info)
+
+
+def prepare_candles(cfg: PipelineConfig, candles: pd.DataFrame, info: DataInfo) -> Prepared:
+    """:func:`prepare` on candles already loaded (the walk-forward gives each window its own history)."""
     ds = build_dataset(
         candles,
         cfg.features,

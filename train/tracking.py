@@ -159,7 +159,13 @@ def log_params_once(params: dict) -> None:
 HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = "host", "pid", "pid_start", "heartbeat"
 KILLED_REASON_TAG = "killed_reason"
 NOTE_TAG = "mlflow.note.content"
-PROJECT_STEPS = ("pipeline", "tune", "ensemble")  # the runs this project starts (tag ``step``)
+PROJECT_STEPS = (
+    "pipeline",
+    "tune",
+    "ensemble",
+    "walkforward",
+    "walkforward_window",
+)  # the runs this project starts (tag ``step``)
 HEARTBEAT_SECONDS = 60.0
 # A run of another host is judged by its heartbeat alone, written with that host's clock: generous.
 GRACE_SECONDS = 30 * 60.0

@@ -361,6 +361,7 @@ def run_study(
     worker_id: int = 0,
     costs: TradingCosts | None = None,
     description: dict | None = None,
+    warm_start: list[dict] | None = None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
@@ -368,6 +369,8 @@ def run_study(
     share ``storage``) count towards ``n_trials``: rerunning resumes, and any number of workers fill one
     study together. ``storage`` is a URL or an Optuna storage object. ``description`` (see
     :func:`study_description`) becomes the study's user attrs, so optuna-dashboard shows what it measured.
+    ``warm_start``: parameter sets (e.g. an earlier study's best trials) a new study tries first; they
+    count towards ``n_trials`` like any trial. A study that already has trials ignores them.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage) if isinstance(storage, str) else storage
@@ -394,6 +397,9 @@ def run_study(
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["cv_macro_f1"])
         optuna.storages.fail_stale_trials(study)
+    if warm_start and not study.trials:
+        for params in warm_start[:n_trials]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = n_trials - done
     log.info(

@@ -1,0 +1,504 @@
+"""`walkforward` step: replay the whole system (retrain, gate, promote, trade) over a long candle history.
+
+    python -m train.walkforward --data builtin --timeframe 4h --retrain-every 30 --n-trials 6
+
+Every ``retrain_every`` days from ``min_train_days`` after the first candle (the *cut*), a window trains a
+candidate exactly as the pipeline does (Optuna studies per model on purged folds, the weighted ensemble,
+the decision policy on out-of-fold predictions, the gate on the window's own holdout, against the model
+then in production) on the candles that closed by the cut, and nothing later. The following
+``retrain_every`` days are then traded, after costs, by:
+
+- ``gated``: whatever is in production after this window's gate (the candidate if it passed, else the
+  model promoted earlier; flat before anything passed): this system;
+- ``always_promote``: this window's candidate, gate or no gate;
+- ``never_retrain``: the first window's candidate, forever;
+- ``buy_and_hold``: long over the same periods.
+
+Each window's studies can start from the previous window's best parameter sets (``--warm-start``), which
+makes the next study's first trials good ones. Studies live in ``--optuna-storage``: rerunning resumes.
+
+One parent run (step ``walkforward``) holds the stitched equity curves, the per-window table, a plot and an
+HTML report; one child run per window holds that window's gate, scores and trades (``trades.csv``). The
+registry is never touched: production here is simulated, window by window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import optuna
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from evaluation.walkforward import (
+    STRATEGIES,
+    STRATEGY_NAMES,
+    LeakError,
+    Window,
+    check_known,
+    flat_trade,
+    plot_walkforward,
+    schedule,
+    stitch,
+    trade_window,
+    training_candles,
+)
+from features.candles import count_gaps, fmt_td
+from features.data import DataError, candles_sha256, load_candles
+from features.dataset import InsufficientDataError
+from features.labels import make_labels
+from models.base import default_n_jobs
+from models.pyfunc import SignalModel
+from models.tracking import parse_bool, parse_int
+from train import tracking
+from train.config import PipelineConfig, build_parser, configure_logging
+from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model
+from train.prepare import prepare_candles
+from train.tune import (
+    FINISHED,
+    SPACE_VERSION,
+    TuningError,
+    check_storage,
+    run_study,
+    study_description,
+    study_name_for,
+)
+
+log = logging.getLogger("train.walkforward")
+REPORT = "walkforward.html"
+
+
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    retrain_every: float = 30.0  # days between retrainings
+    min_train_days: float = 180.0  # history before the first cut
+    train_days: float = 0.0  # 0: each window trains on all history before its cut; else this many days
+    warm_start: bool = True
+    warm_start_trials: int = 3  # best parameter sets of the previous window's study to try first
+
+    def __post_init__(self):
+        if not self.retrain_every > 0 or not self.min_train_days > 0:
+            raise ValueError("retrain_every and min_train_days must be > 0 days")
+        if self.train_days < 0:
+            raise ValueError("train_days must be >= 0 (0 = all history before each cut)")
+        if self.warm_start_trials < 1:
+            raise ValueError("warm_start_trials must be >= 1")
+
+
+class _Deployed:
+    """A model in simulated production, with the interface of a loaded pyfunc model (``predict`` and
+    ``metadata.metadata``) that the champion comparison expects."""
+
+    def __init__(self, model: SignalModel):
+        self.model = model
+        self.metadata = SimpleNamespace(metadata=model.metadata)
+
+    def predict(self, candles: pd.DataFrame) -> pd.DataFrame:
+        return self.model.predict_candles(candles)
+
+
+@dataclass
+class WindowResult:
+    window: Window
+    row: dict  # the window's line in the table
+    trades: dict  # strategy -> evaluation.walkforward.WindowTrade
+    best: dict  # model -> best parameter sets of its study (for the next window's warm start)
+
+
+def _window_info(info, frame: pd.DataFrame):
+    gaps, largest = count_gaps(frame.index, info.bar)
+    return replace(
+        info,
+        sha256=candles_sha256(frame),
+        rows=len(frame),
+        start=frame.index[0],
+        end=frame.index[-1],
+        gaps=gaps,
+        largest_gap=largest,
+    )
+
+
+def _best_params(study: optuna.Study, k: int) -> list[dict]:
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return [t.params for t in sorted(done, key=lambda t: t.value, reverse=True)[:k]]
+
+
+def trained_until(model: SignalModel) -> pd.Timestamp:
+    """The last candle (open time, UTC) any of the model's training labels looked at."""
+    return pd.Timestamp(model.metadata["trained_until"]).tz_localize("UTC")
+
+
+def run_window(
+    cfg: PipelineConfig,
+    wf: WalkForwardConfig,
+    candles: pd.DataFrame,
+    info,
+    labels: pd.Series,
+    window: Window,
+    production: tuple[int, SignalModel] | None,
+    first: SignalModel | None,
+    warm: dict,
+    n_jobs: int,
+) -> tuple[WindowResult, SignalModel]:
+    """Train, gate and trade one window; returns its result and its candidate."""
+    started = time.monotonic()
+    frame = training_candles(candles, window)
+    check_known(frame.index, window.cut, f"{window.label}: its training candles")
+    data = prepare_candles(cfg, frame, _window_info(info, frame))
+    check_known(data.candles.index, window.cut, f"{window.label}: its training dataset")
+
+    tuned, best = {}, {}
+    X_dev, y_dev = data.dev
+    for name in cfg.model_list:
+        study_name = study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION))
+        study = run_study(
+            name,
+            X_dev,
+            y_dev,
+            data.cv,
+            cfg.n_trials,
+            cfg.timeout or None,
+            cfg.optuna_storage,
+            study_name,
+            seed=cfg.seed,
+            n_jobs=n_jobs,
+            costs=data.trading_costs(cfg),
+            description=study_description(cfg, data.info, name) | {"walkforward_cut": str(window.cut)},
+            warm_start=warm.get(name) if wf.warm_start else None,
+        )
+        trial = study.best_trial
+        n_finished = sum(t.state in FINISHED for t in study.trials)
+        tuned[name] = Tuned(
+            "",
+            trial.params,
+            trial.value,
+            trial.user_attrs.get("cv_macro_f1_std", float("nan")),
+            n_finished,
+            study,
+        )
+        best[name] = _best_params(study, wf.warm_start_trials)
+    fitted = fit_candidate(cfg, data, tuned, n_jobs)
+    candidate = serving_model(cfg, data, fitted)
+
+    champion_of = None
+    if production is not None:
+        k, model = production
+
+        def champion_of(pred, returns):
+            return compare_champion(f"window {k:02d}", {}, lambda: _Deployed(model), data, cfg, pred, returns)
+
+    ev = assess(cfg, data, fitted, tuned, champion_of)
+    promoted = ev.gate.passed
+    now = (window.k, candidate) if promoted else production
+    traders = {
+        "gated": None if now is None else now[1],
+        "always_promote": candidate,
+        "never_retrain": first or candidate,
+    }
+    for name, model in traders.items():
+        if model is not None and trained_until(model) >= window.cut:
+            raise LeakError(
+                f"{window.label}: the {name} model trained on candles up to {trained_until(model)}, "
+                f"not before the cut {window.cut}"
+            )
+    trades = {
+        name: trade_window(model, candles, window, info.bar, labels, cfg.fee_bps, cfg.slippage_bps)
+        for name, model in traders.items()
+        if model is not None
+    }
+    if traders["gated"] is None:
+        trades["gated"] = flat_trade(trades["always_promote"])
+
+    row = {
+        "window": window.k,
+        "train_start": str(window.train_start),
+        "cut": str(window.cut),
+        "end": str(window.end),
+        "train_rows": data.ds.n_rows,
+        "holdout_macro_f1": ev.gate.candidate_macro_f1,
+        "baseline_macro_f1": ev.gate.baseline_macro_f1,
+        "holdout_return": ev.backtest.metrics["total_return"],
+        "holdout_dsr": ev.deflated_sharpe["dsr"],
+        "gate": ev.gate.result,
+        "failed_checks": ",".join(ev.gate.failed_checks()),
+        "promoted": bool(promoted),
+        "production": "" if now is None else f"window {now[0]:02d}",
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    for name in STRATEGIES:
+        t = trades[name]
+        row[f"{name}_return"] = t.metrics["total_return"]
+        row[f"{name}_trades"] = t.metrics["n_trades"]
+        row[f"{name}_macro_f1"] = t.classification["macro_f1"] if t.classification else float("nan")
+    opens = candles["open"]
+    span = trades["gated"].returns.index
+    if len(span):
+        first_open, last_open = opens.index.get_loc(span[0]), opens.index.get_loc(span[-1]) + 1
+        row["buy_and_hold_return"] = float(opens.iloc[last_open] / opens.iloc[first_open] - 1.0)
+    return WindowResult(window, row, trades, best), candidate
+
+
+def log_window(result: WindowResult) -> None:
+    """The window's child run: its gate, scores and trades."""
+    row = result.row
+    mlflow.set_tags(
+        {
+            "step": "walkforward_window",
+            "gate": row["gate"],
+            "gate_failed_checks": row["failed_checks"],
+            "production": row["production"] or "none",
+        }
+    )
+    mlflow.log_params({k: row[k] for k in ("window", "train_start", "cut", "end")})
+    mlflow.log_metrics(
+        {k: float(v) for k, v in row.items() if isinstance(v, int | float | bool) and k != "window"}
+        | {"gate_passed": float(row["gate"] == "passed")}
+    )
+    frame = pd.DataFrame({name: t.returns for name, t in result.trades.items()})
+    mlflow.log_text(frame.to_csv(index_label="period_start"), "trades.csv")
+
+
+def report_html(summary: dict, table: pd.DataFrame, image: str) -> str:
+    """A one-page HTML report: the verdict, the stitched comparison, the plot, the per-window table."""
+    rows = "".join(
+        f"<tr><td>{STRATEGY_NAMES[k]}</td><td>{m['total_return']:+.1%}</td><td>{m['sharpe']:.2f}</td>"
+        f"<td>{m['max_drawdown']:.1%}</td><td>{m['n_trades']}</td></tr>"
+        for k, m in summary["strategies"].items()
+    )
+    shown = table.drop(columns=["train_start"]).copy()
+    for c in shown.columns:
+        if c.endswith("_return"):
+            shown[c] = shown[c].map(lambda v: f"{v:+.1%}" if pd.notna(v) else "")
+        elif shown[c].dtype.kind == "f":
+            shown[c] = shown[c].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>walk-forward</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
+        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
+        f"<h1>Walk-forward: {summary['data']}</h1><p>{summary['description']}</p>"
+        "<h2>Stitched out-of-sample results, after costs</h2><table><tr><th>strategy</th><th>return</th>"
+        f"<th>Sharpe</th><th>max drawdown</th><th>trades</th></tr>{rows}</table>"
+        f"<p><img src='{image}' style='max-width:100%'></p><h2>Windows</h2>"
+        f"{shown.to_html(index=False, border=0)}</body></html>"
+    )
+
+
+def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
+    """Every window in order; returns the summary (also logged to the parent run)."""
+    tracking.check_reachable()
+    check_storage(cfg.optuna_storage)
+    n_jobs = cfg.n_jobs or default_n_jobs()
+    candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
+    windows = schedule(
+        candles.index,
+        info.bar,
+        pd.Timedelta(days=wf.retrain_every),
+        pd.Timedelta(days=wf.min_train_days),
+        pd.Timedelta(days=wf.train_days) if wf.train_days else None,
+    )
+    # Every candle's label, for scoring the traded calls after the fact (never for a decision).
+    labels = make_labels(candles["close"], cfg.horizon, cfg.threshold, cfg.vol_window)
+    log.info(
+        "walk-forward %s: %d windows of %g days from %s, %s",
+        info.describe(),
+        len(windows),
+        wf.retrain_every,
+        f"{windows[0].cut:%Y-%m-%d}",
+        "expanding history" if not wf.train_days else f"last {wf.train_days:g} days of history",
+    )
+    tracking.use_experiment()
+    tracking.track_liveness()
+    for closed in tracking.close_orphaned_runs():
+        log.info("orphan    %s", closed)
+    started = time.monotonic()
+    results: list[WindowResult] = []
+    with mlflow.start_run(
+        run_name=f"walkforward {info.source} {cfg.timeframe or fmt_td(info.bar)} every {wf.retrain_every:g}d "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    ) as parent:
+        mlflow.set_tags(
+            {"step": "walkforward", "git_commit": tracking.git_commit(), "data_source": info.source}
+        )
+        tracking.log_params_once(cfg.to_dict() | asdict(wf))
+        tracking.log_candles_snapshot(candles, info)
+        production, first, warm = None, None, {}
+        for window in windows:
+            with mlflow.start_run(run_name=window.label, nested=True):
+                result, candidate = run_window(
+                    cfg, wf, candles, info, labels, window, production, first, warm, n_jobs
+                )
+                log_window(result)
+            results.append(result)
+            first = first or candidate
+            if result.row["promoted"]:
+                production = (window.k, candidate)
+            warm = result.best
+            r = result.row
+            log.info(
+                "%s  %d rows, gate %s%s; production %s; traded: gated %+.1f%%, always %+.1f%%, "
+                "never %+.1f%%, buy-and-hold %+.1f%% (%.0fs)",
+                window.label,
+                r["train_rows"],
+                r["gate"],
+                f" ({r['failed_checks']})" if r["failed_checks"] else "",
+                r["production"] or "none",
+                100 * r["gated_return"],
+                100 * r["always_promote_return"],
+                100 * r["never_retrain_return"],
+                100 * r.get("buy_and_hold_return", float("nan")),
+                r["seconds"],
+            )
+        returns, equity, metrics = stitch([r.trades for r in results], candles, info.bar, cfg.cost)
+        table = pd.DataFrame([r.row for r in results])
+        promoted = int(table["promoted"].sum())
+        g, a, n, b = (
+            metrics[k]["total_return"] for k in ("gated", "always_promote", "never_retrain", "buy_and_hold")
+        )
+        description = (
+            f"{len(windows)} windows of {wf.retrain_every:g} days from {windows[0].cut:%Y-%m-%d} to "
+            f"{windows[-1].end:%Y-%m-%d}; the gate promoted {promoted} of {len(windows)} candidates. "
+            f"Stitched after costs: retrain + gate {g:+.1%}, always promote {a:+.1%}, "
+            f"never retrain {n:+.1%}, buy and hold {b:+.1%}."
+        )
+        summary = {
+            "run_id": parent.info.run_id,
+            "data": info.describe(),
+            "description": description,
+            "windows": len(windows),
+            "promoted": promoted,
+            "strategies": metrics,
+            "seconds": round(time.monotonic() - started, 1),
+            "config": cfg.to_dict() | asdict(wf),
+        }
+        for name, m in metrics.items():
+            tracking.log_metrics(f"{name}_", m)
+        mlflow.log_metrics(
+            {"n_windows": len(windows), "n_promoted": promoted, "total_seconds": summary["seconds"]}
+        )
+        mlflow.log_text(table.to_csv(index=False), "windows.csv")
+        mlflow.log_text(returns.to_csv(index_label="period_start"), "returns.csv")
+        mlflow.log_text(equity.to_csv(index_label="period_start"), "equity.csv")
+        mlflow.log_dict(summary, "walkforward.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_walkforward(
+                equity, table, Path(tmp) / "walkforward_equity.png", f"Walk-forward, {info.describe()}"
+            )
+            mlflow.log_artifact(str(png))
+            (Path(tmp) / REPORT).write_text(report_html(summary, table, png.name), encoding="utf-8")
+            mlflow.log_artifact(str(Path(tmp) / REPORT))
+        mlflow.set_tag(
+            "mlflow.note.content",
+            f"**walk-forward**: {description}\n\nPer window: `windows.csv` and the child runs; plot and "
+            f"table: `{REPORT}`.",
+        )
+    summary["table"] = table
+    summary["returns"] = returns
+    summary["trades"] = [r.trades for r in results]
+    return summary
+
+
+def build_walkforward_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    parser.prog = "python -m train.walkforward"
+    parser.description = __doc__.splitlines()[0]
+    # Cheaper defaults than a single pipeline run: one study per model per window.
+    parser.set_defaults(n_trials=6, timeout=0.0)
+    parser.add_argument(
+        "--retrain-every", type=float, default=30.0, help="days between retrainings (default 30)"
+    )
+    parser.add_argument(
+        "--min-train-days",
+        type=float,
+        default=180.0,
+        help="history before the first cut, in days (default 180)",
+    )
+    parser.add_argument(
+        "--train-days",
+        type=float,
+        default=0.0,
+        help="days of history each window trains on (default 0: all history before its cut)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        type=parse_bool,
+        default=True,
+        help="start each window's studies from the previous window's best parameter sets (default true)",
+    )
+    parser.add_argument(
+        "--warm-start-trials",
+        type=parse_int,
+        default=3,
+        help="how many of the previous window's best parameter sets to try first (default 3)",
+    )
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> tuple[PipelineConfig, WalkForwardConfig, str]:
+    args = vars(build_walkforward_parser().parse_args(argv))
+    wf = WalkForwardConfig(
+        **{
+            k: args.pop(k)
+            for k in ("retrain_every", "min_train_days", "train_days", "warm_start", "warm_start_trials")
+        }
+    )
+    level = args.pop("log_level")
+    return PipelineConfig(**args), wf, level
+
+
+def print_summary(s: dict) -> None:
+    log.info("\n== walk-forward " + "=" * 55)
+    log.info(s["description"])
+    log.info(f"{'strategy':<32}{'return':>9}{'Sharpe':>8}{'max DD':>8}{'trades':>8}")
+    for name, m in s["strategies"].items():
+        log.info(
+            f"{STRATEGY_NAMES[name]:<32}{m['total_return']:>+9.1%}{m['sharpe']:>8.2f}"
+            f"{m['max_drawdown']:>8.1%}{m['n_trades']:>8}"
+        )
+    log.info(f"run       {s['run_id']}  ({s['seconds']:.0f}s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging(build_walkforward_parser().parse_args(argv).log_level)
+    try:
+        cfg, wf, level = parse(argv)
+        if level == "INFO":  # a line per trial of every window's studies is too much; DEBUG shows them
+            logging.getLogger("train.tune").setLevel(logging.WARNING)
+        summary = run_walkforward(cfg, wf)
+    except (
+        DataError,
+        InsufficientDataError,
+        tracking.TrackingUnavailable,
+        TuningError,
+        LeakError,
+        ValueError,
+        TypeError,
+    ) as exc:
+        log.error("%s", exc)
+        return 1
+    except MlflowException as exc:
+        from models.tracking import error_message
+
+        log.error("%s", error_message(exc))
+        return 1
+    print_summary(summary)
+    print(json.dumps({k: summary["strategies"][k]["total_return"] for k in summary["strategies"]}))
+    return 0
+
+
+def terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminate_as_interrupt)
+    sys.exit(main())

@@ -154,7 +154,13 @@ def run_window(
     started = time.monotonic()
     frame = training_candles(candles, window)
     check_known(frame.index, window.cut, f"{window.label}: its training candles")
-    data = prepare_candles(cfg, frame, _window_info(info, frame))
+    try:
+        data = prepare_candles(cfg, frame, _window_info(info, frame))
+    except InsufficientDataError as exc:
+        raise InsufficientDataError(
+            f"{window.label} trains on candles from {frame.index[0]} to the cut: {exc} For a walk-forward, "
+            "raise --min-train-days (or --train-days) so that the first window has enough history."
+        ) from None
     check_known(data.candles.index, window.cut, f"{window.label}: its training dataset")
 
     tuned, best = {}, {}

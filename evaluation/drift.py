@@ -163,11 +163,9 @@ def plot_psi(report: DriftReport, path: str | Path, title: str = "Feature drift 
     colours = ["#d62728" if f.drifted else ("#ff7f0e" if f.psi > report.config.psi_threshold else "#1f77b4")
                for f in feats]  # fmt: skip
     ax.barh([f.feature for f in feats], [f.psi for f in feats], color=colours)
-    ax.axvline(report.config.psi_threshold, color="black", linestyle="--", linewidth=1)
-    ax.text(
-        report.config.psi_threshold, len(feats) - 0.4, f" threshold {report.config.psi_threshold:g}",
-        va="top", fontsize=8,
-    )  # fmt: skip
+    threshold = report.config.psi_threshold
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("population stability index (training deciles)")
     verdict = "drifted" if report.drifted else "not drifted"
     ax.set_title(

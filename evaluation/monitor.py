@@ -65,7 +65,7 @@ from evaluation.drift import (
     plot_psi,
 )
 from evaluation.economics import directional_edge
-from evaluation.evaluate import MIN_SCORED_ROWS, Scoring, policy_backtest, prepare_scoring
+from evaluation.evaluate import MIN_SCORED_ROWS, Scoring, log_new_params, policy_backtest, prepare_scoring
 from evaluation.metrics import LABELS, block_bootstrap_indices, classification_metrics
 from evaluation.plots import plot_equity
 from features.context import compute_model_features, feature_names
@@ -474,7 +474,7 @@ def log_run(result: MonitorResult, params: dict, candles: pd.DataFrame, source: 
                 "mlflow.note.content": note,
             }
         )
-        mlflow.log_params(params)
+        log_new_params(params)
         tracking.log_dataset(candles, "candles", source, "monitoring")
         mlflow.log_metrics(metrics_of(result))
         mlflow.log_dict(result.to_dict(), "monitor.json")

@@ -187,8 +187,9 @@ def retrain_lock(
         return (
             f"another retrain of '{name}' is running ({held.tags.get('owner', '?')}, since "
             f"{held.tags.get('acquired_at', '?')}, heartbeat {held.tags.get(HEARTBEAT_TAG, '?')}); "
-            f"waited {timeout:g}s. Nothing was done; the next scheduled run tries again. If that "
-            f"process is dead, its lock is broken once its heartbeat is {stale_after:.0f}s old."
+            f"waited {timeout:g}s. Nothing was done; the next scheduled run tries again. A lock whose "
+            f"process died is broken at once on its host, elsewhere once its heartbeat is "
+            f"{stale_after:.0f}s old."
         )
 
     return registry_lock(
@@ -260,13 +261,18 @@ class Decision:
     fields: dict = field(default_factory=dict)
 
 
+def _not_refreshed(cfg: PipelineConfig) -> str:
+    line = f"not needed: {cfg.data} is read as it is (only exchange: data is fetched)"
+    log.info("refresh   %s", line)
+    return line
+
+
 def read_candles(cfg: PipelineConfig, refresh: bool) -> tuple[pd.DataFrame, DataInfo, str]:
     """The candles the pipeline would train on (after ``days`` and ``timeframe``), their info, and one
     line saying what was refreshed. Exchange data: the cache is brought up to date first (``refresh``)."""
     timeframe, days = cfg.timeframe or None, cfg.days or None
     if not cfg.data.startswith(EXCHANGE_PREFIX):
-        line = f"not needed: {cfg.data} is read as it is (only exchange: data is fetched)"
-        log.info("refresh   %s", line)
+        line = _not_refreshed(cfg)
         candles, info = load_candles(cfg.data, timeframe, days)
         return candles, info, line
     spec = parse_spec(cfg.data)
@@ -288,9 +294,10 @@ def decide(cfg: PipelineConfig, opts: RetrainOptions, client: MlflowClient) -> D
     """Refresh, then train or skip (see the module docstring)."""
     production = production_data_end(cfg.model_name, client)
     if production is None:
-        line = ""
         if cfg.data.startswith(EXCHANGE_PREFIX):
             line = read_candles(cfg, opts.refresh)[2]
+        else:  # nothing to compare with: the pipeline reads the data itself
+            line = _not_refreshed(cfg)
         return Decision(True, f"'{cfg.model_name}' has no production version yet", refreshed=line)
     candles, info, line = read_candles(cfg, opts.refresh)
     needed = opts.min_new_candles
@@ -309,7 +316,7 @@ def decide(cfg: PipelineConfig, opts: RetrainOptions, client: MlflowClient) -> D
             f"{info.source}",
         )
     new = int((candles.index > production.data_end).sum())
-    span = f"{new:,} new {fmt_td(info.bar)} candle(s) after {fmt_ts(production.data_end)} UTC"
+    span = f"{new:,} new {fmt_td(info.bar)} candle(s) after {fmt_ts(production.data_end)}"
     where = f"the end of production v{v}'s data ({production.anchor})"
     if new < needed:
         return replace(base, new_candles=new, reason=f"{span}, {where}; at least {needed:,} needed")
@@ -486,7 +493,8 @@ def retrain(
                     f"{name}: retrain {message}",
                     {"new_candles": decision.new_candles, "needed": decision.needed, "run_id": run_id},
                 )
-                return Outcome("skipped", EXIT_OK, message, {"new_candles": decision.new_candles})
+                summary = {"new_candles": decision.new_candles, "production_version": decision.production}
+                return Outcome("skipped", EXIT_OK, message, summary)
             log.info("decision  train: %s", decision.reason)
             summary = train(cfg, tags, pipeline)
             if hold.lost.is_set():

@@ -345,6 +345,23 @@ def test_a_failure_exits_non_zero_with_one_line_and_a_notification(store, hook, 
     assert not _locks()
 
 
+def test_a_busy_lock_inside_the_pipeline_is_a_failure_and_a_dry_run_records_nothing(store, monkeypatch):
+    def promotion_lock_busy(cfg):
+        raise LockBusy("another promotion or rollback of 'retrain-model' is in progress")
+
+    monkeypatch.setattr(rt, "run_pipeline", promotion_lock_busy)
+    outcome = rt.retrain(PipelineConfig(model_name=NAME), rt.RetrainOptions())
+    assert (outcome.status, outcome.exit_code) == ("failed", 1)  # not 75: the retrain lock was ours
+    (run,) = _runs()
+    assert run.data.tags["retrain_outcome"] == "failed" and run.info.status == "FAILED"
+
+    planned = []
+    monkeypatch.setattr(rt, "run_pipeline", planned.append)
+    outcome = rt.retrain(PipelineConfig(model_name=NAME, dry_run=True), rt.RetrainOptions())
+    assert outcome.status == "dry_run" and outcome.exit_code == 0 and len(planned) == 1
+    assert len(_runs()) == 1 and not _locks()
+
+
 def test_an_unreachable_tracking_store_fails_in_seconds_and_notifies(hook, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")

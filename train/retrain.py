@@ -468,6 +468,7 @@ def retrain(
     name = cfg.model_name
     started = time.monotonic()
     decision: Decision | None = None
+    hold: LockHold | None = None
     try:
         tracking.check_reachable()  # a dead store fails in seconds, before the lock or any data
         tracking.use_experiment()
@@ -500,19 +501,15 @@ def retrain(
             if hold.lost.is_set():
                 log.warning("the retrain lock of '%s' was taken by another process during this run", name)
     except LockBusy as exc:
+        if hold is not None:  # not our lock (the pipeline's own promotion lock): a failure
+            return _failed(cfg, decision, exc)
         message = f"busy: {exc}"
         log.warning("%s", message)
         record("busy", cfg, {"retrain_reason": str(exc)[:500]}, f"**retrain not started**: {exc}")
         notify("retrain_busy", f"{name}: retrain not started, another one is running", {"detail": str(exc)})
         return Outcome("busy", EXIT_BUSY, message)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure: one line, exit 1, a message
-        text = _error_text(exc)
-        log.error("%s", text)
-        unreachable = isinstance(exc, tracking.TrackingUnavailable)
-        if not unreachable and (decision is None or not decision.train):  # else the training run tells
-            record("failed", cfg, {"retrain_error": text[:500]}, f"**retrain failed**: {text}", failed=True)
-        notify("retrain_failed", f"{name}: retrain failed: {text}", {"host": socket.gethostname()})
-        return Outcome("failed", EXIT_FAILED, text)
+        return _failed(cfg, decision, exc)
 
     minutes = (time.monotonic() - started) / 60
     version, production = summary.get("model_version"), summary.get("production_version")
@@ -531,6 +528,17 @@ def retrain(
         {"new_candles": decision.new_candles, "minutes": round(minutes, 1), "run_id": summary.get("run_id")},
     )
     return Outcome("trained", EXIT_OK, message, summary | {"new_candles": decision.new_candles})
+
+
+def _failed(cfg: PipelineConfig, decision: Decision | None, exc: BaseException) -> Outcome:
+    """One line on stderr, a ``failed`` record unless the training run has it, a notification."""
+    text = _error_text(exc)
+    log.error("%s", text)
+    unreachable = isinstance(exc, tracking.TrackingUnavailable)  # nowhere to record it
+    if not unreachable and (decision is None or not decision.train):  # else the training run tells
+        record("failed", cfg, {"retrain_error": text[:500]}, f"**retrain failed**: {text}", failed=True)
+    notify("retrain_failed", f"{cfg.model_name}: retrain failed: {text}", {"host": socket.gethostname()})
+    return Outcome("failed", EXIT_FAILED, text)
 
 
 def main(argv: list[str] | None = None) -> int:

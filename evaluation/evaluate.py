@@ -177,13 +177,6 @@ def score_model(
     }
 
 
-def log_new_params(params: dict) -> None:
-    """Log the params the active run lacks: under `mlflow run` the launcher has already logged its own
-    spelling of each MLproject parameter ("10" for 10.0, "''" for ""), and MLflow refuses to change one."""
-    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.evaluate", description=__doc__.splitlines()[0]
@@ -212,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model_id": model.metadata.model_id or "",
                 }
             )
-            log_new_params(
+            tracking.log_params_once(
                 {
                     "model_uri": args.model_uri,
                     "data": args.data,

@@ -65,8 +65,8 @@ from evaluation.drift import (
     plot_psi,
 )
 from evaluation.economics import directional_edge
-from evaluation.evaluate import MIN_SCORED_ROWS, Scoring, log_new_params, policy_backtest, prepare_scoring
-from evaluation.metrics import LABELS, block_bootstrap_indices, classification_metrics
+from evaluation.evaluate import MIN_SCORED_ROWS, Scoring, policy_backtest, prepare_scoring
+from evaluation.metrics import block_bootstrap_indices, bootstrap_macro_f1, classification_metrics
 from evaluation.plots import plot_equity
 from features.context import compute_model_features, feature_names
 from features.data import DataError, load_candles
@@ -181,16 +181,6 @@ def training_candles(version: ModelVersion) -> tuple[pd.DataFrame, str]:
 def _interval(values: np.ndarray, confidence: float) -> list[float]:
     tail = (1 - confidence) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
-
-
-def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Macro-F1 (all three classes) of every bootstrap resample ``idx`` (n_boot, n) at once."""
-    k, n_boot = len(LABELS), len(idx)
-    codes = y_true[idx] * k + y_pred[idx] + (np.arange(n_boot) * k * k)[:, None]
-    cm = np.bincount(codes.ravel(), minlength=n_boot * k * k).reshape(n_boot, k, k)
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    denom = cm.sum(axis=1) + cm.sum(axis=2)
-    return np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0).mean(axis=1)
 
 
 def bootstrap_directional_precision(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -474,7 +464,7 @@ def log_run(result: MonitorResult, params: dict, candles: pd.DataFrame, source: 
                 "mlflow.note.content": note,
             }
         )
-        log_new_params(params)
+        tracking.log_params_once(params)
         tracking.log_dataset(candles, "candles", source, "monitoring")
         mlflow.log_metrics(metrics_of(result))
         mlflow.log_dict(result.to_dict(), "monitor.json")

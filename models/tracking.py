@@ -31,6 +31,7 @@ __all__ = [
     "error_message",
     "log_dataset",
     "log_metrics",
+    "log_params_once",
     "new_sqlite_file",
     "one_line",
     "parse_bool",
@@ -233,6 +234,14 @@ def log_metrics(prefix: str, metrics: dict, run_id: str | None = None) -> None:
         client = MlflowClient()
         for key, value in scalars.items():
             client.log_metric(run_id, key, value)
+
+
+def log_params_once(params: dict) -> None:
+    """Log the params the active run lacks: under `mlflow run` the launcher has already logged its own
+    spelling of each MLproject parameter ("90" for 90.0, "''" for ""), and MLflow refuses to change one."""
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 def parse_bool(text: str) -> bool:

@@ -32,6 +32,7 @@ from models.tracking import (
     check_reachable,
     log_dataset,
     log_metrics,
+    log_params_once,
     use_experiment,
 )
 
@@ -139,14 +140,6 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
         }
     )
     return snapshot["uri"]
-
-
-def log_params_once(params: dict) -> None:
-    """Log params not logged yet: under `mlflow run` the launcher has already logged its own spelling
-    of each MLproject parameter (e.g. "90" for 90.0), and MLflow refuses to change a logged param."""
-    run = mlflow.active_run()
-    logged = MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 # ----------------------------------------------------------------- runs left RUNNING by a dead process

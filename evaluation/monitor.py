@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from unittest import mock
 
 import mlflow
 import numpy as np
@@ -545,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # MLflow's download progress bars would surround the one-line error a scheduler's log should show.
-    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+    with tracking.env_vars(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         return _main(args)
 
 

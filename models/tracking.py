@@ -47,7 +47,8 @@ class TrackingUnavailable(RuntimeError):
 
 
 @contextmanager
-def _env(**values: str):
+def env_vars(**values: str):
+    """Set environment variables for the duration of a with-block, then restore them."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -143,7 +144,7 @@ def check_reachable() -> str:
                 )
             continue
         try:
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
+            with env_vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
                 if what == "tracking store":
                     MlflowClient().search_experiments(max_results=1)
                 else:

@@ -329,7 +329,9 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
     started = time.monotonic()
     results: list[WindowResult] = []
     with mlflow.start_run(
-        run_name=f"walkforward {info.source} {cfg.timeframe or fmt_td(info.bar)} every {wf.retrain_every:g}d "
+        # builtin, a file's name, exchange:..., runs:/... (as the pipeline names its runs)
+        run_name=f"walkforward {info.describe().split(': ', 1)[0]} {cfg.timeframe or fmt_td(info.bar)} "
+        f"every {wf.retrain_every:g}d "
         f"{time.strftime('%Y-%m-%d %H:%M')}"
     ) as parent:
         mlflow.set_tags(

@@ -192,39 +192,33 @@ def bootstrap_directional_precision(y_true: np.ndarray, y_pred: np.ndarray, idx:
 
 
 # -------------------------------------------------------------------------------------- live numbers
-def live_performance(scoring: Scoring, candles: pd.DataFrame, config: MonitorConfig) -> dict:
-    """Live numbers with confidence intervals on the scored (matured, out-of-sample) rows."""
-    n = scoring.n_scored
-    if n < MIN_SCORED_ROWS:
-        return {
-            "enough": False,
-            "rows_scored": n,
-            "note": f"not enough matured candles yet ({n}, need {MIN_SCORED_ROWS})",
-        }
-    y, proba = scoring.y, scoring.proba
+def live_numbers(
+    y: np.ndarray,
+    proba: np.ndarray,
+    returns: np.ndarray,
+    block: int,
+    bars_per_year: float,
+    config: MonitorConfig,
+) -> dict:
+    """Macro-F1, directional precision and the after-cost total return and Sharpe ratio of live rows,
+    each with its moving-block bootstrap interval: labels ``y`` and probabilities ``proba`` of the
+    matured rows, ``returns`` the decision policy's period returns (also used by ``train.walkforward``)."""
     calls = proba.argmax(axis=1)
     metrics = classification_metrics(y, proba)
-    block = scoring.block
-    idx = block_bootstrap_indices(n, block, config.n_boot, config.seed)
+    idx = block_bootstrap_indices(len(y), block, config.n_boot, config.seed)
     f1_boot = bootstrap_macro_f1(y, calls, idx)
     edge = directional_edge(y, calls, block=block, n_boot=config.n_boot, seed=config.seed)
     precision_boot = bootstrap_directional_precision(y, calls, idx)
     precision_boot = precision_boot[np.isfinite(precision_boot)]
-    rule, bt_config, bt = policy_backtest(scoring, candles, config.fee_bps, config.slippage_bps)
-    r = bt.returns.to_numpy(dtype=float)
+    r = np.asarray(returns, dtype=float)
     ridx = block_bootstrap_indices(len(r), block, config.n_boot, config.seed + 1)
     boot_r = r[ridx]
     total_boot = np.prod(1.0 + boot_r, axis=1) - 1.0
     std = boot_r.std(axis=1, ddof=1)
     sharpe_boot = np.divide(boot_r.mean(axis=1), std, out=np.zeros(len(ridx)), where=std > 0) * math.sqrt(
-        bt.bars_per_year
+        bars_per_year
     )
-    timestamps = scoring.out["timestamp"][scoring.scored]
     return {
-        "enough": True,
-        "rows_scored": n,
-        "window": [str(timestamps.iloc[0]), str(timestamps.iloc[-1])],
-        "block": block,
         "macro_f1": metrics["macro_f1"],
         "macro_f1_ci": _interval(f1_boot, config.confidence),
         "accuracy": metrics["accuracy"],
@@ -234,17 +228,58 @@ def live_performance(scoring: Scoring, candles: pd.DataFrame, config: MonitorCon
         else None,
         "directional_base_rate": edge.base_rate,
         "directional_calls": edge.n_called_moves,
-        "return": bt.metrics["total_return"],
+        "return": float(np.prod(1.0 + r) - 1.0),
         "return_ci": _interval(total_boot, config.confidence),
-        "sharpe": bt.metrics["sharpe"],
         "sharpe_ci": _interval(sharpe_boot, config.confidence),
+        "confusion_matrix": metrics["confusion_matrix"],
+    }
+
+
+def live_performance(scoring: Scoring, candles: pd.DataFrame, config: MonitorConfig) -> dict:
+    """Live numbers with confidence intervals on the scored (matured, out-of-sample) rows."""
+    n = scoring.n_scored
+    if n < MIN_SCORED_ROWS:
+        return {
+            "enough": False,
+            "rows_scored": n,
+            "note": f"not enough matured candles yet ({n}, need {MIN_SCORED_ROWS})",
+        }
+    rule, bt_config, bt = policy_backtest(scoring, candles, config.fee_bps, config.slippage_bps)
+    numbers = live_numbers(
+        scoring.y, scoring.proba, bt.returns.to_numpy(dtype=float), scoring.block, bt.bars_per_year, config
+    )
+    timestamps = scoring.out["timestamp"][scoring.scored]
+    return {
+        "enough": True,
+        "rows_scored": n,
+        "window": [str(timestamps.iloc[0]), str(timestamps.iloc[-1])],
+        "block": scoring.block,
+        **numbers,
+        "sharpe": bt.metrics["sharpe"],
         "n_trades": bt.metrics["n_trades"],
         "buyhold_return": bt.benchmark_metrics["total_return"],
         "policy": rule.to_dict(),
         "backtest_config": asdict(bt_config),
-        "confusion_matrix": metrics["confusion_matrix"],
         "_backtest": bt,  # for the equity plot; dropped from monitor.json
     }
+
+
+def degraded_reasons(live: dict, promised_f1: float | None, config: MonitorConfig) -> list[str]:
+    """Why live numbers (:func:`live_numbers`) count as degraded; empty when they do not (see the module
+    docstring for the rule)."""
+    degraded = []
+    hi = live["macro_f1_ci"][1]
+    if promised_f1 is not None and hi < promised_f1 - config.f1_tolerance:
+        degraded.append(
+            f"live macro-F1 {live['macro_f1']:.4f} (CI up to {hi:.4f}) is below the promoted holdout "
+            f"macro-F1 {promised_f1:.4f} minus the tolerance {config.f1_tolerance:g}"
+        )
+    if live["return_ci"][1] < 0:
+        degraded.append(
+            f"the decision policy lost money after costs: {live['return']:+.2%} "
+            f"(CI {live['return_ci'][0]:+.2%} .. {live['return_ci'][1]:+.2%}, entirely below 0)"
+        )
+    return degraded
 
 
 def decide(live: dict, drift: DriftReport, promise: dict, config: MonitorConfig) -> tuple[str, list[str]]:
@@ -256,20 +291,7 @@ def decide(live: dict, drift: DriftReport, promise: dict, config: MonitorConfig)
             f"({drift.share_drifted:.0%} >= {drift.config.drift_share:.0%}): "
             + ", ".join(drift.drifted_features)
         )
-    degraded = []
-    if live["enough"]:
-        hi = live["macro_f1_ci"][1]
-        f1 = promise.get("holdout_macro_f1")
-        if f1 is not None and hi < f1 - config.f1_tolerance:
-            degraded.append(
-                f"live macro-F1 {live['macro_f1']:.4f} (CI up to {hi:.4f}) is below the promoted holdout "
-                f"macro-F1 {f1:.4f} minus the tolerance {config.f1_tolerance:g}"
-            )
-        if live["return_ci"][1] < 0:
-            degraded.append(
-                f"the decision policy lost money after costs: {live['return']:+.2%} "
-                f"(CI {live['return_ci'][0]:+.2%} .. {live['return_ci'][1]:+.2%}, entirely below 0)"
-            )
+    degraded = degraded_reasons(live, promise.get("holdout_macro_f1"), config) if live["enough"] else []
     reasons += degraded
     verdict = DRIFTED if drift.judged and drift.drifted else (DEGRADED if degraded else OK)
     return verdict, reasons

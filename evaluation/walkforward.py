@@ -22,21 +22,25 @@ import numpy as np
 import pandas as pd
 
 from evaluation.backtest import BacktestConfig, backtest, compute_metrics
+from evaluation.evaluate import MIN_SCORED_ROWS
 from evaluation.metrics import classification_metrics
+from evaluation.monitor import MonitorConfig, degraded_reasons, live_numbers
 from evaluation.plots import _pyplot, _save, drawdown
 from features.candles import fmt_td
 from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import as_model_input
 
-STRATEGIES = ("gated", "always_promote", "never_retrain")
+STRATEGIES = ("gated", "gated_monitored", "always_promote", "never_retrain")
 STRATEGY_NAMES = {
     "gated": "retrain + gate (this system)",
+    "gated_monitored": "retrain + gate + monitor",
     "always_promote": "always promote (no gate)",
     "never_retrain": "never retrain (first model)",
     "buy_and_hold": "buy and hold",
 }
 COLOURS = {
     "gated": "#1f77b4",
+    "gated_monitored": "#9467bd",
     "always_promote": "#ff7f0e",
     "never_retrain": "#2ca02c",
     "buy_and_hold": "#7f7f7f",
@@ -122,6 +126,9 @@ class WindowTrade:
     position: pd.Series
     metrics: dict[str, float]
     classification: dict | None  # macro-F1 etc. on the window's rows whose labels matured; None: too few
+    rows: pd.DatetimeIndex | None = None  # the signal rows (ready, in the window)
+    proba: np.ndarray | None = None  # the model's class probabilities on them
+    labels: np.ndarray | None = None  # their labels (NaN where the candles end before the horizon)
 
 
 def trade_window(
@@ -164,7 +171,15 @@ def trade_window(
     if matured.sum() >= min_scored:
         proba = out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy()[matured]
         classification = classification_metrics(y.to_numpy()[matured].astype(np.int64), proba)
-    return WindowTrade(bt.returns, bt.position, bt.metrics, classification)
+    return WindowTrade(
+        bt.returns,
+        bt.position,
+        bt.metrics,
+        classification,
+        rows=actions.index,
+        proba=out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy(),
+        labels=y.to_numpy(dtype=float),
+    )
 
 
 def flat_trade(like: WindowTrade) -> WindowTrade:
@@ -172,6 +187,33 @@ def flat_trade(like: WindowTrade) -> WindowTrade:
     ``like`` (another strategy's trade of the window)."""
     zero = pd.Series(0.0, index=like.returns.index)
     return WindowTrade(zero, zero, compute_metrics(zero.to_numpy(), zero.to_numpy(), 1.0), None)
+
+
+def degraded_window(
+    trade: WindowTrade,
+    window: Window,
+    bar: pd.Timedelta,
+    horizon: int,
+    promised_f1: float | None,
+    config: MonitorConfig,
+) -> list[str] | None:
+    """The monitor's degraded rule (:func:`evaluation.monitor.degraded_reasons`) on a window a model
+    traded, using only what was known at the window's end: rows whose label matured by then (the candle
+    ``horizon`` bars later had closed) and periods whose exit price had been seen. None: too few such rows
+    to judge (fewer than the monitor's minimum); an empty list: not degraded."""
+    known = (trade.rows + (horizon + 1) * bar <= window.end) & np.isfinite(trade.labels)
+    if known.sum() < MIN_SCORED_ROWS:
+        return None
+    returns = trade.returns.loc[trade.returns.index + bar <= window.end].to_numpy(dtype=float)
+    live = live_numbers(
+        trade.labels[known].astype(np.int64),
+        trade.proba[known],
+        returns,
+        max(20, 10 * horizon),
+        pd.Timedelta(days=365.25) / bar,
+        config,
+    )
+    return degraded_reasons(live, promised_f1, config)
 
 
 def stitch(trades: list[dict[str, WindowTrade]], candles: pd.DataFrame, bar: pd.Timedelta, cost: float):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.helpers import make_candles
 
@@ -55,10 +57,20 @@ def candles() -> pd.DataFrame:
     return make_candles(600, seed=7)
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory):
+    """An MLflow SQLite store with its tables, made once: creating them (MLflow's migrations) costs
+    seconds, for every test that needs a store."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, _empty_store):
     """A throwaway tracking store (experiment "tests") and working directory: the Optuna storage and
-    artifacts land under tmp_path."""
+    artifacts land under tmp_path. The store starts as a copy of an empty one with MLflow's tables."""
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

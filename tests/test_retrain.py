@@ -5,7 +5,6 @@ refresh, failures, and the deployment examples. Real pipeline runs only where th
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,30 +30,6 @@ from train.config import PipelineConfig, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "retrain-model"
-
-
-@pytest.fixture(scope="module")
-def _empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables, made once: creating them costs seconds per test."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch, _empty_store):
-    """conftest's ``store`` (a throwaway tracking store, experiment "tests", cwd tmp_path), started
-    from a copy of the empty store."""
-    shutil.copy(_empty_store, tmp_path / "mlflow.db")
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
 
 
 def _events(hook) -> list[str]:

@@ -10,13 +10,23 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 import train.walkforward as wfmod
-from evaluation.walkforward import LeakError, Window, check_known, schedule, training_candles
+from evaluation.monitor import MonitorConfig
+from evaluation.walkforward import (
+    LeakError,
+    Window,
+    WindowTrade,
+    check_known,
+    degraded_window,
+    schedule,
+    training_candles,
+)
 from models.pyfunc import SignalModel
 from tests.helpers import make_candles, make_flow_signal_candles, tiny_config, write_csv
 from train.walkforward import WalkForwardConfig, main, run_walkforward
@@ -144,7 +154,7 @@ def test_the_stitched_curve_is_the_concatenation_of_the_window_backtests(replay)
     stitched = pd.read_csv(
         _artifact(uri, summary["run_id"], "returns.csv", replay["tmp"] / "parent"), index_col=0
     )
-    for name in ("gated", "always_promote", "never_retrain"):
+    for name in ("gated", "gated_monitored", "always_promote", "never_retrain"):
         assert stitched[name].tolist() == pd.concat([t[name] for t in logged]).tolist()
         in_memory = pd.concat([w[name].returns for w in summary["trades"]])
         assert stitched[name].tolist() == pytest.approx(in_memory.tolist(), rel=0, abs=1e-15)
@@ -224,3 +234,53 @@ def test_cli_reports_bad_options_in_one_line(store, capsys):
     assert "retrain_every" in capsys.readouterr().err
     assert main(["--data", data, "--min-train-days", "25"]) == 1
     assert "too short" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the monitored strategy
+
+
+def _trade(n: int, returns: np.ndarray, labels: np.ndarray, proba: np.ndarray) -> tuple[WindowTrade, Window]:
+    rows = pd.date_range("2024-01-01", periods=n, freq=BAR, tz="UTC")
+    window = Window(0, rows[0] - pd.Timedelta(days=30), rows[0], rows[-1] + BAR)
+    series = pd.Series(returns, index=rows + BAR)  # the period of row t starts at t + 1 bar
+    return WindowTrade(series, series * 0, {}, None, rows=rows, proba=proba, labels=labels), window
+
+
+def test_the_monitor_withdraws_a_losing_model_judging_only_what_was_known():
+    rng = np.random.default_rng(0)
+    n, horizon = 400, 3
+    labels = rng.integers(0, 3, n).astype(float)
+    proba = np.eye(3)[labels.astype(int)] * 0.5 + 0.5 / 3  # calls right: macro-F1 1.0
+    config = MonitorConfig(n_boot=200)
+    losing, window = _trade(n, np.full(n, -0.002) + rng.normal(0, 1e-4, n), labels, proba)
+    reasons = degraded_window(losing, window, BAR, horizon, 0.5, config)
+    assert reasons and "lost money" in reasons[0]
+    # The same model, profitable on every period whose exit price was known at the window's end, with a
+    # crash in the last one (exit after the end): not judged on what it could not know yet.
+    tail = np.full(n, 0.002) + rng.normal(0, 1e-4, n)
+    tail[-1] = -0.99
+    known, window = _trade(n, tail, labels, proba)
+    assert degraded_window(known, window, BAR, horizon, 0.5, config) == []
+    # Calls far worse than promised: degraded on macro-F1, however the money went.
+    wrong = np.eye(3)[(labels.astype(int) + 1) % 3] * 0.5 + 0.5 / 3
+    bad, window = _trade(n, tail, labels, wrong)
+    assert "macro-F1" in degraded_window(bad, window, BAR, horizon, 0.5, config)[0]
+    short, window = _trade(60, tail[:60], labels[:60], proba[:60])
+    assert degraded_window(short, window, BAR, horizon, 0.5, config) is None
+
+
+def test_the_monitored_track_follows_the_gate_and_its_withdrawals(replay):
+    table, trades = replay["summary"]["table"], replay["summary"]["trades"]
+    production = ""
+    for k, row in table.iterrows():
+        if row["monitored_gate"] == "passed":
+            production = f"window {k:02d}"
+        assert row["monitored_production"] == production
+        if not production:
+            assert (trades[k]["gated_monitored"].returns == 0).all()
+        elif production == row["production"]:
+            assert trades[k]["gated_monitored"].returns.equals(trades[k]["gated"].returns)
+        if row["monitor"].startswith("withdrew"):
+            production = ""
+        else:
+            assert row["monitor"] in ("ok", "not judged (too few matured rows)", "")

@@ -10,6 +10,11 @@ then in production) on the candles that closed by the cut, and nothing later. Th
 
 - ``gated``: whatever is in production after this window's gate (the candidate if it passed, else the
   model promoted earlier; flat before anything passed): this system;
+- ``gated_monitored``: the same, and at the end of each window the monitor's ``degraded`` rule
+  (``evaluation.monitor``: live macro-F1 clearly below what the model was promoted with, or an
+  after-cost loss beyond luck) is applied to what the production model did in it, on the rows whose
+  outcome was known by then; a degraded model is withdrawn and the bot is flat until a candidate passes
+  (the weekly job acting on the monitor's verdict);
 - ``always_promote``: this window's candidate, gate or no gate;
 - ``never_retrain``: the first window's candidate, forever;
 - ``buy_and_hold``: long over the same periods.
@@ -40,12 +45,14 @@ import optuna
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from evaluation.monitor import MonitorConfig
 from evaluation.walkforward import (
     STRATEGIES,
     STRATEGY_NAMES,
     LeakError,
     Window,
     check_known,
+    degraded_window,
     flat_trade,
     plot_walkforward,
     schedule,
@@ -138,6 +145,25 @@ def trained_until(model: SignalModel) -> pd.Timestamp:
     return pd.Timestamp(model.metadata["trained_until"]).tz_localize("UTC")
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """A model in simulated production: the window that trained it, the model, and the holdout macro-F1
+    it was promoted with (what the monitor holds it to)."""
+
+    k: int
+    model: SignalModel
+    promised_f1: float
+
+    @property
+    def label(self) -> str:
+        return f"window {self.k:02d}"
+
+
+# The two strategies with a production alias, each its own: ``gated`` keeps a model until a candidate
+# beats it; ``gated_monitored`` also withdraws it (flat) when the monitor's degraded rule fires.
+TRACKS = ("gated", "gated_monitored")
+
+
 def run_window(
     cfg: PipelineConfig,
     wf: WalkForwardConfig,
@@ -145,12 +171,13 @@ def run_window(
     info,
     labels: pd.Series,
     window: Window,
-    production: tuple[int, SignalModel] | None,
+    production: dict[str, Deployment | None],
     first: SignalModel | None,
     warm: dict,
     n_jobs: int,
-) -> tuple[WindowResult, SignalModel]:
-    """Train, gate and trade one window; returns its result and its candidate."""
+) -> tuple[WindowResult, SignalModel, dict[str, Deployment | None]]:
+    """Train, gate and trade one window; returns its result, its candidate, and what each track has in
+    production for the next window."""
     started = time.monotonic()
     frame = training_candles(candles, window)
     check_known(frame.index, window.cut, f"{window.label}: its training candles")
@@ -196,18 +223,31 @@ def run_window(
     fitted = fit_candidate(cfg, data, tuned, n_jobs)
     candidate = serving_model(cfg, data, fitted)
 
-    champion_of = None
-    if production is not None:
-        k, model = production
+    # The gate, once per distinct champion (the two tracks usually hold the same one).
+    evaluations: dict[int | None, object] = {}
 
-        def champion_of(pred, returns):
-            return compare_champion(f"window {k:02d}", {}, lambda: _Deployed(model), data, cfg, pred, returns)
+    def gate_against(champion: Deployment | None):
+        key = None if champion is None else id(champion)
+        if key not in evaluations:
+            champion_of = None
+            if champion is not None:
 
-    ev = assess(cfg, data, fitted, tuned, champion_of)
-    promoted = ev.gate.passed
-    now = (window.k, candidate) if promoted else production
+                def champion_of(pred, returns):
+                    return compare_champion(
+                        champion.label, {}, lambda: _Deployed(champion.model), data, cfg, pred, returns
+                    )
+
+            evaluations[key] = assess(cfg, data, fitted, tuned, champion_of)
+        return evaluations[key]
+
+    now, evs = {}, {}
+    for track in TRACKS:
+        evs[track] = ev = gate_against(production[track])
+        passed = Deployment(window.k, candidate, ev.gate.candidate_macro_f1)
+        now[track] = passed if ev.gate.passed else production[track]
     traders = {
-        "gated": None if now is None else now[1],
+        "gated": now["gated"] and now["gated"].model,
+        "gated_monitored": now["gated_monitored"] and now["gated_monitored"].model,
         "always_promote": candidate,
         "never_retrain": first or candidate,
     }
@@ -222,9 +262,33 @@ def run_window(
         for name, model in traders.items()
         if model is not None
     }
-    if traders["gated"] is None:
-        trades["gated"] = flat_trade(trades["always_promote"])
+    for track in TRACKS:
+        if traders[track] is None:  # nothing in production: the bot stays out
+            trades[track] = flat_trade(trades["always_promote"])
 
+    # The monitor, at the end of the window, on what it could know by then: a production model whose
+    # live numbers are degraded is withdrawn (flat) until a candidate passes the gate.
+    after = dict(now)
+    monitor_note = ""
+    deployed = now["gated_monitored"]
+    if deployed is not None:
+        reasons = degraded_window(
+            trades["gated_monitored"],
+            window,
+            info.bar,
+            cfg.horizon,
+            deployed.promised_f1,
+            MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps),
+        )
+        if reasons is None:
+            monitor_note = "not judged (too few matured rows)"
+        elif reasons:
+            after["gated_monitored"] = None
+            monitor_note = f"withdrew {deployed.label}: " + "; ".join(reasons)
+        else:
+            monitor_note = "ok"
+
+    ev = evs["gated"]
     row = {
         "window": window.k,
         "train_start": str(window.train_start),
@@ -237,8 +301,11 @@ def run_window(
         "holdout_dsr": ev.deflated_sharpe["dsr"],
         "gate": ev.gate.result,
         "failed_checks": ",".join(ev.gate.failed_checks()),
-        "promoted": bool(promoted),
-        "production": "" if now is None else f"window {now[0]:02d}",
+        "promoted": bool(ev.gate.passed),
+        "production": "" if now["gated"] is None else now["gated"].label,
+        "monitored_gate": evs["gated_monitored"].gate.result,
+        "monitored_production": "" if now["gated_monitored"] is None else now["gated_monitored"].label,
+        "monitor": monitor_note,
         "seconds": round(time.monotonic() - started, 1),
     }
     for name in STRATEGIES:
@@ -251,7 +318,7 @@ def run_window(
     if len(span):
         first_open, last_open = opens.index.get_loc(span[0]), opens.index.get_loc(span[-1]) + 1
         row["buy_and_hold_return"] = float(opens.iloc[last_open] / opens.iloc[first_open] - 1.0)
-    return WindowResult(window, row, trades, best), candidate
+    return WindowResult(window, row, trades, best), candidate, after
 
 
 def log_window(result: WindowResult) -> None:
@@ -263,6 +330,8 @@ def log_window(result: WindowResult) -> None:
             "gate": row["gate"],
             "gate_failed_checks": row["failed_checks"],
             "production": row["production"] or "none",
+            "monitored_production": row["monitored_production"] or "none",
+            "monitor": row["monitor"][:500] or "-",
         }
     )
     mlflow.log_params({k: row[k] for k in ("window", "train_start", "cut", "end")})
@@ -339,44 +408,47 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
         )
         tracking.log_params_once(cfg.to_dict() | asdict(wf))
         tracking.log_candles_snapshot(candles, info)
-        production, first, warm = None, None, {}
+        production, first, warm = dict.fromkeys(TRACKS), None, {}
         for window in windows:
             with mlflow.start_run(run_name=window.label, nested=True):
-                result, candidate = run_window(
+                result, candidate, production = run_window(
                     cfg, wf, candles, info, labels, window, production, first, warm, n_jobs
                 )
                 log_window(result)
             results.append(result)
             first = first or candidate
-            if result.row["promoted"]:
-                production = (window.k, candidate)
             warm = result.best
             r = result.row
             log.info(
-                "%s  %d rows, gate %s%s; production %s; traded: gated %+.1f%%, always %+.1f%%, "
-                "never %+.1f%%, buy-and-hold %+.1f%% (%.0fs)",
+                "%s  %d rows, gate %s%s; production %s; traded: gated %+.1f%%, gated+monitor %+.1f%%, "
+                "always %+.1f%%, never %+.1f%%, buy-and-hold %+.1f%% (%.0fs)%s",
                 window.label,
                 r["train_rows"],
                 r["gate"],
                 f" ({r['failed_checks']})" if r["failed_checks"] else "",
                 r["production"] or "none",
                 100 * r["gated_return"],
+                100 * r["gated_monitored_return"],
                 100 * r["always_promote_return"],
                 100 * r["never_retrain_return"],
                 100 * r.get("buy_and_hold_return", float("nan")),
                 r["seconds"],
+                f"; monitor: {r['monitor']}" if r["monitor"].startswith("withdrew") else "",
             )
         returns, equity, metrics = stitch([r.trades for r in results], candles, info.bar, cfg.cost)
         table = pd.DataFrame([r.row for r in results])
         promoted = int(table["promoted"].sum())
-        g, a, n, b = (
-            metrics[k]["total_return"] for k in ("gated", "always_promote", "never_retrain", "buy_and_hold")
+        g, m, a, n, b = (
+            metrics[k]["total_return"]
+            for k in ("gated", "gated_monitored", "always_promote", "never_retrain", "buy_and_hold")
         )
+        withdrawn = int(table["monitor"].str.startswith("withdrew").sum())
         description = (
             f"{len(windows)} windows of {wf.retrain_every:g} days from {windows[0].cut:%Y-%m-%d} to "
             f"{windows[-1].end:%Y-%m-%d}; the gate promoted {promoted} of {len(windows)} candidates. "
-            f"Stitched after costs: retrain + gate {g:+.1%}, always promote {a:+.1%}, "
-            f"never retrain {n:+.1%}, buy and hold {b:+.1%}."
+            f"Stitched after costs: retrain + gate {g:+.1%}, retrain + gate + monitor {m:+.1%} "
+            f"({withdrawn} withdrawal(s)), always promote {a:+.1%}, never retrain {n:+.1%}, "
+            f"buy and hold {b:+.1%}."
         )
         summary = {
             "run_id": parent.info.run_id,

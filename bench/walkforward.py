@@ -136,23 +136,7 @@ def main() -> None:
             for k, s in summary["strategies"].items()
         },
         "description": summary["description"],
-        "windows_table": table[
-            [
-                "window",
-                "cut",
-                "train_rows",
-                "holdout_macro_f1",
-                "baseline_macro_f1",
-                "gate",
-                "failed_checks",
-                "production",
-                "gated_return",
-                "always_promote_return",
-                "never_retrain_return",
-                "buy_and_hold_return",
-                "seconds",
-            ]
-        ].to_dict(orient="records"),
+        "windows_table": table.drop(columns=["train_start"]).to_dict(orient="records"),
         "log_tail": out.stdout.splitlines()[-12:],
     }
     print(json.dumps({k: result[k] for k in ("wall_seconds", "windows", "promoted", "strategies")}, indent=2))

@@ -245,8 +245,9 @@ def stitch(trades: list[dict[str, WindowTrade]], candles: pd.DataFrame, bar: pd.
 
 
 def plot_walkforward(equity: pd.DataFrame, windows: pd.DataFrame, path, title: str):
-    """Stitched equity of every strategy (top) and the gated strategy's drawdown (bottom); dotted lines
-    at the retraining cuts, a marker where the gate promoted a new model."""
+    """Stitched equity of every strategy (top, on a log scale when the curves end far apart) and the
+    drawdowns of the two gated strategies (bottom); dotted lines at the retraining cuts, a marker where
+    the gate promoted a new model."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(9.0, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
@@ -268,12 +269,18 @@ def plot_walkforward(equity: pd.DataFrame, windows: pd.DataFrame, path, title: s
         at = equity["gated"].reindex(pd.to_datetime(promoted["cut"]), method="nearest")
         top.scatter(at.index, at.to_numpy(), marker="^", color=COLOURS["gated"], zorder=3, label="promoted")
     top.axhline(1.0, color="black", lw=0.6, ls=":")
+    # Compounded curves that end far apart (x100 and -99%) only read on a log scale.
+    values = equity.to_numpy(dtype=float)
+    if (values > 0).all() and values.max() / values.min() > 20:
+        top.set_yscale("log")
     top.set_ylabel("equity (start = 1)")
     top.set_title(title, fontsize=10)
     top.legend(fontsize=8, loc="best")
-    if "gated" in equity:
-        dd = drawdown(equity["gated"]) * 100.0
-        bottom.fill_between(dd.index, dd.to_numpy(), 0.0, color=COLOURS["gated"], alpha=0.35, lw=0)
-    bottom.set_ylabel("drawdown %\n(gated)")
+    for name in ("gated", "gated_monitored"):
+        if name in equity:
+            dd = drawdown(equity[name]) * 100.0
+            bottom.fill_between(dd.index, dd.to_numpy(), 0.0, color=COLOURS[name], alpha=0.3, lw=0)
+            bottom.plot(dd.index, dd.to_numpy(), color=COLOURS[name], lw=0.7)
+    bottom.set_ylabel("drawdown %\n(gated, +monitor)")
     fig.autofmt_xdate()
     return _save(fig, path)

@@ -67,10 +67,12 @@ def _empty_store(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch, _empty_store):
+def store(request, tmp_path, monkeypatch, _empty_store):
     """A throwaway tracking store (experiment "tests") and working directory: the Optuna storage and
-    artifacts land under tmp_path. The store starts as a copy of an empty one with MLflow's tables."""
-    shutil.copy(_empty_store, tmp_path / "mlflow.db")
+    artifacts land under tmp_path. The store starts as a copy of an empty one with MLflow's tables,
+    except for tests marked ``no_store_file`` (they check that nothing creates the file)."""
+    if request.node.get_closest_marker("no_store_file") is None:
+        shutil.copy(_empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

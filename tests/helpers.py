@@ -1,13 +1,16 @@
-"""Synthetic candle generator shared by the tests (importable as ``tests.helpers``)."""
+"""Synthetic candle generators and store set-up shared by the tests (importable as ``tests.helpers``)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 
 def make_candles(
@@ -161,3 +164,22 @@ def mlflow_cli_env() -> dict[str, str]:
     for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         env.pop(var, None)
     return env
+
+
+@contextmanager
+def throwaway_store(tmp: Path, experiment: str = "tests"):
+    """A module fixture's own tracking store under ``tmp`` (what conftest's ``store`` does per test):
+    the working directory, the tracking URI and the experiment, all restored afterwards. Yields
+    (the MonkeyPatch for further patches, the store's URI)."""
+    uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)  # the runs' artifact root is ./mlruns, beside mlflow.db
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield mp, uri
+        finally:
+            mlflow.set_tracking_uri(None)

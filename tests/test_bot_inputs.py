@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from models.registry import PRODUCTION
-from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from tests.servers import free_port, stop_process, wait_http
 from train.pipeline import run_pipeline
 
@@ -74,26 +74,16 @@ HTTP_FORMS = [
 def trained(tmp_path_factory):
     """Train and promote a tiny model into a throwaway store; yield the store and a request window."""
     tmp = tmp_path_factory.mktemp("bot-inputs")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-        mlflow.set_tracking_uri(uri)
-        try:
-            candles = make_flow_signal_candles(3000, seed=11)
-            data = write_csv(candles, tmp / "flow.csv")
-            result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
-            assert result["promoted"], result["gate"]
-            request = candles.iloc[-N_REQUEST:].reset_index()
-            request["timestamp"] = request["timestamp"].dt.tz_localize(None)
-            model = mlflow.pyfunc.load_model(MODEL_URI)
-            expected = model.predict(request)
-            yield {"tmp": tmp, "uri": uri, "model": model, "request": request, "expected": expected}
-        finally:
-            mlflow.set_tracking_uri(None)
+    with throwaway_store(tmp) as (mp, uri):
+        candles = make_flow_signal_candles(3000, seed=11)
+        data = write_csv(candles, tmp / "flow.csv")
+        result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
+        assert result["promoted"], result["gate"]
+        request = candles.iloc[-N_REQUEST:].reset_index()
+        request["timestamp"] = request["timestamp"].dt.tz_localize(None)
+        model = mlflow.pyfunc.load_model(MODEL_URI)
+        expected = model.predict(request)
+        yield {"tmp": tmp, "uri": uri, "model": model, "request": request, "expected": expected}
 
 
 def _assert_same_signals(got: pd.DataFrame, want: pd.DataFrame, form: str) -> None:

@@ -132,6 +132,7 @@ def _optuna_db(path: Path) -> Path:
     return path
 
 
+@pytest.mark.no_store_file
 @pytest.mark.parametrize(
     "kind",
     ["missing directory", "no server", "not a database", "read-only", "bad url"],
@@ -168,6 +169,7 @@ def test_tune_with_an_optuna_storage_that_cannot_be_opened_fails_with_one_line(s
     assert "cannot open the Optuna storage" in line and "readonly" in line
 
 
+@pytest.mark.no_store_file
 def test_a_new_sqlite_storage_is_not_created_by_the_check(store, csv, capsys):
     """The checks leave nothing behind when the run then fails on its input."""
     assert main(["--data", str(store / "nope.csv")]) == 1

@@ -21,7 +21,7 @@ from evaluation.drift import DriftConfig, DriftReport, feature_drift, psi
 from evaluation.evaluate import MIN_SCORED_ROWS, prepare_scoring
 from evaluation.metrics import macro_f1
 from features.labels import make_labels
-from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from tests.webhook import Hook
 from train.pipeline import run_pipeline
 
@@ -51,35 +51,25 @@ def _planted_drift(candles: pd.DataFrame, cut: int, seed: int = 0) -> pd.DataFra
 def trained(tmp_path_factory):
     """Train (and, if the gate passes, promote) one tiny model; write the candle files the tests use."""
     tmp = tmp_path_factory.mktemp("monitor")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-        mlflow.set_tracking_uri(uri)
-        try:
-            candles = make_flow_signal_candles(N_ALL, seed=11)
-            train = write_csv(candles.iloc[:N_TRAIN], tmp / "train.csv")
-            result = run_pipeline(tiny_config(train, tmp, MODEL_NAME, horizon=HORIZON))
-            version = result["model_version"]
-            model_uri = f"models:/{MODEL_NAME}/{version}"
-            model = mlflow.pyfunc.load_model(model_uri)
-            trained_until = pd.Timestamp(model.metadata.metadata["trained_until"], tz="UTC")
-            cut = int(np.searchsorted(candles.index, trained_until, side="right"))
-            yield {
-                "tmp": tmp,
-                "candles": candles,
-                "version": version,
-                "model_uri": model_uri,
-                "model": model,
-                "cut": cut,
-                "matching": write_csv(candles, tmp / "matching.csv"),
-                "drifted": write_csv(_planted_drift(candles, cut), tmp / "drifted.csv"),
-            }
-        finally:
-            mlflow.set_tracking_uri(None)
+    with throwaway_store(tmp) as (mp, uri):
+        candles = make_flow_signal_candles(N_ALL, seed=11)
+        train = write_csv(candles.iloc[:N_TRAIN], tmp / "train.csv")
+        result = run_pipeline(tiny_config(train, tmp, MODEL_NAME, horizon=HORIZON))
+        version = result["model_version"]
+        model_uri = f"models:/{MODEL_NAME}/{version}"
+        model = mlflow.pyfunc.load_model(model_uri)
+        trained_until = pd.Timestamp(model.metadata.metadata["trained_until"], tz="UTC")
+        cut = int(np.searchsorted(candles.index, trained_until, side="right"))
+        yield {
+            "tmp": tmp,
+            "candles": candles,
+            "version": version,
+            "model_uri": model_uri,
+            "model": model,
+            "cut": cut,
+            "matching": write_csv(candles, tmp / "matching.csv"),
+            "drifted": write_csv(_planted_drift(candles, cut), tmp / "drifted.csv"),
+        }
 
 
 def _tags(trained) -> dict:

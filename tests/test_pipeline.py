@@ -309,6 +309,7 @@ def test_champion_is_scored_only_on_rows_it_never_trained_on(store):
     assert champion["champion_macro_f1"] == pytest.approx(macro_f1(y, scored["label"].to_numpy()))
 
 
+@pytest.mark.no_store_file
 def test_dry_run_writes_nothing(store, capsys):
     data = write_csv(make_candles(2600, seed=2, vol=0.004), store / "c.csv")
     assert main(["--data", data, "--dry-run", "true"]) == 0
@@ -317,6 +318,7 @@ def test_dry_run_writes_nothing(store, capsys):
     assert not (store / "mlflow.db").exists() and not (store / "optuna.db").exists()
 
 
+@pytest.mark.no_store_file
 @pytest.mark.parametrize(
     "argv,message",
     [

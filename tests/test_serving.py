@@ -26,7 +26,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION
-from tests.helpers import SERVED_COLUMNS, make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import SERVED_COLUMNS, make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -92,55 +92,45 @@ def _request_body(candles: pd.DataFrame) -> dict:
 def served(tmp_path_factory):
     """Train and promote a tiny model, serve it, yield (base URL, request candles, min_history_bars)."""
     tmp = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-        mlflow.set_tracking_uri(uri)
+    with throwaway_store(tmp) as (mp, uri):
+        candles = make_flow_signal_candles(3000, seed=11)
+        data = write_csv(candles, tmp / "flow.csv")
+        result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
+        assert result["gate"]["result"] == "passed", result["gate"]
+        assert result["promoted"]
+        version = MlflowClient().get_model_version_by_alias(MODEL_NAME, PRODUCTION).version
+        assert str(version) == result["model_version"]
+        min_history = mlflow.pyfunc.load_model(MODEL_URI).metadata.metadata["min_history_bars"]
+
+        request = candles.iloc[-N_REQUEST:].reset_index()
+        request["timestamp"] = request["timestamp"].dt.tz_localize(None)
+
+        port = _free_port()
+        log = tmp / "serve.log"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["MLFLOW_TRACKING_URI"] = uri
+        # The CLI execs `uvicorn` by name: this venv's bin must come first on PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        cmd = [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "-m", MODEL_URI,
+            "--env-manager", "local",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--workers", "1",
+        ]  # fmt: skip
+        serve_dir = tmp / "serve-cwd"  # this repository is not importable from here
+        serve_dir.mkdir()
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=serve_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
-            candles = make_flow_signal_candles(3000, seed=11)
-            data = write_csv(candles, tmp / "flow.csv")
-            result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
-            assert result["gate"]["result"] == "passed", result["gate"]
-            assert result["promoted"]
-            version = MlflowClient().get_model_version_by_alias(MODEL_NAME, PRODUCTION).version
-            assert str(version) == result["model_version"]
-            min_history = mlflow.pyfunc.load_model(MODEL_URI).metadata.metadata["min_history_bars"]
-
-            request = candles.iloc[-N_REQUEST:].reset_index()
-            request["timestamp"] = request["timestamp"].dt.tz_localize(None)
-
-            port = _free_port()
-            log = tmp / "serve.log"
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            env["MLFLOW_TRACKING_URI"] = uri
-            # The CLI execs `uvicorn` by name: this venv's bin must come first on PATH.
-            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-            cmd = [
-                sys.executable, "-m", "mlflow", "models", "serve",
-                "-m", MODEL_URI,
-                "--env-manager", "local",
-                "--host", "127.0.0.1",
-                "--port", str(port),
-                "--workers", "1",
-            ]  # fmt: skip
-            serve_dir = tmp / "serve-cwd"  # this repository is not importable from here
-            serve_dir.mkdir()
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    cmd, cwd=serve_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                _wait_until_up(proc, f"{base}/ping", log)
-                yield {"url": base, "candles": request, "min_history": min_history, "log": log}
-            finally:
-                _stop(proc)
+            base = f"http://127.0.0.1:{port}"
+            _wait_until_up(proc, f"{base}/ping", log)
+            yield {"url": base, "candles": request, "min_history": min_history, "log": log}
         finally:
-            mlflow.set_tracking_uri(None)
+            _stop(proc)
 
 
 def _invoke(served, body: dict) -> requests.Response:

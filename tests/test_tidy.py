@@ -13,7 +13,7 @@ from sklearn.metrics import f1_score
 
 from features.labels import CLASS_NAMES
 from models.lifecycle import main as lifecycle_main
-from tests.helpers import make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from tests.test_lifecycle import _versions
 from train.pipeline import run_pipeline
 
@@ -55,20 +55,10 @@ def test_read_only_lifecycle_commands_open_no_run_and_moves_are_named(tracking_b
 def tiny_run(tmp_path_factory):
     """One tiny pipeline run in its own store (the `store` fixture's set-up, once for the module)."""
     tmp = tmp_path_factory.mktemp("tidy")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-        mlflow.set_tracking_uri(uri)
-        try:
-            data = write_csv(make_flow_signal_candles(3000, seed=11), tmp / "flow.csv")
-            cfg = tiny_config(data, tmp, "tidy-model", horizon=3)
-            yield cfg, run_pipeline(cfg), tmp
-        finally:
-            mlflow.set_tracking_uri(None)
+    with throwaway_store(tmp) as (mp, uri):
+        data = write_csv(make_flow_signal_candles(3000, seed=11), tmp / "flow.csv")
+        cfg = tiny_config(data, tmp, "tidy-model", horizon=3)
+        yield cfg, run_pipeline(cfg), tmp
 
 
 def test_pipeline_run_describes_itself_and_logs_its_holdout_rows(tiny_run):

@@ -40,13 +40,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from models.registry import PRODUCTION
-from tests.helpers import make_flow_signal_candles, tiny_config
+from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config
 from tests.servers import LOCALHOST, mlflow_server
 from train.pipeline import run_pipeline
 
@@ -148,29 +147,19 @@ def browser_check() -> None:
 def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A tracking store holding one small pipeline run that passed its gate, and what it holds."""
     tmp = tmp_path_factory.mktemp("ui-store")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     candles = tmp / "flow.csv"
     make_flow_signal_candles(3000, seed=11).reset_index().to_csv(candles, index=False)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)  # the runs' artifact root is ./mlruns, beside mlflow.db
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        try:
-            result = run_pipeline(tiny_config(str(candles), tmp, MODEL, horizon=3))
-            assert result["gate"]["result"] == "passed", result["gate"]
-            client = MlflowClient(uri)
-            run = client.get_run(result["run_id"])
-            children = client.search_runs(
-                [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
-            )
-            child_ids = {c.data.tags["mlflow.runName"]: c.info.run_id for c in children}
-            assert sorted(child_ids) == sorted(CHILD_RUNS)
-            production = client.get_model_version_by_alias(MODEL, PRODUCTION)
-        finally:
-            mlflow.set_tracking_uri(None)
+    with throwaway_store(tmp, EXPERIMENT) as (mp, uri):
+        result = run_pipeline(tiny_config(str(candles), tmp, MODEL, horizon=3))
+        assert result["gate"]["result"] == "passed", result["gate"]
+        client = MlflowClient(uri)
+        run = client.get_run(result["run_id"])
+        children = client.search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+        )
+        child_ids = {c.data.tags["mlflow.runName"]: c.info.run_id for c in children}
+        assert sorted(child_ids) == sorted(CHILD_RUNS)
+        production = client.get_model_version_by_alias(MODEL, PRODUCTION)
     yield {
         "dir": tmp,
         "uri": uri,

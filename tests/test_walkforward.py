@@ -28,7 +28,7 @@ from evaluation.walkforward import (
     training_candles,
 )
 from models.pyfunc import SignalModel
-from tests.helpers import make_candles, make_flow_signal_candles, tiny_config, write_csv
+from tests.helpers import make_candles, make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from train.walkforward import WalkForwardConfig, main, run_walkforward
 
 BAR = pd.Timedelta("30min")
@@ -94,14 +94,7 @@ def replay(tmp_path_factory):
         seen["predict"].append((self.metadata["trained_until"], pd.Timestamp(candles["timestamp"].iloc[-1])))
         return real_predict(self, candles)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
+    with throwaway_store(tmp) as (mp, uri):
         mp.setattr(wfmod, "prepare_candles", recording_prepare)
         mp.setattr(SignalModel, "predict_candles", recording_predict)
         data = write_csv(make_flow_signal_candles(N_CANDLES, seed=11), tmp / "flow.csv")
@@ -113,7 +106,6 @@ def replay(tmp_path_factory):
                 [mlflow.get_experiment_by_name("tests").experiment_id], max_results=100
             )
         }
-        mlflow.set_tracking_uri(None)
         yield {"summary": summary, "seen": seen, "runs": runs, "tmp": tmp, "cfg": cfg, "uri": uri}
 
 

@@ -158,7 +158,7 @@ def trade_window(
     policy = model.policy or DecisionPolicy()
     config = BacktestConfig(mode=policy.mode, hold=policy.on_hold, fee_bps=fee_bps, slippage_bps=slippage_bps)
     end_pos = candles.index.searchsorted(window.end)
-    execution = candles.iloc[: end_pos + 2]  # prices to execute the window's last signals, never read
+    execution = candles.iloc[: end_pos + 2]  # opens to execute its last signals at; the model never sees them
     if not len(actions):
         raise ValueError(
             f"{window.label}: the model gave no ready signal (too little history before the window, or a "

@@ -212,7 +212,7 @@ def test_a_planted_leak_is_caught(store, monkeypatch):
     data = write_csv(make_flow_signal_candles(N_CANDLES, seed=11), store / "flow.csv")
     trained = []
     monkeypatch.setattr(wfmod, "training_candles", lambda candles, window: candles)  # the leak
-    monkeypatch.setattr(wfmod, "run_study", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
+    monkeypatch.setattr(wfmod, "study_for", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
     with pytest.raises(
         LeakError, match=r"window 00 .*training candles holds \d+ candle\(s\) .* after the cut"
     ):

@@ -258,12 +258,26 @@ def model_code_by_value():
 
 @dataclass
 class Tuned:
-    run_id: str
+    run_id: str  # the model's tuning run ("" where no run is logged, as in the walk-forward)
     params: dict
     cv_macro_f1_mean: float
     cv_macro_f1_std: float
     n_trials: int
     study: optuna.Study
+
+    @classmethod
+    def from_study(cls, run_id: str, study: optuna.Study) -> Tuned:
+        """The best trial of ``study``; ``n_trials`` counts finished trials (complete or pruned, as
+        n_trials counts them; failed ones are counted apart)."""
+        best = study.best_trial
+        return cls(
+            run_id,
+            best.params,
+            best.value,
+            best.user_attrs.get("cv_macro_f1_std", float("nan")),
+            trial_counts(study.trials)["finished"],
+            study,
+        )
 
 
 @dataclass
@@ -316,40 +330,46 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
     return tracking.log_dataset(data.candles, "candles", info.source, "candles")
 
 
+def study_for(
+    cfg: PipelineConfig,
+    data: Prepared,
+    name: str,
+    n_jobs: int,
+    description: dict | None = None,
+    warm_start: list[dict] | None = None,
+) -> optuna.Study:
+    """Run (create, resume or join) model family ``name``'s Optuna study on the development rows, named
+    by everything that changes what a trial measures; ``description`` adds to the study's user attrs."""
+    X_dev, y_dev = data.dev
+    return run_study(
+        name,
+        X_dev,
+        y_dev,
+        data.cv,
+        cfg.n_trials,
+        cfg.timeout or None,
+        cfg.optuna_storage,
+        study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION)),
+        seed=cfg.seed,
+        n_jobs=n_jobs,
+        costs=data.trading_costs(cfg),
+        description=study_description(cfg, data.info, name) | (description or {}),
+        warm_start=warm_start,
+    )
+
+
 def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
     """One Optuna study for model family ``name`` in its own child run."""
     study_name = study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION))
-    X_dev, y_dev = data.dev
     with mlflow.start_run(run_name=f"tune-{name}", nested=True) as child:
         mlflow.set_tags(
             {"step": "tune", "model_family": name, "optuna_study": study_name, "feature_set": cfg.features}
         )
-        study = run_study(
-            name,
-            X_dev,
-            y_dev,
-            data.cv,
-            cfg.n_trials,
-            cfg.timeout or None,
-            cfg.optuna_storage,
-            study_name,
-            seed=cfg.seed,
-            n_jobs=n_jobs,
-            costs=data.trading_costs(cfg),
-            description=study_description(cfg, data.info, name),
-        )
+        study = study_for(cfg, data, name, n_jobs)
+        tuned = Tuned.from_study(child.info.run_id, study)
         best = study.best_trial
         trials = study.trials_dataframe()
-        # Finished trials only (complete or pruned, as n_trials counts them); failed ones are counted apart.
         counts = trial_counts(study.trials)
-        tuned = Tuned(
-            child.info.run_id,
-            best.params,
-            best.value,
-            best.user_attrs.get("cv_macro_f1_std", float("nan")),
-            counts["finished"],
-            study,
-        )
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.log_params(
             {"optuna_study": study_name, "n_trials_requested": cfg.n_trials, "timeout": cfg.timeout}

@@ -47,7 +47,7 @@ from features.data import EXCHANGE_PREFIX, DataError, DataInfo, load_candles
 from features.exchange import cache_file, fetch_candles, parse_spec
 from models.notify import notify
 from models.registry import HEARTBEAT_TAG, LockBusy, LockHold, get_production, registry_lock
-from models.tracking import error_message, one_line, parse_bool
+from models.tracking import env_vars, error_message, one_line, parse_bool
 from train import tracking
 from train.config import PipelineConfig, configure_logging
 from train.config import build_parser as pipeline_parser
@@ -345,29 +345,22 @@ def record(outcome: str, cfg: PipelineConfig, tags: dict, note: str, failed: boo
         **{k: str(v) for k, v in tags.items() if v is not None},
     }
     client = MlflowClient()
-    brief = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-    saved = {k: os.environ.get(k) for k in brief}
-    os.environ.update(brief)  # a store that fails now should not hold up the exit code for minutes
     try:
-        run_id = os.environ.get("MLFLOW_RUN_ID")
-        if run_id:
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
-            client.set_tag(run_id, "mlflow.runName", f"retrain {outcome} {cfg.model_name}")
-            return run_id
-        run = client.create_run(
-            _experiment_id(), run_name=f"retrain {outcome} {cfg.model_name}", tags=all_tags
-        )
-        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
-        return run.info.run_id
+        # a store that fails now should not hold up the exit code for minutes
+        with env_vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
+            run_id = os.environ.get("MLFLOW_RUN_ID")
+            if run_id:
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+                client.set_tag(run_id, "mlflow.runName", f"retrain {outcome} {cfg.model_name}")
+                return run_id
+            run = client.create_run(
+                _experiment_id(), run_name=f"retrain {outcome} {cfg.model_name}", tags=all_tags
+            )
+            client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+            return run.info.run_id
     except Exception as exc:  # noqa: BLE001 - recording is secondary to reporting
         log.warning("could not record the retrain run: %s", error_message(exc))
         return None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _tags(decision: Decision, hold: LockHold | None, opts: RetrainOptions) -> dict:

@@ -69,16 +69,11 @@ from models.pyfunc import SignalModel
 from models.tracking import parse_bool, parse_int
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging
-from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model
+from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model, study_for
 from train.prepare import prepare_candles
 from train.tune import (
-    FINISHED,
-    SPACE_VERSION,
     TuningError,
     check_storage,
-    run_study,
-    study_description,
-    study_name_for,
 )
 
 log = logging.getLogger("train.walkforward")
@@ -191,34 +186,16 @@ def run_window(
     check_known(data.candles.index, window.cut, f"{window.label}: its training dataset")
 
     tuned, best = {}, {}
-    X_dev, y_dev = data.dev
     for name in cfg.model_list:
-        study_name = study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION))
-        study = run_study(
+        study = study_for(
+            cfg,
+            data,
             name,
-            X_dev,
-            y_dev,
-            data.cv,
-            cfg.n_trials,
-            cfg.timeout or None,
-            cfg.optuna_storage,
-            study_name,
-            seed=cfg.seed,
-            n_jobs=n_jobs,
-            costs=data.trading_costs(cfg),
-            description=study_description(cfg, data.info, name) | {"walkforward_cut": str(window.cut)},
+            n_jobs,
+            description={"walkforward_cut": str(window.cut)},
             warm_start=warm.get(name) if wf.warm_start else None,
         )
-        trial = study.best_trial
-        n_finished = sum(t.state in FINISHED for t in study.trials)
-        tuned[name] = Tuned(
-            "",
-            trial.params,
-            trial.value,
-            trial.user_attrs.get("cv_macro_f1_std", float("nan")),
-            n_finished,
-            study,
-        )
+        tuned[name] = Tuned.from_study("", study)
         best[name] = _best_params(study, wf.warm_start_trials)
     fitted = fit_candidate(cfg, data, tuned, n_jobs)
     candidate = serving_model(cfg, data, fitted)

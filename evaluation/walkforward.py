@@ -166,18 +166,18 @@ def trade_window(
         )
     bt = backtest(execution, actions, config, bar=bar)
     y = labels.reindex(actions.index)
+    proba = out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy()
     matured = y.notna().to_numpy()
     classification = None
     if matured.sum() >= min_scored:
-        proba = out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy()[matured]
-        classification = classification_metrics(y.to_numpy()[matured].astype(np.int64), proba)
+        classification = classification_metrics(y.to_numpy()[matured].astype(np.int64), proba[matured])
     return WindowTrade(
         bt.returns,
         bt.position,
         bt.metrics,
         classification,
         rows=actions.index,
-        proba=out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy(),
+        proba=proba,
         labels=y.to_numpy(dtype=float),
     )
 

@@ -111,7 +111,6 @@ class _Deployed:
 
 @dataclass
 class WindowResult:
-    window: Window
     row: dict  # the window's line in the table
     trades: dict  # strategy -> evaluation.walkforward.WindowTrade
     best: dict  # model -> best parameter sets of its study (for the next window's warm start)
@@ -295,7 +294,7 @@ def run_window(
     if len(span):
         first_open, last_open = opens.index.get_loc(span[0]), opens.index.get_loc(span[-1]) + 1
         row["buy_and_hold_return"] = float(opens.iloc[last_open] / opens.iloc[first_open] - 1.0)
-    return WindowResult(window, row, trades, best), candidate, after
+    return WindowResult(row, trades, best), candidate, after
 
 
 def log_window(result: WindowResult) -> None:

@@ -22,6 +22,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from evaluation.nulls import Traded
 from models.policy import MODES, NOT_READY, DecisionPolicy, net_returns
 
 HOLDS: tuple[str, ...] = ("flat", "keep")
@@ -105,6 +106,11 @@ class BacktestResult:
     n_dropped: int
     bars_per_year: float
     config: BacktestConfig = field(default_factory=BacktestConfig)
+    market_returns: pd.Series | None = None  # open-to-open return of each period, before any position
+
+    def traded(self) -> Traded:
+        """What the strategy traded, for the gate's nulls (``evaluation.nulls``)."""
+        return Traded(self.position.to_numpy(), self.market_returns.to_numpy(), self.config.cost)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,6 +305,7 @@ def backtest(
         n_dropped=n_dropped,
         bars_per_year=bars_per_year,
         config=config,
+        market_returns=pd.Series(period_return, index=start, name="market"),
     )
 
 
@@ -347,6 +354,7 @@ def deflated_sharpe_from_moments(
     n_obs: int,
     n_trials: int,
     sr_variance: float | None = None,
+    sr_null_mean: float = 0.0,
 ) -> dict[str, float]:
     """Deflated Sharpe ratio from a per-period (not annualised) SR and the returns' moments.
 
@@ -358,7 +366,9 @@ def deflated_sharpe_from_moments(
     """
     _check_trials(n_obs, n_trials, sr_variance)
     variance = 1.0 / (n_obs - 1) if sr_variance is None else float(sr_variance)
-    sr0 = expected_max_sharpe(int(n_trials), variance)
+    if not math.isfinite(sr_null_mean):
+        raise ValueError(f"sr_null_mean must be finite, got {sr_null_mean!r}")
+    sr0 = sr_null_mean + expected_max_sharpe(int(n_trials), variance)
     return {
         "sharpe_per_period": float(sharpe_per_period),
         "sr0": float(sr0),
@@ -369,11 +379,15 @@ def deflated_sharpe_from_moments(
         "skew": float(skew),
         "kurtosis": float(kurtosis),
         "sr_variance": variance,
+        "sr_null_mean": float(sr_null_mean),
     }
 
 
 def deflated_sharpe(
-    returns: np.ndarray | pd.Series, n_trials: int, sr_variance: float | None = None
+    returns: np.ndarray | pd.Series,
+    n_trials: int,
+    sr_variance: float | None = None,
+    sr_null_mean: float = 0.0,
 ) -> dict[str, float]:
     """Deflated Sharpe ratio (Bailey & López de Prado, 2014) of per-period net returns.
 
@@ -390,7 +404,9 @@ def deflated_sharpe(
     given. Otherwise V = 1/(T - 1), the variance of the SR estimator under the null of zero skill with
     normal returns: the right spread when the trials are skill-less strategies on the same T periods, and
     the same scale as the test statistic's sqrt(T - 1). For N = 1, SR0 = 0 and DSR equals the PSR.
-    ``psr`` is always the PSR against SR* = 0.
+    ``sr_null_mean`` moves the no-skill centre from 0 (e.g. to the mean Sharpe ratio of the strategy's
+    own positions shifted in time, which keeps what drift pays for its exposure): SR0 = centre + the
+    expected maximum above. ``psr`` is always the PSR against SR* = 0.
 
     A constant series (e.g. a strategy that never trades) has no Sharpe ratio: sharpe_per_period, skew,
     kurtosis, dsr and psr are then NaN, so a check like ``dsr > 0.95`` fails instead of passing.
@@ -405,10 +421,10 @@ def deflated_sharpe(
     centred = r - r.mean()
     m2 = float(np.mean(centred**2))
     if np.ptp(r) == 0 or m2 == 0:
-        out = deflated_sharpe_from_moments(0.0, 0.0, 3.0, len(r), n_trials, sr_variance)
+        out = deflated_sharpe_from_moments(0.0, 0.0, 3.0, len(r), n_trials, sr_variance, sr_null_mean)
         nan = float("nan")
         return {**out, "sharpe_per_period": nan, "dsr": nan, "psr": nan, "skew": nan, "kurtosis": nan}
     sr = float(r.mean() / r.std(ddof=1))
     skew = float(np.mean(centred**3)) / m2**1.5
     kurtosis = float(np.mean(centred**4)) / m2**2
-    return deflated_sharpe_from_moments(sr, skew, kurtosis, len(r), n_trials, sr_variance)
+    return deflated_sharpe_from_moments(sr, skew, kurtosis, len(r), n_trials, sr_variance, sr_null_mean)

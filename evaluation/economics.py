@@ -126,32 +126,6 @@ def fit_policy(
     return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"]), table
 
 
-def trial_sharpe_stats(trial_sharpes: list[float]) -> float | None:
-    """Variance (ddof=1) of the trials' Sharpe ratios; None when fewer than 2 or all identical."""
-    values = np.asarray([s for s in trial_sharpes if np.isfinite(s)], dtype=float)
-    if len(values) < 2 or np.ptp(values) == 0:  # ptp, not var: identical values can leave rounding noise
-        return None
-    return float(values.var(ddof=1))
-
-
-def bootstrap_mean_positive(returns: np.ndarray, block: int, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Moving-block bootstrap of the mean per-period return: how often it is > 0, and its 5th percentile.
-
-    Doing nothing (flat) earns exactly 0 every period, so this is the probability of beating it after
-    costs. Blocks keep the autocorrelation of held positions; a series that never trades never beats it.
-    """
-    r = np.asarray(returns, dtype=float)
-    idx = block_bootstrap_indices(len(r), block, n_boot, seed)
-    means = r[idx].mean(axis=1)
-    return {
-        "p_positive": float(np.mean(means > 0)),
-        "mean_p5": float(np.percentile(means, 5)),
-        "mean": float(r.mean()),
-        "block": int(max(1, min(block, len(r)))),
-        "n_boot": n_boot,
-    }
-
-
 @dataclass(frozen=True)
 class DirectionalEdge:
     """Precision of buy/sell calls on rows that moved, against the base rate of the direction called."""

@@ -1,11 +1,12 @@
-"""The promotion gate: every check, its numbers and the decision, as a report a person can read.
+"""The promotion gate: every check, its numbers and the decision, as a report a trader can read.
 
-"Passed" means: on holdout rows that no choice was made on, the candidate's calls beat the best of the
-trivial *and informed* baselines by a margin more than luck explains, its buy/sell calls pick the right
-direction more often than the base rates, the bot acting on its signals through the logged decision
-policy beats doing nothing after fees and slippage (block bootstrap) with a deflated Sharpe ratio that
-counts every tuning trial, and it is not worse than the production version on rows that version never
-trained on. Nothing here computes features or talks to MLflow: the pipeline hands in the numbers.
+"Passed" means: the bot, acting on this model through its logged decision policy, made money after fees and
+slippage on holdout rows that no choice was made on, and its timing earned more than the same positions
+held at other times (drift and "always long" fall inside that null), more than the informed baselines
+traded by the same rules, by more than luck, the trials tried and the earlier looks at this holdout explain;
+and it is not worse than the production version on rows that version never trained on. Macro-F1 against
+the baselines is reported beside it, and blocks only where the user asks (``min_macro_f1``, ``min_margin``).
+Nothing here computes features or talks to MLflow: the pipeline hands in the traded series and the numbers.
 """
 
 from __future__ import annotations
@@ -17,25 +18,43 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from evaluation.economics import bootstrap_mean_positive, directional_edge
+from evaluation.economics import directional_edge
 from evaluation.metrics import block_bootstrap_gain, macro_f1
+from evaluation.nulls import (
+    MIN_OFFSETS,
+    Traded,
+    block_length,
+    paired_bootstrap,
+    resamples_for,
+    timing_null,
+    timing_offset,
+)
+from features.labels import HOLD
+
+BENCHMARKS: tuple[str, ...] = ("none", "buy_and_hold")
 
 
 @dataclass(frozen=True)
 class GateConfig:
     """Thresholds of the gate (all on the holdout, all configurable from the CLI / MLproject)."""
 
+    # Macro-F1 floor (0 = information only).
     min_macro_f1: float = 0.36
-    min_margin: float = 0.02
+    # Macro-F1 margin over the best baseline; 0 = information only, > 0 makes it a blocking check.
+    min_margin: float = 0.0
+    # 1 - the significance level of every test, before it is divided by the number of holdout looks.
     min_confidence: float = 0.95
     champion_tolerance: float = 0.0
-    n_boot: int = 500
+    # Bootstrap resamples at the least (more when many looks call for a smaller significance level).
+    n_boot: int = 1000
     # Minimum deflated Sharpe ratio of the decision policy's holdout backtest; 0 leaves the check out.
     min_dsr: float = 0.95
-    # The policy's holdout backtest must beat doing nothing after costs (block bootstrap).
+    # The economic checks (timing, flat, the baselines traded, the benchmark); False: classifier only.
     economic: bool = True
     # Fewer holdout rows after the champion's training window than this: it is not compared (see below).
     min_champion_rows: int = 100
+    # A market the strategy must beat too ("buy_and_hold"), or "none" (reported, never blocking).
+    benchmark: str = "none"
 
     def __post_init__(self):
         for name in ("min_macro_f1", "min_margin", "champion_tolerance", "min_dsr", "min_confidence"):
@@ -52,19 +71,29 @@ class GateConfig:
             raise ValueError(f"gate_min_dsr must be in [0, 1) (0 = off), got {self.min_dsr!r}")
         if not isinstance(self.economic, bool):
             raise TypeError(f"gate setting economic must be true or false, got {self.economic!r}")
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"gate_benchmark must be one of {list(BENCHMARKS)}, got {self.benchmark!r}")
         for name in ("n_boot", "min_champion_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"gate setting {name} must be an int >= 1, got {value!r}")
 
+    @property
+    def alpha(self) -> float:
+        """Significance level of one test on a holdout looked at once."""
+        return 1.0 - self.min_confidence
+
 
 @dataclass
 class GateCheck:
+    """One check. ``blocking`` False: reported for information, never decides."""
+
     name: str
     passed: bool
     value: float | None
     threshold: float | None
     detail: str
+    blocking: bool = True
 
 
 @dataclass
@@ -128,6 +157,9 @@ class GateReport:
     champion_version: str | None = None
     champion_macro_f1: float | None = None
     config: dict = field(default_factory=dict)
+    looks: int = 1  # times this holdout has been scored, this run included
+    alpha: float = 0.05  # the significance level every test used: (1 - confidence) / looks
+    block: int | None = None  # mean block length of the resampling, measured from the traded series
 
     @property
     def result(self) -> str:
@@ -142,7 +174,8 @@ class GateReport:
         return json.dumps(self.to_dict(), indent=2, default=float)
 
     def failed_checks(self) -> list[str]:
-        return [c.name for c in self.checks if not c.passed]
+        """Blocking checks that failed (what decided a refusal)."""
+        return [c.name for c in self.checks if c.blocking and not c.passed]
 
     def check(self, name: str) -> GateCheck:
         return next(c for c in self.checks if c.name == name)
@@ -183,37 +216,30 @@ def _champion_check(champion: ChampionComparison | None, config: GateConfig) -> 
     )
 
 
-def evaluate_gate(
-    y_true,
-    candidate_pred,
+def _pct(p: float) -> str:
+    """A p-value as a trader reads it."""
+    return f"{p:.2%}" if p >= 0.001 else f"{p:.2e}"
+
+
+def _classification_checks(
+    y_true: np.ndarray,
+    candidate_pred: np.ndarray,
     baseline_preds: dict[str, np.ndarray],
     config: GateConfig,
+    alpha: float,
     block: int,
-    seed: int = 0,
-    returns=None,
-    dsr: dict | None = None,
-    champion: ChampionComparison | None = None,
-) -> GateReport:
-    """Decide whether the candidate may become ``production``.
-
-    ``candidate_pred`` and ``baseline_preds`` are class calls on the holdout rows ``y_true``; ``returns``
-    are the decision policy's after-cost returns per holdout period (the backtest); ``dsr`` is
-    ``evaluation.backtest.deflated_sharpe`` output with the measured trial statistics.
-
-    Checks: (1) macro-F1 >= a floor; (2) it beats the best baseline (trivial and informed) by a margin;
-    (3) a moving-block bootstrap finds the gain over that baseline positive with the required confidence;
-    (4) its buy/sell calls on rows that moved pick the right direction more often than the base rates
-    (bootstrap, same confidence); (5) the policy's backtest beats doing nothing after costs (bootstrap of
-    the mean period return, same confidence); (6) its deflated Sharpe ratio reaches ``min_dsr``; (7) it is
-    not worse than production on rows production never trained on (classification and money).
-    """
-    y_true = np.asarray(y_true, dtype=np.int64)
-    candidate_pred = np.asarray(candidate_pred, dtype=np.int64)
+    n_boot: int,
+    seed: int,
+) -> tuple[list[GateCheck], str, float, float]:
     candidate_f1 = macro_f1(y_true, candidate_pred)
     baseline_f1 = {k: macro_f1(y_true, p) for k, p in baseline_preds.items()}
     best_name = max(baseline_f1, key=baseline_f1.get)
     best_f1 = baseline_f1[best_name]
-    conf = config.min_confidence
+    p_gain, gain_p5 = block_bootstrap_gain(
+        y_true, candidate_pred, baseline_preds[best_name], block=block, n_boot=n_boot, seed=seed
+    )
+    margin_blocks = config.min_margin > 0
+    others = ", ".join(f"{k} {v:.4f}" for k, v in baseline_f1.items())
     checks = [
         GateCheck(
             "macro_f1_floor",
@@ -221,81 +247,205 @@ def evaluate_gate(
             candidate_f1,
             config.min_macro_f1,
             f"holdout macro-F1 {candidate_f1:.4f} vs floor {config.min_macro_f1:.4f}",
+            blocking=config.min_macro_f1 > 0,
         ),
         GateCheck(
-            "beats_best_baseline",
-            candidate_f1 - best_f1 >= config.min_margin,
+            "macro_f1_vs_baselines",
+            bool(candidate_f1 - best_f1 >= config.min_margin and 1 - p_gain <= alpha),
             candidate_f1 - best_f1,
             config.min_margin,
-            f"macro-F1 {candidate_f1:.4f} - best baseline '{best_name}' {best_f1:.4f} "
-            f"= {candidate_f1 - best_f1:+.4f}, margin required {config.min_margin:.4f} (baselines: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in baseline_f1.items())
-            + ")",
+            f"macro-F1 {candidate_f1:.4f} - best baseline '{best_name}' {best_f1:.4f} = "
+            f"{candidate_f1 - best_f1:+.4f}; the gain is positive in {p_gain:.1%} of {n_boot} "
+            f"block-bootstrap resamples (blocks of {block}; 5th percentile {gain_p5:+.4f}); "
+            f"baselines: {others}. "
+            + (
+                f"Blocking: margin {config.min_margin:.4f} and significance {_pct(alpha)} required."
+                if margin_blocks
+                else "Information: the calls' scores, not what the bot earns (gate_margin > 0 blocks)."
+            ),
+            blocking=margin_blocks,
         ),
     ]
-    p_gain, gain_p5 = block_bootstrap_gain(
-        y_true, candidate_pred, baseline_preds[best_name], block=block, n_boot=config.n_boot, seed=seed
+    return checks, best_name, candidate_f1, best_f1
+
+
+def _direction_check(y_true: np.ndarray, actions: np.ndarray | None, block: int, n_boot: int, seed: int):
+    """How often the directions the bot acted on were right, against the base rates (information)."""
+    if actions is None:
+        return None
+    calls = np.asarray(actions, dtype=np.int64)
+    calls = np.where(calls < 0, HOLD, calls)  # not ready: no call
+    edge = directional_edge(y_true, calls, block=block, n_boot=n_boot, seed=seed)
+    return GateCheck(
+        "directional_edge",
+        edge.p_positive >= 0.95,
+        edge.p_positive,
+        0.95,
+        f"the policy acted on {edge.n_calls} buy/sell signals; {edge.n_called_moves} fell on rows that "
+        f"moved, and the direction was right in {edge.precision:.1%} of them vs {edge.base_rate:.1%} "
+        f"by the base "
+        f"rates (better in {edge.p_positive:.1%} of block-bootstrap resamples). Information: the timing "
+        "check below tests what these trades earned.",
+        blocking=False,
     )
-    checks.append(
+
+
+def _timing_check(traded: Traded, block: int, alpha: float) -> GateCheck:
+    null = timing_null(traded, timing_offset(traded, block))
+    enough = null.n_offsets >= MIN_OFFSETS
+    detail = (
+        f"the same positions (held {null.holding_period:.1f} periods on average, in the market "
+        f"{np.mean(traded.position != 0):.0%} of the time) shifted in time against the market by "
+        f"{null.min_offset}..{len(traded) - null.min_offset} periods ({null.n_offsets} shifts, same "
+        f"exposure, holding times and turnover, no timing): the strategy earned {null.mean_return:+.2e} "
+        f"per period after costs, more than {null.percentile:.1%} of the shifted paths (their median "
+        f"{null.null_median:+.2e}, 95th percentile {null.null_p95:+.2e}); p = {_pct(null.p_value)}, "
+        f"required <= {_pct(alpha)}"
+    )
+    if not enough:
+        detail += f"; too few shifts to judge (need {MIN_OFFSETS}): positions persist for most of the holdout"
+    return GateCheck("timing_skill", bool(enough and null.p_value <= alpha), null.p_value, alpha, detail)
+
+
+def _paired_checks(
+    traded: Traded,
+    baselines_traded: dict[str, Traded],
+    config: GateConfig,
+    alpha: float,
+    block: int,
+    n_boot: int,
+    seed: int,
+) -> list[GateCheck]:
+    s = traded.net
+    buy_hold = traded.with_position(np.ones(len(traded))).net
+    alternatives = {"flat": np.zeros(len(s)), "buy_and_hold": buy_hold} | {
+        k: t.net for k, t in baselines_traded.items()
+    }
+    res = paired_bootstrap(s, alternatives, block=block, n_boot=n_boot, seed=seed)
+    how = f"stationary bootstrap, {n_boot} resamples, mean block {block} periods"
+    flat = res["flat"]
+    checks = [
         GateCheck(
-            "gain_is_significant",
-            p_gain >= conf,
-            p_gain,
-            conf,
-            f"moving-block bootstrap ({config.n_boot} resamples, blocks of {block} rows): gain over "
-            f"'{best_name}' > 0 in {p_gain:.1%} of resamples (5th percentile {gain_p5:+.4f})",
+            "beats_flat_after_costs",
+            bool(flat.p_value <= alpha and flat.strategy_total > 0),
+            flat.p_value,
+            alpha,
+            f"the decision policy's holdout backtest after fees and slippage returned "
+            f"{flat.strategy_total:+.2%} over {len(s)} periods; its mean period return was not "
+            f"above doing nothing in "
+            f"{flat.p_value:.2%} of resamples ({how}; 5th percentile {flat.difference_p5:+.2e}), "
+            f"required <= {_pct(alpha)}",
         )
-    )
-    edge = directional_edge(y_true, candidate_pred, block=block, n_boot=config.n_boot, seed=seed)
-    checks.append(
-        GateCheck(
-            "directional_edge",
-            edge.p_positive >= conf,
-            edge.p_positive,
-            conf,
-            f"of {edge.n_calls} buy/sell calls, {edge.n_called_moves} fell on rows that moved; the direction "
-            f"was right in {edge.precision:.1%} of them vs {edge.base_rate:.1%} by the base rates of the "
-            f"directions called (buy {edge.buy_precision:.1%} vs {edge.buy_base_rate:.1%}, sell "
-            f"{edge.sell_precision:.1%} vs {edge.sell_base_rate:.1%}); better in {edge.p_positive:.1%} of "
-            "block-bootstrap resamples",
+    ]
+    if baselines_traded:
+        worst = max(baselines_traded, key=lambda k: res[k].p_value)
+        beaten = [k for k in baselines_traded if res[k].p_value <= alpha]
+        lost = [k for k in baselines_traded if k not in beaten]
+        each = "; ".join(
+            f"{k} {res[k].alternative_total:+.2%} (p = {_pct(res[k].p_value)})" for k in baselines_traded
         )
-    )
-    if config.economic:
-        if returns is None or len(returns) < 3:
-            checks.append(GateCheck("beats_flat_after_costs", False, None, conf, "no holdout backtest"))
-        else:
-            r = np.asarray(returns, dtype=float)
-            boot = bootstrap_mean_positive(r, block=block, n_boot=config.n_boot, seed=seed)
-            total = float(np.prod(1 + r) - 1)
-            checks.append(
-                GateCheck(
-                    "beats_flat_after_costs",
-                    bool(boot["p_positive"] >= conf and total > 0),
-                    boot["p_positive"],
-                    conf,
-                    f"the decision policy's holdout backtest after fees and slippage returned {total:+.2%} "
-                    f"over {len(r)} periods; its mean period return beat doing nothing (0) in "
-                    f"{boot['p_positive']:.1%} of {config.n_boot} block-bootstrap resamples (blocks of "
-                    f"{boot['block']}; 5th percentile {boot['mean_p5']:+.2e})",
-                )
-            )
-    if config.min_dsr > 0:
-        value = float("nan") if dsr is None else float(dsr["dsr"])
-        detail = "no deflated Sharpe ratio computed"
-        if dsr is not None:
-            measured = "measured over their out-of-fold backtests" if dsr.get("measured") else "assumed"
-            detail = (
-                f"deflated Sharpe ratio {value:.3f} vs required {config.min_dsr:.3f}: holdout Sharpe per "
-                f"period {dsr['sharpe_per_period']:.4f} against {dsr['sr0']:.4f}, the best expected by luck "
-                f"from {dsr['n_trials']} trials whose Sharpe ratios vary by {dsr['sr_variance']:.2e} "
-                f"({measured})"
-            )
         checks.append(
-            GateCheck("deflated_sharpe", bool(value >= config.min_dsr), value, config.min_dsr, detail)
+            GateCheck(
+                "beats_baselines_traded",
+                not lost,
+                res[worst].p_value,
+                alpha,
+                f"the strategy ({flat.strategy_total:+.2%}) against each informed baseline traded by the "
+                f"same policy rules, period by period ({how}): {each}; required "
+                f"p <= {_pct(alpha)} for every one" + (f"; not beaten: {', '.join(lost)}" if lost else ""),
+            )
         )
+    bh = res["buy_and_hold"]
+    blocking = config.benchmark == "buy_and_hold"
+    checks.append(
+        GateCheck(
+            "beats_buy_and_hold",
+            bool(bh.p_value <= alpha),
+            bh.p_value,
+            alpha,
+            f"buy-and-hold made {bh.alternative_total:+.2%} over the same periods, the strategy "
+            f"{bh.strategy_total:+.2%}; the strategy was not ahead in {bh.p_value:.2%} of resamples ({how}). "
+            + (
+                "Blocking (gate_benchmark=buy_and_hold)."
+                if blocking
+                else "Information: the timing check already removes the market's drift "
+                "(gate_benchmark=buy_and_hold makes this block)."
+            ),
+            blocking=blocking,
+        )
+    )
+    return checks
+
+
+def _dsr_check(dsr: dict | None, config: GateConfig) -> GateCheck:
+    value = float("nan") if dsr is None else float(dsr["dsr"])
+    detail = "no deflated Sharpe ratio computed"
+    if dsr is not None:
+        counted = dsr.get("counted")
+        count = f"{dsr['n_trials']:,} strategies tried" + (f" ({counted})" if counted else "")
+        measured = dsr.get("variance_source") or (
+            "measured over their out-of-fold backtests" if dsr.get("measured") else "assumed"
+        )
+        detail = (
+            f"deflated Sharpe ratio {value:.3f} vs required {config.min_dsr:.3f}: "
+            f"{dsr.get('sample', 'holdout')} Sharpe per period {dsr['sharpe_per_period']:.4f} over {dsr['T']:,} periods against "
+            f"{dsr['sr0']:.4f}, the best expected by luck from "
+            f"{count}, whose Sharpe ratios vary by {dsr['sr_variance']:.2e} ({measured})"
+        )
+    return GateCheck("deflated_sharpe", bool(value >= config.min_dsr), value, config.min_dsr, detail)
+
+
+def evaluate_gate(
+    y_true,
+    candidate_pred,
+    baseline_preds: dict[str, np.ndarray],
+    config: GateConfig,
+    traded: Traded | None = None,
+    baselines_traded: dict[str, Traded] | None = None,
+    actions=None,
+    dsr: dict | None = None,
+    champion: ChampionComparison | None = None,
+    looks: int = 1,
+    seed: int = 0,
+) -> GateReport:
+    """Decide whether the candidate may become ``production``.
+
+    ``candidate_pred`` and ``baseline_preds`` are class calls on the holdout rows ``y_true``. ``traded``
+    is what the bot did on the holdout (the decision policy's positions, the market's period returns, the
+    cost); ``baselines_traded`` the informed baselines' calls traded by the same policy rules over the same
+    periods; ``actions`` the policy's action per holdout row; ``dsr`` is ``evaluation.backtest.
+    deflated_sharpe`` output with every strategy tried counted; ``looks`` how many times this holdout has
+    been scored, this run included: every test's significance level is (1 - confidence) / looks.
+
+    Blocking checks: the timing null, beating flat, beating every informed baseline traded the same way,
+    the deflated Sharpe ratio, not worse than production; buy-and-hold when ``config.benchmark`` says so;
+    the macro-F1 floor and margin where configured. The rest is reported as information.
+    """
+    if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
+        raise ValueError(f"looks must be an int >= 1, got {looks!r}")
+    y_true = np.asarray(y_true, dtype=np.int64)
+    candidate_pred = np.asarray(candidate_pred, dtype=np.int64)
+    alpha = config.alpha / looks
+    n_boot = resamples_for(alpha, config.n_boot)
+    has_backtest = traded is not None and len(traded) >= 3
+    block = block_length(traded) if has_backtest else 1
+    checks, best_name, candidate_f1, best_f1 = _classification_checks(
+        y_true, candidate_pred, baseline_preds, config, alpha, block, n_boot, seed
+    )
+    if (direction := _direction_check(y_true, actions, block, n_boot, seed)) is not None:
+        checks.append(direction)
+    if config.economic:
+        if not has_backtest:
+            checks.append(GateCheck("timing_skill", False, None, alpha, "no holdout backtest"))
+            checks.append(GateCheck("beats_flat_after_costs", False, None, alpha, "no holdout backtest"))
+        else:
+            checks.append(_timing_check(traded, block, alpha))
+            checks += _paired_checks(traded, baselines_traded or {}, config, alpha, block, n_boot, seed)
+    if config.min_dsr > 0:
+        checks.append(_dsr_check(dsr, config))
     checks.append(_champion_check(champion, config))
     return GateReport(
-        passed=all(c.passed for c in checks),
+        passed=all(c.passed for c in checks if c.blocking),
         checks=checks,
         candidate_macro_f1=candidate_f1,
         baseline_name=best_name,
@@ -303,4 +453,7 @@ def evaluate_gate(
         champion_version=None if champion is None else champion.version,
         champion_macro_f1=None if champion is None else champion.champion_macro_f1,
         config=asdict(config),
+        looks=looks,
+        alpha=alpha,
+        block=block if has_backtest else None,
     )

@@ -7,13 +7,11 @@ import pytest
 
 from evaluation.economics import (
     TradingCosts,
-    bootstrap_mean_positive,
     directional_edge,
     fit_policy,
     grid_sharpes,
     period_returns,
     policy_result,
-    trial_sharpe_stats,
 )
 from features.labels import BUY, HOLD, SELL, make_labels
 from models.policy import DecisionPolicy, net_returns, policy_grid, sharpe_per_period
@@ -169,63 +167,6 @@ def test_trading_costs_are_flat_on_candles_whose_rows_were_dropped_next_to_a_gap
     assert (positions[100:110] == 0).all()
     first_action = 110 + int(np.argmax(policy.actions(full[110:]) != 1))
     assert (positions[110:first_action] == 0).all()
-
-
-# --------------------------------------------------------------------------------------------------
-# Trial statistics and the bootstrap of beating flat
-
-
-def test_trial_sharpe_stats():
-    assert trial_sharpe_stats([]) is None
-    assert trial_sharpe_stats([0.1]) is None
-    assert trial_sharpe_stats([0.2, 0.2]) is None  # no spread: nothing measured
-    assert trial_sharpe_stats([0.1, float("nan")]) is None  # one finite value
-    assert trial_sharpe_stats([0.1, 0.3]) == pytest.approx(0.02)  # (0.1^2 + 0.1^2) / (2 - 1)
-    # mean 0.3; squared deviations 0.04 + 0.01 + 0.09 = 0.14; ddof=1 -> 0.07
-    assert trial_sharpe_stats([0.1, 0.2, 0.6]) == pytest.approx(0.07)
-    assert trial_sharpe_stats([0.1, 0.2, float("inf"), 0.6]) == pytest.approx(0.07)
-
-
-def test_trial_sharpe_stats_of_identical_values_is_none():
-    # Documented: "None when fewer than 2 or all identical". Three trials with the same Sharpe ratio
-    # (e.g. trials that made the same out-of-fold calls) have no measured spread. Their float variance
-    # is rounding noise (mean of [0.2] * 3 is 0.20000000000000004), not a spread: a value like 1e-33
-    # makes the deflated Sharpe ratio's SR0 ~ 0, i.e. no deflation at all, reported as "measured".
-    values = [0.2, 0.2, 0.2]
-    assert np.ptp(values) == 0
-    assert trial_sharpe_stats(values) is None
-
-
-def test_bootstrap_mean_positive_for_a_clear_edge():
-    rng = np.random.default_rng(0)
-    r = 0.001 + 0.002 * rng.standard_normal(1000)
-    out = bootstrap_mean_positive(r, block=20, n_boot=500, seed=0)
-    assert out["p_positive"] >= 0.99 and out["mean_p5"] > 0
-    assert out["mean"] == pytest.approx(r.mean()) and out["block"] == 20 and out["n_boot"] == 500
-
-
-def test_bootstrap_mean_positive_never_trading_never_beats_flat():
-    out = bootstrap_mean_positive(np.zeros(300), block=20, n_boot=200)
-    assert out["p_positive"] == 0.0 and out["mean"] == 0.0
-
-
-def test_bootstrap_mean_positive_of_zero_mean_noise_is_far_from_one():
-    ps = []
-    for seed in range(20):
-        r = 0.002 * np.random.default_rng(100 + seed).standard_normal(400)
-        ps.append(bootstrap_mean_positive(r, block=20, n_boot=200, seed=seed)["p_positive"])
-    ps = np.array(ps)
-    assert 0.25 < ps.mean() < 0.75
-    assert (ps >= 0.95).sum() <= 3  # roughly the 5% a calibrated test allows (1 in 20 expected)
-
-
-def test_bootstrap_block_is_clipped_to_the_series():
-    # One block as long as the series: every resample is the series itself.
-    r = np.array([0.01, -0.02, 0.015, 0.001])
-    out = bootstrap_mean_positive(r, block=1000, n_boot=50)
-    assert out["block"] == 4 and out["p_positive"] == 1.0 and out["mean_p5"] == pytest.approx(r.mean())
-    out = bootstrap_mean_positive(-r, block=1000, n_boot=50)
-    assert out["p_positive"] == 0.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, fields
 
+from evaluation.gate import BENCHMARKS
 from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
@@ -40,10 +41,11 @@ class PipelineConfig:
     n_folds: int = 5
     holdout_frac: float = 0.2
     gate_min_f1: float = 0.36
-    gate_margin: float = 0.02
+    gate_margin: float = 0.0
     gate_confidence: float = 0.95
     gate_min_dsr: float = 0.95
     gate_economic: bool = True
+    gate_benchmark: str = "none"
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
     backtest_mode: str = "long_short"
@@ -74,6 +76,7 @@ class PipelineConfig:
             (0 <= self.gate_margin < 1, "gate_margin must be in [0, 1)"),
             (0.5 <= self.gate_confidence < 1, "gate_confidence must be a probability in [0.5, 1)"),
             (0 <= self.gate_min_dsr < 1, "gate_min_dsr must be in [0, 1) (0 = off)"),
+            (self.gate_benchmark in BENCHMARKS, f"gate_benchmark must be one of {list(BENCHMARKS)}"),
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
             (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
             (self.on_hold in ON_HOLD, f"on_hold must be one of {list(ON_HOLD)}"),
@@ -154,13 +157,14 @@ HELP = {
     "dry_run": "validate data and print the plan; train nothing, register nothing",
     "n_folds": f"purged walk-forward folds (2 to {MAX_FOLDS})",
     "holdout_frac": "share of the rows, at the end, kept as the untouched holdout",
-    "gate_min_f1": "gate: minimum holdout macro-F1",
-    "gate_margin": "gate: minimum macro-F1 margin over the best baseline (trivial or informed)",
-    "gate_confidence": "gate: required bootstrap probability for the baseline, direction and money checks",
+    "gate_min_f1": "gate: minimum holdout macro-F1 (0 = information only)",
+    "gate_margin": "gate: macro-F1 margin over the best baseline that blocks (0 = information only)",
+    "gate_confidence": "gate: 1 - significance level of each test, before dividing by the holdout's looks",
     "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the decision policy's holdout backtest after "
-    "costs, counting every tuning trial (0 = no check)",
-    "gate_economic": "gate: the decision policy's holdout backtest must beat doing nothing after costs "
-    "(block bootstrap at gate_confidence)",
+    "costs, counting trials x policy rules x holdout looks (0 = no check)",
+    "gate_economic": "gate: judge what the bot trades: timing (shifted positions), flat and the informed "
+    "baselines traded the same way, after costs (false = classifier only)",
+    "gate_benchmark": "gate: none (buy-and-hold reported only) or buy_and_hold (must beat it too)",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
     "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",

@@ -30,10 +30,10 @@ from mlflow.tracking import MlflowClient
 
 from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
 from evaluation.baselines import informed_baselines
-from evaluation.economics import trial_sharpe_stats
 from evaluation.gate import ChampionComparison, GateConfig, GateReport, compare_with_champion, evaluate_gate
 from evaluation.lookahead import analyse
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
+from evaluation.nulls import Traded, block_length, shifted_sharpes, timing_offset
 from evaluation.plots import (
     gain_importance,
     holdout_permutation_importance,
@@ -214,6 +214,18 @@ def compare_champion(
         candidate_returns,
         champion_returns,
         note="; ".join(notes),
+    )
+
+
+def gate_config(cfg: PipelineConfig) -> GateConfig:
+    """The gate's thresholds from the run's settings."""
+    return GateConfig(
+        min_macro_f1=cfg.gate_min_f1,
+        min_margin=cfg.gate_margin,
+        min_confidence=cfg.gate_confidence,
+        min_dsr=cfg.gate_min_dsr,
+        economic=cfg.gate_economic,
+        benchmark=cfg.gate_benchmark,
     )
 
 
@@ -424,16 +436,53 @@ def fit_ensemble(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], n
     return fitted
 
 
-def trial_statistics(tuned: dict[str, Tuned], policy: DecisionPolicy) -> tuple[int, list[float]]:
-    """Finished trials over every study, and the Sharpe ratio each completed trial's out-of-fold
-    predictions earned under ``policy``'s rule (what the deflated Sharpe ratio is deflated by)."""
-    finished = [t for tu in tuned.values() for t in tu.study.trials if t.state in FINISHED]
-    sharpes = [
-        float(t.user_attrs["oof_sharpe"][policy.key])
-        for t in finished
-        if t.state == optuna.trial.TrialState.COMPLETE and policy.key in t.user_attrs.get("oof_sharpe", {})
-    ]
-    return max(1, len(finished)), sharpes
+def finished_trials(tuned: dict[str, Tuned]) -> int:
+    """Trials that finished (complete, pruned or failed) over every study: each one was a look at the
+    development rows."""
+    return max(1, sum(t.state in FINISHED for tu in tuned.values() for t in tu.study.trials))
+
+
+def deflated_sharpe_counted(
+    cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned], looks: int
+) -> dict:
+    """The deflated Sharpe ratio where the choices were made: the chosen strategy's (ensemble and policy
+    rule) after-cost Sharpe ratio on the out-of-fold development periods, against the best that luck
+    gives among every strategy tried there: finished trials x policy rules x ensemble members x runs
+    that scored this data (``looks``; reruns choose again on the same rows).
+
+    The no-skill spread is measured on this strategy and these periods: the Sharpe ratios of its own
+    out-of-fold positions shifted in time (same exposure, holding times and turnover, no timing), whose
+    mean is the centre (what drift pays) and whose variance sets the expected maximum. The holdout needs
+    no such count (nothing was chosen on it); its checks are tested at a level divided by ``looks``."""
+    n_trials = finished_trials(tuned)
+    ensemble, policy = fitted.ensemble, fitted.policy
+    proba, market = data.trading_costs(cfg).span(ensemble.oof_index_, ensemble.oof_proba_)
+    oof = Traded(policy.positions(proba), market, cfg.cost)
+    null = shifted_sharpes(oof, timing_offset(oof, block_length(oof)))
+    variance = float(null.var(ddof=1)) if len(null) > 1 and np.ptp(null) > 0 else None
+    # The centre: what the same exposure earns from drift without timing, and never below flat (0): the
+    # strategies tried include rules that trade far less, whose no-skill Sharpe ratio is near 0, not this
+    # strategy's cost drag.
+    centre = max(0.0, float(null.mean())) if len(null) else 0.0
+    n_rules, n_members = len(fitted.policy_search), len(tuned)
+    count = n_trials * n_rules * n_members * looks
+    counted = f"{n_trials} trials x {n_rules} policy rules x {n_members} ensemble members x {looks} " + (
+        "runs on this data" if looks > 1 else "run"
+    )
+    source = (
+        f"measured: its own out-of-fold positions shifted in time, {len(null):,} shifts; no-skill centre "
+        f"{centre:+.4f}"
+        if variance is not None
+        else "assumed: 1 / (T - 1)"
+    )
+    dsr = deflated_sharpe(oof.net, count, sr_variance=variance, sr_null_mean=centre if variance else 0.0)
+    return dsr | {
+        "measured": variance is not None,
+        "counted": counted,
+        "variance_source": source,
+        "looks": looks,
+        "sample": "out-of-fold",
+    }
 
 
 def assess(
@@ -442,6 +491,7 @@ def assess(
     fitted: Fitted,
     tuned: dict[str, Tuned],
     champion_of=None,
+    looks: int = 1,
 ) -> Evaluation:
     """Holdout metrics of every model and the baselines, the policy's backtest, the champion, the gate.
 
@@ -484,38 +534,26 @@ def assess(
     bt_config = _config(cfg, policy)
     actions = policy.actions(ens_proba)
     bt = backtest(data.candles, pd.Series(actions, index=X_hold.index), bt_config, bar=data.info.bar)
-    # The same rules acting on the momentum / reversal baselines' calls: what the easy signals earn.
-    baseline_bt = {
-        k: backtest(
-            data.candles, pd.Series(informed[k]["pred"], index=X_hold.index), bt_config, bar=data.info.bar
-        ).metrics
-        for k in ("momentum", "reversal")
+    # The informed baselines' calls traded by the same rules: what the easy signals earn.
+    baseline_traded = {
+        k: backtest(data.candles, pd.Series(b["pred"], index=X_hold.index), bt_config, bar=data.info.bar)
+        for k, b in informed.items()
     }
-    # The deflated Sharpe ratio counts every Optuna trial, with the spread of their Sharpe ratios measured
-    # by backtesting each trial's own out-of-fold predictions under the chosen policy rule.
-    n_trials, sharpes = trial_statistics(tuned, policy)
-    variance = trial_sharpe_stats(sharpes)
-    dsr = deflated_sharpe(bt.returns, n_trials, sr_variance=variance) | {
-        "measured": variance is not None,
-        "n_trial_sharpes": len(sharpes),
-    }
+    # Every strategy tried counts where it was chosen: out of fold, trials x rules x weightings x looks.
+    dsr = deflated_sharpe_counted(cfg, data, fitted, tuned, looks)
     champion = None if champion_of is None else champion_of(ens_pred, holdout_returns(data, bt))
     gate = evaluate_gate(
         y_hold,
         ens_pred,
         base_pred,
-        GateConfig(
-            cfg.gate_min_f1,
-            cfg.gate_margin,
-            cfg.gate_confidence,
-            min_dsr=cfg.gate_min_dsr,
-            economic=cfg.gate_economic,
-        ),
-        block=max(cfg.horizon * 10, 20),
-        seed=cfg.seed,
-        returns=bt.returns.to_numpy(),
+        gate_config(cfg),
+        traded=bt.traded(),
+        baselines_traded={k: b.traded() for k, b in baseline_traded.items()},
+        actions=actions,
         dsr=dsr,
         champion=champion,
+        looks=looks,
+        seed=cfg.seed,
     )
     return Evaluation(
         results,
@@ -525,7 +563,7 @@ def assess(
         ens_proba,
         bt,
         dsr,
-        baseline_bt,
+        {k: b.metrics for k, b in baseline_traded.items()},
         actions=actions,
         baselines_fitted={k: b["fitted"] for k, b in informed.items()},
     )
@@ -533,13 +571,21 @@ def assess(
 
 def evaluate(cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned]) -> Evaluation:
     """:func:`assess` against the registry's production version, logged to the pipeline's runs."""
+    hold_index = data.holdout[0].index
+    looks = tracking.holdout_looks(data.info.source, data.info.bar, hold_index[0], hold_index[-1])
+    if looks > 1:
+        log.info(
+            f"holdout   looked at {looks} times (this run included): each test's level is divided by {looks}"
+        )
     ev = assess(
         cfg,
         data,
         fitted,
         tuned,
         lambda pred, returns: score_champion(cfg.model_name, data, cfg, pred, returns),
+        looks=looks,
     )
+    mlflow.log_metric("holdout_looks", looks)
     X_hold, y_hold = data.holdout
     bt, dsr = ev.backtest, ev.deflated_sharpe
     for name in fitted.ensemble.named_estimators_:

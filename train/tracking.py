@@ -9,6 +9,7 @@ a heartbeat, and closing the runs a dead process left RUNNING.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -46,6 +47,7 @@ __all__ = [
     "close_orphaned_runs",
     "environment",
     "git_commit",
+    "holdout_looks",
     "log_candles_snapshot",
     "log_dataset",
     "log_metrics",
@@ -412,3 +414,33 @@ def tuning_notes(pipeline_run_id: str) -> dict[str, str]:
         if short or m.get("n_trials_cut_by_timeout") or m.get("n_trials_failed"):
             notes[run.data.tags.get("model_family", run.info.run_name)] = run.data.tags.get("trials", "")
     return notes
+
+
+# Tags of a run whose gate scored a holdout: which market and bar (a digest), and the holdout's time range.
+HOLDOUT_TAGS = ("holdout_data", "holdout_start", "holdout_end")
+
+
+def holdout_looks(source: str, bar: pd.Timedelta, start: pd.Timestamp, end: pd.Timestamp) -> int:
+    """Tag the active run as a look at this holdout, and count the looks: this run and every earlier run
+    (in any experiment of the tracking store) that scored at least half of the same holdout's time span
+    on the same data source and bar size. Each look is one more test of the same rows: the gate divides
+    its significance level by this count and the deflated Sharpe ratio counts it as trials."""
+    key = hashlib.sha256(f"{source}|{pd.Timedelta(bar).isoformat()}".encode()).hexdigest()[:16]
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    run_id = mlflow.active_run().info.run_id
+    mlflow.set_tags(dict(zip(HOLDOUT_TAGS, (key, start.isoformat(), end.isoformat()), strict=True)))
+    earlier = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.holdout_data = '{key}'", output_format="list"
+    )
+    span = max(end - start, pd.Timedelta(0))
+    looks = 1
+    for run in earlier:
+        if run.info.run_id == run_id:
+            continue
+        try:
+            s, e = (pd.Timestamp(run.data.tags[t]) for t in HOLDOUT_TAGS[1:])
+        except (KeyError, ValueError):
+            continue  # a run tagged by hand, without a readable range
+        if min(e, end) - max(s, start) >= span / 2:
+            looks += 1
+    return looks

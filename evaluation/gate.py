@@ -388,8 +388,8 @@ def _dsr_check(dsr: dict | None, config: GateConfig) -> GateCheck:
         )
         detail = (
             f"deflated Sharpe ratio {value:.3f} vs required {config.min_dsr:.3f}: "
-            f"{dsr.get('sample', 'holdout')} Sharpe per period {dsr['sharpe_per_period']:.4f} over {dsr['T']:,} periods against "
-            f"{dsr['sr0']:.4f}, the best expected by luck from "
+            f"{dsr.get('sample', 'holdout')} Sharpe per period {dsr['sharpe_per_period']:.4f} over "
+            f"{dsr['T']:,} periods against {dsr['sr0']:.4f}, the best expected by luck from "
             f"{count}, whose Sharpe ratios vary by {dsr['sr_variance']:.2e} ({measured})"
         )
     return GateCheck("deflated_sharpe", bool(value >= config.min_dsr), value, config.min_dsr, detail)

@@ -87,6 +87,7 @@ def policy_result(policy: DecisionPolicy, proba: np.ndarray, period_return: np.n
         "sharpe_per_period": sharpe_per_period(r),
         "total_return": float(np.prod(1.0 + r) - 1.0),
         "n_trades": int(np.count_nonzero(np.diff(position, prepend=0.0))),
+        "n_periods": len(position),
         "exposure": float(np.mean(position != 0)),
     }
 

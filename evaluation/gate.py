@@ -27,7 +27,6 @@ from evaluation.nulls import (
     paired_bootstrap,
     resamples_for,
     timing_null,
-    timing_offset,
 )
 from features.labels import HOLD
 
@@ -290,20 +289,20 @@ def _direction_check(y_true: np.ndarray, actions: np.ndarray | None, block: int,
     )
 
 
-def _timing_check(traded: Traded, block: int, alpha: float) -> GateCheck:
-    null = timing_null(traded, timing_offset(traded, block))
+def _timing_check(traded: Traded, alpha: float) -> GateCheck:
+    null = timing_null(traded)
     enough = null.n_offsets >= MIN_OFFSETS
     detail = (
         f"the same positions (held {null.holding_period:.1f} periods on average, in the market "
-        f"{np.mean(traded.position != 0):.0%} of the time) shifted in time against the market by "
-        f"{null.min_offset}..{len(traded) - null.min_offset} periods ({null.n_offsets} shifts, same "
-        f"exposure, holding times and turnover, no timing): the strategy earned {null.mean_return:+.2e} "
+        f"{np.mean(traded.position != 0):.0%} of the time) shifted in time against the market by every "
+        f"offset, circularly ({null.n_offsets} shifts: same exposure, holding times and turnover, no "
+        f"timing): the strategy earned {null.mean_return:+.2e} "
         f"per period after costs, more than {null.percentile:.1%} of the shifted paths (their median "
         f"{null.null_median:+.2e}, 95th percentile {null.null_p95:+.2e}); p = {_pct(null.p_value)}, "
         f"required <= {_pct(alpha)}"
     )
     if not enough:
-        detail += f"; too few shifts to judge (need {MIN_OFFSETS}): positions persist for most of the holdout"
+        detail += f"; too few periods to judge (need {MIN_OFFSETS + 1})"
     return GateCheck("timing_skill", bool(enough and null.p_value <= alpha), null.p_value, alpha, detail)
 
 
@@ -439,7 +438,7 @@ def evaluate_gate(
             checks.append(GateCheck("timing_skill", False, None, alpha, "no holdout backtest"))
             checks.append(GateCheck("beats_flat_after_costs", False, None, alpha, "no holdout backtest"))
         else:
-            checks.append(_timing_check(traded, block, alpha))
+            checks.append(_timing_check(traded, alpha))
             checks += _paired_checks(traded, baselines_traded or {}, config, alpha, block, n_boot, seed)
     if config.min_dsr > 0:
         checks.append(_dsr_check(dsr, config))

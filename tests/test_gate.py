@@ -1,4 +1,9 @@
-"""The promotion gate (evaluation/gate.py) and the holdout metrics it rests on (evaluation/metrics.py)."""
+"""The promotion gate (evaluation/gate.py) and the holdout metrics it rests on (evaluation/metrics.py).
+
+The gate's economic checks look at what the bot traded (``evaluation.nulls.Traded``); here the traded
+series are made by hand: a market, a strategy's positions on it, and the informed baselines' positions
+traded the same way. The class calls (for macro-F1) are a separate, independent input.
+"""
 
 import math
 
@@ -8,20 +13,26 @@ import pytest
 from evaluation.backtest import deflated_sharpe
 from evaluation.gate import ChampionComparison, GateConfig, compare_with_champion, evaluate_gate
 from evaluation.metrics import baseline_predictions, block_bootstrap_gain, classification_metrics, macro_f1
+from evaluation.nulls import Traded
+from features.labels import BUY, HOLD, SELL
 
 ALL_CHECKS = [
     "macro_f1_floor",
-    "beats_best_baseline",
-    "gain_is_significant",
+    "macro_f1_vs_baselines",
     "directional_edge",
+    "timing_skill",
     "beats_flat_after_costs",
+    "beats_baselines_traded",
+    "beats_buy_and_hold",
     "deflated_sharpe",
     "not_worse_than_production",
 ]
-BLOCK = 20
+INFORMATION = {"macro_f1_vs_baselines", "directional_edge", "beats_buy_and_hold"}
+N = 3000
+COST = 0.0001
 
 
-def _setup(accuracy, n=3000, seed=0):
+def _setup(accuracy, n=N, seed=0):
     """Holdout labels, a candidate that is right with probability `accuracy`, and the baselines' calls."""
     rng = np.random.default_rng(seed)
     y = rng.choice(3, size=n, p=[0.25, 0.5, 0.25])
@@ -31,17 +42,34 @@ def _setup(accuracy, n=3000, seed=0):
     return y, pred, base_pred
 
 
-def _returns(mean, n=3000, seed=0, sd=0.002):
-    return mean + sd * np.random.default_rng(seed).standard_normal(n)
+def _market(drift=0.0, seed=0, n=N):
+    return drift + 0.004 * np.random.default_rng(seed).standard_normal(n)
 
 
-GOOD_RETURNS = _returns(0.0005)
-GOOD_DSR = deflated_sharpe(GOOD_RETURNS, n_trials=20) | {"measured": False}
+def _skilled(market, noise, seed=5):
+    """Positions from a noisy view of each period's own move: timing skill whose strength falls with
+    ``noise`` (0.03: certain to show; 0.1: a p-value near 2.5% over 3,000 periods)."""
+    view = market + noise * np.random.default_rng(seed).standard_normal(len(market))
+    return Traded(np.sign(view), market, COST)
+
+
+def _no_skill(market, seed, run=20):
+    """A baseline traded without skill: a random side held for runs of about ``run`` periods."""
+    rng = np.random.default_rng(seed)
+    switch = rng.random(len(market)) < 1 / run
+    side = rng.choice([-1.0, 1.0], len(market))
+    return Traded(side[np.maximum.accumulate(np.where(switch, np.arange(len(market)), 0))], market, COST)
+
+
+MARKET = _market()
+GOOD = _skilled(MARKET, 0.03)
+BASELINES = {k: _no_skill(MARKET, seed) for seed, k in enumerate(("volatility", "momentum", "reversal"))}
+GOOD_DSR = deflated_sharpe(GOOD.net, n_trials=20) | {"measured": False}
 
 
 def _gate(y, pred, base_pred, config=None, **kw):
-    kw = {"returns": GOOD_RETURNS, "dsr": GOOD_DSR} | kw
-    return evaluate_gate(y, pred, base_pred, config or GateConfig(), block=BLOCK, **kw)
+    kw = {"traded": GOOD, "baselines_traded": BASELINES, "dsr": GOOD_DSR, "actions": pred} | kw
+    return evaluate_gate(y, pred, base_pred, config or GateConfig(), **kw)
 
 
 def _comparison(cand_f1, champ_f1, cand_ret, champ_ret, rows=500, version="3"):
@@ -60,32 +88,141 @@ def test_skilled_candidate_passes_every_check():
     report = _gate(*_setup(accuracy=0.5))
     assert report.passed and report.result == "passed" and report.failed_checks() == []
     assert [c.name for c in report.checks] == ALL_CHECKS
+    assert {c.name for c in report.checks if not c.blocking} == INFORMATION
+    assert all(c.passed for c in report.checks)
     assert report.baseline_name == "stratified"  # majority-only has macro-F1 ~0.22 here
-    assert report.check("directional_edge").value >= 0.95
+    assert report.looks == 1 and report.alpha == pytest.approx(0.05) and report.block >= 1
+    assert report.check("timing_skill").value == pytest.approx(1 / N)  # it beat every shifted path
     assert report.check("deflated_sharpe").value == GOOD_DSR["dsr"]
     assert "no production" in report.check("not_worse_than_production").detail
+    assert '"blocking": false' in report.to_json() and '"looks": 1' in report.to_json()
 
 
-def test_no_skill_candidate_fails():
-    y, _, base_pred = _setup(accuracy=0.0)
-    rng = np.random.default_rng(1)
-    pred = rng.choice(3, size=len(y), p=[0.25, 0.5, 0.25])  # a random guesser like the baseline
-    report = _gate(y, pred, base_pred)
-    assert not report.passed and report.result == "failed"
-    assert {"beats_best_baseline", "gain_is_significant", "directional_edge"} <= set(report.failed_checks())
+def test_steady_drift_without_timing_fails_the_timing_check():
+    """Always long on a market that drifts up: it beats flat (and random baselines) on drift alone."""
+    market = _market(drift=0.0005)
+    long = Traded(np.ones(N), market, COST)
+    assert np.prod(1 + long.net) > 2.5  # +150% and more: flat is no null for this
+    baselines = {k: _no_skill(market, seed) for seed, k in enumerate(("volatility", "momentum", "reversal"))}
+    report = _gate(*_setup(accuracy=0.5), traded=long, baselines_traded=baselines)
+    assert report.failed_checks() == ["timing_skill"]
+    timing = report.check("timing_skill")
+    assert (
+        timing.value == 1.0 and "shifted in time" in timing.detail and "in the market 100%" in timing.detail
+    )
+    assert report.check("beats_flat_after_costs").passed  # the old null would have let it through
 
 
-def test_best_baseline_includes_informed_ones():
+def test_an_edge_close_in_macro_f1_to_a_rule_passes_when_it_trades_better():
+    """The planted edge whose macro-F1 was within 0.02 of the reversal rule's: the rule traded the same
+    way earns nothing, the candidate a lot. Macro-F1 is reported, the money decides."""
     y, pred, base_pred = _setup(accuracy=0.5)
-    # An informed baseline as good as the candidate: no margin, no significant gain.
-    report = _gate(y, pred, base_pred | {"momentum": pred.copy()})
-    assert report.baseline_name == "momentum"
-    assert report.baseline_macro_f1 == pytest.approx(macro_f1(y, pred))
-    assert {"beats_best_baseline", "gain_is_significant"} <= set(report.failed_checks())
-    assert "momentum" in report.check("beats_best_baseline").detail
+    close = pred.copy()
+    wrong = np.flatnonzero(close != y)[:40]
+    close[wrong] = y[wrong]  # a rule that calls the same classes, a little more often right
+    report = _gate(y, pred, base_pred | {"reversal": close})
+    assert report.baseline_name == "reversal"
+    assert abs(report.candidate_macro_f1 - report.baseline_macro_f1) < 0.02
+    f1 = report.check("macro_f1_vs_baselines")
+    assert not f1.passed and not f1.blocking and "Information" in f1.detail
+    assert report.passed and report.check("beats_baselines_traded").passed
+    # A user who wants the old blocking margin asks for it.
+    strict = _gate(y, pred, base_pred | {"reversal": close}, GateConfig(min_margin=0.02))
+    assert strict.failed_checks() == ["macro_f1_vs_baselines"]
+    assert "Blocking" in strict.check("macro_f1_vs_baselines").detail
 
 
-def test_floor_is_configurable():
+def test_trading_worse_than_a_baseline_traded_the_same_way_fails_naming_it():
+    better = _skilled(MARKET, 0.02, seed=9)  # the reversal rule's trades time the market better
+    assert better.net.mean() > GOOD.net.mean()
+    report = _gate(*_setup(accuracy=0.5), baselines_traded=BASELINES | {"reversal": better})
+    assert report.failed_checks() == ["beats_baselines_traded"]
+    check = report.check("beats_baselines_traded")
+    assert "not beaten: reversal" in check.detail and check.value > 0.05
+    assert "momentum" in check.detail and "volatility" in check.detail  # each baseline with its numbers
+
+
+def test_more_looks_at_the_holdout_raise_the_required_significance():
+    moderate = Traded(_skilled(MARKET, 0.08).position, MARKET, 0.0)  # timing p near 1%
+    y, pred, base_pred = _setup(accuracy=0.5)
+    once = _gate(y, pred, base_pred, traded=moderate, baselines_traded={})
+    p = once.check("timing_skill").value
+    assert once.passed and 0.002 < p < 0.05
+    looks = int(0.05 / p) + 1  # enough earlier looks to put the level below this p-value
+    again = _gate(y, pred, base_pred, traded=moderate, baselines_traded={}, looks=looks)
+    assert again.looks == looks and again.alpha == pytest.approx(0.05 / looks)
+    assert "timing_skill" in again.failed_checks()
+    assert again.check("timing_skill").threshold == pytest.approx(0.05 / looks)
+    assert again.check("timing_skill").value == pytest.approx(p)  # the evidence is the same; the bar rose
+    with pytest.raises(ValueError, match="looks"):
+        _gate(y, pred, base_pred, looks=0)
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [-np.sign(GOOD.market), np.zeros(N)],
+    ids=["losing", "never-trades"],
+)
+def test_losing_or_idle_strategies_fail_timing_and_flat(positions):
+    report = _gate(*_setup(accuracy=0.5), traded=GOOD.with_position(positions))
+    assert {"timing_skill", "beats_flat_after_costs"} <= set(report.failed_checks())
+    assert report.check("beats_flat_after_costs").value >= 0.95  # not above flat in almost every resample
+
+
+def test_volatility_drag_fails_flat_although_the_mean_period_return_is_positive():
+    # Every resample's mean period return is positive (+2.5%), but the compounded total is a loss
+    # (1.5 * 0.55 < 1 per pair of periods). The bot loses money: it must fail.
+    market = np.tile([0.5, -0.45], 200)
+    report = _gate(
+        *_setup(accuracy=0.5, n=400), traded=Traded(np.ones(400), market, 0.0), baselines_traded={}
+    )
+    check = report.check("beats_flat_after_costs")
+    assert not check.passed and "-" in check.detail.split("returned ")[1][:2]
+
+
+def test_buy_and_hold_is_reported_and_blocks_only_when_asked():
+    market = _market(drift=0.0006)  # buy-and-hold makes about +190%
+    neutral = Traded(_skilled(market - 0.0006, 0.05).position, market, COST)  # times the moves, not drift
+    bh_total = np.prod(1 + neutral.with_position(np.ones(N)).net) - 1  # pays its entry once
+    assert 0.5 < np.prod(1 + neutral.net) - 1 < bh_total  # skilled, but below a strongly rising market
+    y, pred, base_pred = _setup(accuracy=0.5)
+    default = _gate(y, pred, base_pred, traded=neutral)
+    check = default.check("beats_buy_and_hold")
+    assert not check.passed and not check.blocking and default.passed
+    assert f"{bh_total:+.2%}" in check.detail
+    long_only_bot = _gate(y, pred, base_pred, GateConfig(benchmark="buy_and_hold"), traded=neutral)
+    assert long_only_bot.failed_checks() == ["beats_buy_and_hold"]
+
+
+def test_economic_checks_need_a_backtest_and_can_be_left_out():
+    y, pred, base_pred = _setup(accuracy=0.5)
+    for traded in (None, Traded([1.0, 1.0], [0.01, 0.02], 0.0)):
+        report = _gate(y, pred, base_pred, traded=traded)
+        assert report.failed_checks() == ["timing_skill", "beats_flat_after_costs"]
+        assert report.check("timing_skill").detail == "no holdout backtest" and report.block is None
+    off = _gate(y, pred, base_pred, GateConfig(economic=False), traded=None)
+    names = {c.name for c in off.checks}
+    assert not names & {
+        "timing_skill",
+        "beats_flat_after_costs",
+        "beats_baselines_traded",
+        "beats_buy_and_hold",
+    }
+    assert off.passed
+
+
+def test_direction_is_scored_on_the_signals_the_bot_acted_on():
+    y, pred, base_pred = _setup(accuracy=0.5)
+    # The argmax calls are right half the time; the policy acted on none of them.
+    idle = _gate(y, pred, base_pred, actions=np.full(N, HOLD))
+    check = idle.check("directional_edge")
+    assert "acted on 0 buy/sell signals" in check.detail and not check.passed and not check.blocking
+    assert idle.passed  # information only: the timing check tests what the trades earned
+    acted = np.where(np.isin(pred, (BUY, SELL)), pred, HOLD)
+    assert _gate(y, pred, base_pred, actions=acted).check("directional_edge").passed
+
+
+def test_floor_is_configurable_and_zero_makes_it_information():
     y, pred, base_pred = _setup(accuracy=0.5)
     f1 = macro_f1(y, pred)
     strict = _gate(y, pred, base_pred, GateConfig(min_macro_f1=f1 + 0.01))
@@ -93,6 +230,32 @@ def test_floor_is_configurable():
     assert strict.check("macro_f1_floor").value == pytest.approx(f1)
     assert '"result": "failed"' in strict.to_json()
     assert _gate(y, pred, base_pred, GateConfig(min_macro_f1=f1)).passed  # the floor itself passes
+    off = _gate(y, pred, base_pred, GateConfig(min_macro_f1=0.0))
+    assert not off.check("macro_f1_floor").blocking and off.passed
+
+
+def test_deflated_sharpe_check_uses_dsr_value():
+    y, pred, base_pred = _setup(accuracy=0.5)
+    strict = GateConfig(min_dsr=0.95)
+    ok = _gate(y, pred, base_pred, strict, dsr=GOOD_DSR | {"dsr": 0.97})
+    assert ok.passed and ok.check("deflated_sharpe").value == 0.97
+    for dsr in (GOOD_DSR | {"dsr": 0.5}, GOOD_DSR | {"dsr": float("nan")}, None):  # luck, no trades, none
+        report = _gate(y, pred, base_pred, strict, dsr=dsr)
+        assert report.failed_checks() == ["deflated_sharpe"]
+    # The required level is configurable.
+    assert _gate(y, pred, base_pred, GateConfig(min_dsr=0.4), dsr=GOOD_DSR | {"dsr": 0.5}).passed
+    # The detail says what was counted and where the spread came from.
+    assert "assumed" in ok.check("deflated_sharpe").detail
+    counted = GOOD_DSR | {"counted": "3 trials x 28 policy rules", "variance_source": "measured: shifts"}
+    detail = _gate(y, pred, base_pred, strict, dsr=counted).check("deflated_sharpe").detail
+    assert "3 trials x 28 policy rules" in detail and "measured: shifts" in detail
+
+
+def test_deflated_sharpe_check_left_out_when_min_dsr_is_zero():
+    y, pred, base_pred = _setup(accuracy=0.5)
+    report = _gate(y, pred, base_pred, GateConfig(min_dsr=0.0), dsr=None)
+    assert "deflated_sharpe" not in [c.name for c in report.checks]
+    assert report.passed
 
 
 @pytest.mark.parametrize(
@@ -115,6 +278,7 @@ def test_floor_is_configurable():
         ({"min_dsr": 1.0}, ValueError, "gate_min_dsr"),
         ({"min_dsr": 1.5}, ValueError, "gate_min_dsr"),
         ({"min_dsr": -0.1}, ValueError, "gate_min_dsr"),
+        ({"benchmark": "nasdaq"}, ValueError, "gate_benchmark"),
     ],
 )
 def test_gate_config_validation(kwargs, exc, match):
@@ -181,78 +345,6 @@ def test_baselines_use_training_labels_only():
     other = baseline_predictions(np.array([2] * 80 + [0] * 20), 500, seed=0)
     assert np.all(other["majority"].argmax(axis=1) == 2)
     assert np.allclose(other["majority"][0], [0.2, 0.0, 0.8])
-
-
-# --------------------------------------------------------------------------------------------------
-# After costs: beating flat, deflated Sharpe ratio
-
-
-@pytest.mark.parametrize(
-    "returns",
-    [_returns(-0.0005), _returns(0.0, sd=0.0), np.zeros(500), _returns(-0.00002, sd=0.0)],
-    ids=["losing", "zero", "never-trades", "small-steady-loss"],
-)
-def test_economic_check_fails_without_positive_returns(returns):
-    report = _gate(*_setup(accuracy=0.5), returns=returns)
-    assert report.failed_checks() == ["beats_flat_after_costs"]
-    assert report.check("beats_flat_after_costs").value <= 0.05
-
-
-def test_economic_check_needs_significance_and_a_positive_total():
-    y, pred, base_pred = _setup(accuracy=0.5)
-    # Lucky: a positive total from noise, not significant.
-    lucky = _returns(0.0, n=400, seed=0, sd=0.01)
-    lucky = lucky - lucky.mean() + 0.0001
-    assert np.prod(1 + lucky) - 1 > 0
-    check = _gate(y, pred, base_pred, returns=lucky).check("beats_flat_after_costs")
-    assert not check.passed and check.value < 0.95
-    # Volatility drag: every resample's mean period return is positive (+2.5%), but the compounded
-    # total is a loss (1.5 * 0.55 < 1 per pair of periods). The bot loses money: it must fail.
-    drag = np.tile([0.5, -0.45], 200)
-    assert drag.mean() > 0 and np.prod(1 + drag) - 1 < 0
-    check = _gate(y, pred, base_pred, returns=drag).check("beats_flat_after_costs")
-    assert check.value == 1.0 and not check.passed
-
-
-def test_economic_check_passes_on_clearly_positive_returns():
-    check = _gate(*_setup(accuracy=0.5), returns=_returns(0.0003, seed=3)).check("beats_flat_after_costs")
-    assert check.passed and check.value >= 0.95 and check.threshold == 0.95
-    assert "+" in check.detail  # the total return is reported with its sign
-
-
-def test_economic_check_needs_a_backtest():
-    for returns in (None, np.array([0.01, 0.02])):
-        report = _gate(*_setup(accuracy=0.5), returns=returns)
-        assert report.failed_checks() == ["beats_flat_after_costs"]
-
-
-def test_economic_check_left_out_when_disabled():
-    report = _gate(*_setup(accuracy=0.5), GateConfig(economic=False), returns=_returns(-0.001))
-    assert "beats_flat_after_costs" not in [c.name for c in report.checks]
-    assert report.passed
-
-
-def test_deflated_sharpe_check_uses_dsr_value():
-    y, pred, base_pred = _setup(accuracy=0.5)
-    strict = GateConfig(min_dsr=0.95)
-    ok = _gate(y, pred, base_pred, strict, dsr=GOOD_DSR | {"dsr": 0.97})
-    assert ok.passed and ok.check("deflated_sharpe").value == 0.97
-    for dsr in (GOOD_DSR | {"dsr": 0.5}, GOOD_DSR | {"dsr": float("nan")}, None):  # luck, no trades, none
-        report = _gate(y, pred, base_pred, strict, dsr=dsr)
-        assert report.failed_checks() == ["deflated_sharpe"]
-    # The required level is configurable.
-    assert _gate(y, pred, base_pred, GateConfig(min_dsr=0.4), dsr=GOOD_DSR | {"dsr": 0.5}).passed
-    # The detail says whether the trials' spread was measured or assumed.
-    assert "assumed" in ok.check("deflated_sharpe").detail
-    measured = _gate(y, pred, base_pred, strict, dsr=GOOD_DSR | {"measured": True})
-    assert "measured" in measured.check("deflated_sharpe").detail
-
-
-def test_deflated_sharpe_check_left_out_when_min_dsr_is_zero():
-    y, pred, base_pred = _setup(accuracy=0.5)
-    report = _gate(y, pred, base_pred, GateConfig(min_dsr=0.0), dsr=None)
-    assert "deflated_sharpe" not in [c.name for c in report.checks]
-    assert report.passed
 
 
 # --------------------------------------------------------------------------------------------------

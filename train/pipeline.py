@@ -956,6 +956,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "ensemble": {"holdout_macro_f1": ens["macro_f1"], "weights": fitted.ensemble.named_weights_},
         "baselines": {k: m["macro_f1"] for k, m in ev.baselines.items()},
         "policy": fitted.policy.to_dict(),
+        "policy_oof": next(r for r in fitted.policy_search if r["policy"] == fitted.policy.key),
         "backtest": ev.backtest.metrics,
         "buyhold": ev.backtest.benchmark_metrics,
         "baseline_backtests": ev.baseline_backtests,

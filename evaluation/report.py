@@ -161,6 +161,16 @@ def _decision(gate: Any) -> str:
         f"ensemble holdout macro-F1 {fmt(gate.get('candidate_macro_f1'))} vs best baseline "
         f"&lsquo;{esc(gate.get('baseline_name', ''))}&rsquo; {fmt(gate.get('baseline_macro_f1'))}"
     )
+    if gate.get("looks") is not None:
+        looks, alpha = int(gate["looks"]), gate.get("alpha")
+        summary += (
+            f". This holdout has been looked at {looks} time{'s' if looks != 1 else ''} (this run "
+            f"included), so each test needs p &le; {fmt(alpha)}"
+        )
+        if gate.get("block"):
+            summary += (
+                f"; resampling blocks of {int(gate['block'])} periods on average, measured from the data"
+            )
     if gate.get("champion_version") is not None:
         summary += (
             f"; production v{esc(gate['champion_version'])} "
@@ -169,7 +179,9 @@ def _decision(gate: Any) -> str:
     rows = [
         [
             f"<td>{esc(c.get('name', ''))}</td>",
-            f"<td>{_passfail(c.get('passed'))}</td>",
+            f"<td>{_passfail(c.get('passed'))}"
+            + ("" if c.get("blocking", True) else " <small>(information)</small>")
+            + "</td>",
             _cell(c.get("value")),
             _cell(c.get("threshold")),
             f"<td>{esc(c.get('detail', ''))}</td>",

@@ -40,7 +40,7 @@ class PipelineConfig:
     dry_run: bool = False
     n_folds: int = 5
     holdout_frac: float = 0.2
-    gate_min_f1: float = 0.36
+    gate_min_f1: float = 0.0
     gate_margin: float = 0.0
     gate_confidence: float = 0.95
     gate_min_dsr: float = 0.95

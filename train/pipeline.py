@@ -33,7 +33,7 @@ from evaluation.baselines import informed_baselines
 from evaluation.gate import ChampionComparison, GateConfig, GateReport, compare_with_champion, evaluate_gate
 from evaluation.lookahead import analyse
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
-from evaluation.nulls import Traded, block_length, shifted_sharpes, timing_offset
+from evaluation.nulls import Traded, block_length, effective_count, shifted_sharpes, timing_offset
 from evaluation.plots import (
     gain_importance,
     holdout_permutation_importance,
@@ -51,7 +51,7 @@ from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.notify import notify
-from models.policy import ACTION_CODES, DecisionPolicy
+from models.policy import ACTION_CODES, DecisionPolicy, policy_grid
 from models.pyfunc import SignalModel, as_model_input, input_schema
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
@@ -448,7 +448,9 @@ def deflated_sharpe_counted(
     """The deflated Sharpe ratio where the choices were made: the chosen strategy's (ensemble and policy
     rule) after-cost Sharpe ratio on the out-of-fold development periods, against the best that luck
     gives among every strategy tried there: finished trials x policy rules x ensemble members x runs
-    that scored this data (``looks``; reruns choose again on the same rows).
+    that scored this data (``looks``; reruns choose again on the same rows). The policy rules are counted
+    as the independent strategies they amount to (their out-of-fold returns' effective number: 28 rules
+    that mostly trade alike are a few strategies, not 28).
 
     The no-skill spread is measured on this strategy and these periods: the Sharpe ratios of its own
     out-of-fold positions shifted in time (same exposure, holding times and turnover, no timing), whose
@@ -464,10 +466,13 @@ def deflated_sharpe_counted(
     # strategies tried include rules that trade far less, whose no-skill Sharpe ratio is near 0, not this
     # strategy's cost drag.
     centre = max(0.0, float(null.mean())) if len(null) else 0.0
-    n_rules, n_members = len(fitted.policy_search), len(tuned)
-    count = n_trials * n_rules * n_members * looks
-    counted = f"{n_trials} trials x {n_rules} policy rules x {n_members} ensemble members x {looks} " + (
-        "runs on this data" if looks > 1 else "run"
+    rules = policy_grid(policy.mode, policy.on_hold)
+    n_rules = effective_count(np.column_stack([oof.with_position(r.positions(proba)).net for r in rules]))
+    n_members = len(tuned)
+    count = max(1, round(n_trials * n_rules * n_members * looks))
+    counted = (
+        f"{n_trials} trials x {n_rules:.1f} effective policy rules (of {len(rules)}) x {n_members} ensemble "
+        f"members x {looks} " + ("runs on this data" if looks > 1 else "run")
     )
     source = (
         f"measured: its own out-of-fold positions shifted in time, {len(null):,} shifts; no-skill centre "
@@ -479,6 +484,7 @@ def deflated_sharpe_counted(
     return dsr | {
         "measured": variance is not None,
         "counted": counted,
+        "effective_rules": n_rules,
         "variance_source": source,
         "looks": looks,
         "sample": "out-of-fold",
@@ -938,6 +944,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             f"{gate.baseline_macro_f1:.4f} ({gate.baseline_name})\n"
             f"- backtest after costs: return **{bt['total_return']:+.2%}**, Sharpe {bt['sharpe']:.2f}, "
             f"{bt['n_trades']} trades; buy-and-hold {bh['total_return']:+.2%}\n"
+            f"- timing against its own shifted positions: p = {_value(gate, 'timing_skill')}; holdout "
+            f"looked at {gate.looks} time{'s' if gate.looks != 1 else ''} "
+            f"(each test at p <= {gate.alpha:.3g})\n"
             f"- deflated Sharpe {ev.deflated_sharpe['dsr']:.3f}; holdout rows in the ensemble run's "
             "`holdout_predictions.json`",
         )
@@ -971,6 +980,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     }
 
 
+def _value(gate: GateReport, name: str) -> str:
+    """A check's value for a one-line note ("-" when the check was not run or has none)."""
+    check = next((c for c in gate.checks if c.name == name), None)
+    return "-" if check is None or check.value is None else f"{check.value:.3g}"
+
+
 def print_summary(s: dict) -> None:
     log.info("\n== summary " + "=" * 60)
     log.info(f"{'model':<16}{'cv macro-F1':>14}{'holdout macro-F1':>19}{'weight':>9}")
@@ -994,9 +1009,13 @@ def print_summary(s: dict) -> None:
     others = ", ".join(f"{k} {m['total_return']:+.2%}" for k, m in s["baseline_backtests"].items())
     log.info(f"          buy-and-hold {bh['total_return']:+.2%} (Sharpe {bh['sharpe']:.2f}); {others}")
     gate = s["gate"]
-    log.info(f"gate      {gate['result'].upper()}")
+    log.info(
+        f"gate      {gate['result'].upper()} (this holdout looked at {gate['looks']} time"
+        f"{'s' if gate['looks'] != 1 else ''}: each test at p <= {gate['alpha']:.3g})"
+    )
     for c in gate["checks"]:
-        log.info(f"  [{'x' if c['passed'] else ' '}] {c['name']}: {c['detail']}")
+        info = "" if c["blocking"] else " (information)"
+        log.info(f"  [{'x' if c['passed'] else ' '}] {c['name']}{info}: {c['detail']}")
     alias = f"{PRODUCTION} -> v{s['production_version']}" if s["production_version"] else f"no {PRODUCTION}"
     moved = "moved to this version" if s["promoted"] else "not moved"
     log.info(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")

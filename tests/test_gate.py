@@ -27,7 +27,7 @@ ALL_CHECKS = [
     "deflated_sharpe",
     "not_worse_than_production",
 ]
-INFORMATION = {"macro_f1_vs_baselines", "directional_edge", "beats_buy_and_hold"}
+INFORMATION = {"macro_f1_floor", "macro_f1_vs_baselines", "directional_edge", "beats_buy_and_hold"}
 N = 3000
 COST = 0.0001
 

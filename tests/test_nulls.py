@@ -8,6 +8,7 @@ import pytest
 from evaluation.nulls import (
     Traded,
     block_length,
+    effective_count,
     holding_period,
     paired_bootstrap,
     resamples_for,
@@ -153,3 +154,14 @@ def test_paired_bootstrap_against_flat_is_calibrated_for_persistent_no_skill_pos
 def test_resamples_resolve_the_level_asked_for():
     assert resamples_for(0.05, 1000) == 1000
     assert resamples_for(0.005, 1000) == 4000  # ten looks at a 5% level: 0.5% needs finer resolution
+
+
+def test_effective_count_of_strategies():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5000, 1))
+    assert effective_count(np.repeat(x, 28, axis=1)) == pytest.approx(1.0)  # 28 copies: one strategy
+    assert effective_count(rng.standard_normal((5000, 6))) == pytest.approx(6.0, abs=0.3)  # independent
+    correlated = np.sqrt(0.7) * x + np.sqrt(0.3) * rng.standard_normal((5000, 28))
+    assert 8.0 <= effective_count(correlated) <= 12.0  # Li and Ji: about 10 for 28 at correlation 0.7
+    # Rules that never trade (all-zero returns) are one more strategy together, however many they are.
+    assert effective_count(np.column_stack([x, x, np.zeros(5000), np.zeros(5000)])) == pytest.approx(2.0)

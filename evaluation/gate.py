@@ -25,6 +25,7 @@ from evaluation.nulls import (
     Traded,
     block_length,
     paired_bootstrap,
+    politis_white,
     resamples_for,
     timing_null,
 )
@@ -35,7 +36,7 @@ BENCHMARKS: tuple[str, ...] = ("none", "buy_and_hold")
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Thresholds of the gate (all on the holdout, all configurable from the CLI / MLproject)."""
+    """Thresholds of the gate (all configurable from the CLI / MLproject)."""
 
     # Macro-F1 floor; 0 = information only (the gate bench: a floor of 0.36 stopped no false promotion
     # and blocked a true one).
@@ -47,7 +48,8 @@ class GateConfig:
     champion_tolerance: float = 0.0
     # Bootstrap resamples at the least (more when many looks call for a smaller significance level).
     n_boot: int = 1000
-    # Minimum deflated Sharpe ratio of the decision policy's holdout backtest; 0 leaves the check out.
+    # Minimum deflated Sharpe ratio of the chosen strategy out of fold, every strategy tried counted (the
+    # pipeline computes it); 0 leaves the check out.
     min_dsr: float = 0.95
     # The economic checks (timing, flat, the baselines traded, the benchmark); False: classifier only.
     economic: bool = True
@@ -228,17 +230,21 @@ def _classification_checks(
     config: GateConfig,
     alpha: float,
     block: int,
+    horizon: int,
     n_boot: int,
     seed: int,
-) -> tuple[list[GateCheck], str, float, float]:
+) -> tuple[list[GateCheck], str, float, float, int]:
     candidate_f1 = macro_f1(y_true, candidate_pred)
     baseline_f1 = {k: macro_f1(y_true, p) for k, p in baseline_preds.items()}
     best_name = max(baseline_f1, key=baseline_f1.get)
     best_f1 = baseline_f1[best_name]
+    margin_blocks = config.min_margin > 0
+    # Rows' labels overlap by the horizon, and right calls cluster: resample blocks at least that long.
+    hits = (candidate_pred == y_true).astype(float) - (baseline_preds[best_name] == y_true)
+    block = int(min(max(block, horizon, math.ceil(politis_white(hits))), max(1, len(y_true) // 4)))
     p_gain, gain_p5 = block_bootstrap_gain(
         y_true, candidate_pred, baseline_preds[best_name], block=block, n_boot=n_boot, seed=seed
     )
-    margin_blocks = config.min_margin > 0
     others = ", ".join(f"{k} {v:.4f}" for k, v in baseline_f1.items())
     checks = [
         GateCheck(
@@ -266,7 +272,7 @@ def _classification_checks(
             blocking=margin_blocks,
         ),
     ]
-    return checks, best_name, candidate_f1, best_f1
+    return checks, best_name, candidate_f1, best_f1, block
 
 
 def _direction_check(y_true: np.ndarray, actions: np.ndarray | None, block: int, n_boot: int, seed: int):
@@ -407,6 +413,7 @@ def evaluate_gate(
     champion: ChampionComparison | None = None,
     looks: int = 1,
     seed: int = 0,
+    horizon: int = 1,
 ) -> GateReport:
     """Decide whether the candidate may become ``production``.
 
@@ -415,7 +422,8 @@ def evaluate_gate(
     cost); ``baselines_traded`` the informed baselines' calls traded by the same policy rules over the same
     periods; ``actions`` the policy's action per holdout row; ``dsr`` is ``evaluation.backtest.
     deflated_sharpe`` output with every strategy tried counted; ``looks`` how many times this holdout has
-    been scored, this run included: every test's significance level is (1 - confidence) / looks.
+    been scored, this run included: every test's significance level is (1 - confidence) / looks;
+    ``horizon`` the label's, in rows (the classification checks resample blocks at least that long).
 
     Blocking checks: the timing null, beating flat, beating every informed baseline traded the same way,
     the deflated Sharpe ratio, not worse than production; buy-and-hold when ``config.benchmark`` says so;
@@ -429,10 +437,10 @@ def evaluate_gate(
     n_boot = resamples_for(alpha, config.n_boot)
     has_backtest = traded is not None and len(traded) >= 3
     block = block_length(traded) if has_backtest else 1
-    checks, best_name, candidate_f1, best_f1 = _classification_checks(
-        y_true, candidate_pred, baseline_preds, config, alpha, block, n_boot, seed
+    checks, best_name, candidate_f1, best_f1, label_block = _classification_checks(
+        y_true, candidate_pred, baseline_preds, config, alpha, block, horizon, n_boot, seed
     )
-    if (direction := _direction_check(y_true, actions, block, n_boot, seed)) is not None:
+    if (direction := _direction_check(y_true, actions, label_block, n_boot, seed)) is not None:
         checks.append(direction)
     if config.economic:
         if not has_backtest:

@@ -78,7 +78,7 @@ def holding_period(position: np.ndarray) -> float:
     return float(lengths[held].mean())
 
 
-def _politis_white(x: np.ndarray) -> float:
+def politis_white(x: np.ndarray) -> float:
     """Politis-White optimal stationary-bootstrap block length; 1 for a series too flat to measure."""
     x = np.asarray(x, dtype=float)
     if len(x) < 10 or np.ptp(x) == 0:
@@ -93,7 +93,7 @@ def block_length(traded: Traded) -> int:
     automatic choice on the strategy's after-cost returns and on its positions (so blocks span how long
     positions persist), at least 1 and at most a quarter of the periods (at least 4 blocks a resample)."""
     n = len(traded)
-    measured = max(_politis_white(traded.net), _politis_white(traded.position))
+    measured = max(politis_white(traded.net), politis_white(traded.position))
     return int(min(max(1, math.ceil(measured)), max(1, n // 4)))
 
 

@@ -560,6 +560,7 @@ def assess(
         champion=champion,
         looks=looks,
         seed=cfg.seed,
+        horizon=cfg.horizon,
     )
     return Evaluation(
         results,

@@ -58,6 +58,11 @@ def main() -> int:
         },
         "holdout_macro_f1": summary["ensemble"]["holdout_macro_f1"],
         "gate": summary["gate"]["result"],
+        "gate_checks": [
+            {k: c[k] for k in ("name", "passed", "blocking", "value", "threshold", "detail")}
+            for c in summary["gate"]["checks"]
+        ],
+        "holdout_looks": summary["gate"]["looks"],
     }
     print(f"{'stage':<22}{'seconds':>9}{'peak RSS MB':>13}")
     for name, secs in result["stages"].items():

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from evaluation.backtest import deflated_sharpe
 from evaluation.metrics import block_bootstrap_indices
+from evaluation.nulls import Traded, block_length, effective_count, shifted_sharpes, timing_offset
 from features.labels import BUY, SELL
 from models.policy import DecisionPolicy, net_returns, policy_grid, sharpe_per_period
 
@@ -125,6 +127,50 @@ def fit_policy(
     )
     row = table[best]
     return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"]), table
+
+
+def deflated_sharpe_of_choice(
+    chosen: Traded, rule_positions: list[np.ndarray], n_trials: int, n_members: int, looks: int
+) -> dict:
+    """The deflated Sharpe ratio where the choices were made: the ``chosen`` strategy's after-cost Sharpe
+    ratio on the out-of-fold development periods, against the best that luck gives among every strategy
+    tried there: ``n_trials`` finished trials x the policy rules x ``n_members`` ensemble members x
+    ``looks`` (runs that scored this data: reruns choose again on the same rows). The rules
+    (``rule_positions``: every rule's positions on the same periods) are counted as the independent
+    strategies they amount to (``evaluation.nulls.effective_count`` of their returns: 28 rules that mostly
+    trade alike are a few strategies, not 28).
+
+    The no-skill spread is measured on this strategy and these periods: the Sharpe ratios of its own
+    positions shifted in time (same exposure, holding times and turnover, no timing), whose variance sets
+    the expected maximum and whose mean, never below flat, is the centre (what drift pays that exposure;
+    the rules tried include some that trade far less, whose no-skill Sharpe ratio is near 0, not this
+    strategy's cost drag). The holdout needs no such count (nothing was chosen on it); the gate tests its
+    checks at a level divided by ``looks``.
+    """
+    null = shifted_sharpes(chosen, timing_offset(chosen, block_length(chosen)))
+    variance = float(null.var(ddof=1)) if len(null) > 1 and np.ptp(null) > 0 else None
+    centre = max(0.0, float(null.mean())) if variance is not None else 0.0
+    n_rules = effective_count(np.column_stack([chosen.with_position(p).net for p in rule_positions]))
+    count = max(1, round(n_trials * n_rules * n_members * looks))
+    counted = (
+        f"{n_trials} trials x {n_rules:.1f} effective policy rules (of {len(rule_positions)}) x {n_members} "
+        f"ensemble members x {looks} " + ("runs on this data" if looks > 1 else "run")
+    )
+    source = (
+        f"measured: its own out-of-fold positions shifted in time, {len(null):,} shifts; no-skill centre "
+        f"{centre:+.4f}"
+        if variance is not None
+        else "assumed: 1 / (T - 1)"
+    )
+    dsr = deflated_sharpe(chosen.net, count, sr_variance=variance, sr_null_mean=centre)
+    return dsr | {
+        "measured": variance is not None,
+        "counted": counted,
+        "effective_rules": n_rules,
+        "variance_source": source,
+        "looks": looks,
+        "sample": "out-of-fold",
+    }
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
-from evaluation.backtest import BacktestConfig, BacktestResult, backtest, deflated_sharpe
+from evaluation.backtest import BacktestConfig, BacktestResult, backtest
 from evaluation.baselines import informed_baselines
+from evaluation.economics import deflated_sharpe_of_choice
 from evaluation.gate import ChampionComparison, GateConfig, GateReport, compare_with_champion, evaluate_gate
 from evaluation.lookahead import analyse
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
-from evaluation.nulls import Traded, block_length, effective_count, shifted_sharpes, timing_offset
+from evaluation.nulls import Traded
 from evaluation.plots import (
     gain_importance,
     holdout_permutation_importance,
@@ -445,50 +446,17 @@ def finished_trials(tuned: dict[str, Tuned]) -> int:
 def deflated_sharpe_counted(
     cfg: PipelineConfig, data: Prepared, fitted: Fitted, tuned: dict[str, Tuned], looks: int
 ) -> dict:
-    """The deflated Sharpe ratio where the choices were made: the chosen strategy's (ensemble and policy
-    rule) after-cost Sharpe ratio on the out-of-fold development periods, against the best that luck
-    gives among every strategy tried there: finished trials x policy rules x ensemble members x runs
-    that scored this data (``looks``; reruns choose again on the same rows). The policy rules are counted
-    as the independent strategies they amount to (their out-of-fold returns' effective number: 28 rules
-    that mostly trade alike are a few strategies, not 28).
-
-    The no-skill spread is measured on this strategy and these periods: the Sharpe ratios of its own
-    out-of-fold positions shifted in time (same exposure, holding times and turnover, no timing), whose
-    mean is the centre (what drift pays) and whose variance sets the expected maximum. The holdout needs
-    no such count (nothing was chosen on it); its checks are tested at a level divided by ``looks``."""
-    n_trials = finished_trials(tuned)
+    """:func:`evaluation.economics.deflated_sharpe_of_choice` for the chosen ensemble and policy rule on
+    the out-of-fold development periods, every rule of its grid and every finished trial counted."""
     ensemble, policy = fitted.ensemble, fitted.policy
     proba, market = data.trading_costs(cfg).span(ensemble.oof_index_, ensemble.oof_proba_)
-    oof = Traded(policy.positions(proba), market, cfg.cost)
-    null = shifted_sharpes(oof, timing_offset(oof, block_length(oof)))
-    variance = float(null.var(ddof=1)) if len(null) > 1 and np.ptp(null) > 0 else None
-    # The centre: what the same exposure earns from drift without timing, and never below flat (0): the
-    # strategies tried include rules that trade far less, whose no-skill Sharpe ratio is near 0, not this
-    # strategy's cost drag.
-    centre = max(0.0, float(null.mean())) if len(null) else 0.0
-    rules = policy_grid(policy.mode, policy.on_hold)
-    n_rules = effective_count(np.column_stack([oof.with_position(r.positions(proba)).net for r in rules]))
-    n_members = len(tuned)
-    count = max(1, round(n_trials * n_rules * n_members * looks))
-    counted = (
-        f"{n_trials} trials x {n_rules:.1f} effective policy rules (of {len(rules)}) x {n_members} ensemble "
-        f"members x {looks} " + ("runs on this data" if looks > 1 else "run")
+    return deflated_sharpe_of_choice(
+        Traded(policy.positions(proba), market, cfg.cost),
+        [rule.positions(proba) for rule in policy_grid(policy.mode, policy.on_hold)],
+        n_trials=finished_trials(tuned),
+        n_members=len(tuned),
+        looks=looks,
     )
-    source = (
-        f"measured: its own out-of-fold positions shifted in time, {len(null):,} shifts; no-skill centre "
-        f"{centre:+.4f}"
-        if variance is not None
-        else "assumed: 1 / (T - 1)"
-    )
-    dsr = deflated_sharpe(oof.net, count, sr_variance=variance, sr_null_mean=centre if variance else 0.0)
-    return dsr | {
-        "measured": variance is not None,
-        "counted": counted,
-        "effective_rules": n_rules,
-        "variance_source": source,
-        "looks": looks,
-        "sample": "out-of-fold",
-    }
 
 
 def assess(
@@ -545,7 +513,7 @@ def assess(
         k: backtest(data.candles, pd.Series(b["pred"], index=X_hold.index), bt_config, bar=data.info.bar)
         for k, b in informed.items()
     }
-    # Every strategy tried counts where it was chosen: out of fold, trials x rules x weightings x looks.
+    # Every strategy tried counts where it was chosen: out of fold, trials x rules x members x looks.
     dsr = deflated_sharpe_counted(cfg, data, fitted, tuned, looks)
     champion = None if champion_of is None else champion_of(ens_pred, holdout_returns(data, bt))
     gate = evaluate_gate(

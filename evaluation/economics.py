@@ -1,5 +1,6 @@
 """What the bot would have earned: the decision policy's after-cost returns, how its confidence rule is
-chosen, and the statistics the gate's economic and directional checks use. Pure numpy; no tracking.
+chosen, the deflated Sharpe ratio of that choice out of fold, and the directional statistics of the
+calls (the gate's nulls for the traded holdout are in ``evaluation.nulls``). Pure numpy; no tracking.
 
 Returns follow ``evaluation.backtest``: a position taken on row t's signal is entered at open[t+1] and
 held to open[t+2], and every change of position pays fees plus slippage.

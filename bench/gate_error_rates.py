@@ -55,7 +55,6 @@ FREQ = "1D"
 BARS_PER_YEAR = 365.25
 VOL = 0.004
 COST = 0.0015  # the pipeline's default fee + slippage (15 bps per unit traded)
-NO_EDGE = ("random_walk", "volatility_regimes", "drift_up", "drift_down", "persistent_moves")
 # kind -> (runs at --runs-scale 1, oracle Sharpe, drift persistence)
 PLANTED = {
     "flow_oracle_2": (10, 2.0, 0.5),
@@ -65,8 +64,14 @@ PLANTED = {
 }
 # Bands of the annualised after-cost Sharpe ratio the models' strategies achieved on the holdout.
 SHARPE_BANDS = ((0.5, 1.5), (1.5, 2.5), (2.5, 3.5), (3.5, 99.0))
-NO_EDGE_RUNS = {"random_walk": 15, "volatility_regimes": 15, "drift_up": 10, "drift_down": 10}
-NO_EDGE_RUNS["persistent_moves"] = 10
+NO_EDGE_RUNS = {
+    "random_walk": 15,
+    "volatility_regimes": 15,
+    "drift_up": 10,
+    "drift_down": 10,
+    "persistent_moves": 10,
+}
+NO_EDGE = tuple(NO_EDGE_RUNS)
 
 
 def flow_edge(n: int, seed: int, trend: float, persistence: float):

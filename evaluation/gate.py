@@ -289,9 +289,8 @@ def _direction_check(y_true: np.ndarray, actions: np.ndarray | None, block: int,
         0.95,
         f"the policy acted on {edge.n_calls} buy/sell signals; {edge.n_called_moves} fell on rows that "
         f"moved, and the direction was right in {edge.precision:.1%} of them vs {edge.base_rate:.1%} "
-        f"by the base "
-        f"rates (better in {edge.p_positive:.1%} of block-bootstrap resamples). Information: the timing "
-        "check below tests what these trades earned.",
+        f"by the base rates (better in {edge.p_positive:.1%} of block-bootstrap resamples). "
+        "Information: the timing check below tests what these trades earned.",
         blocking=False,
     )
 
@@ -338,8 +337,8 @@ def _paired_checks(
             alpha,
             f"the decision policy's holdout backtest after fees and slippage returned "
             f"{flat.strategy_total:+.2%} over {len(s)} periods; its mean period return was not "
-            f"above doing nothing in "
-            f"{flat.p_value:.2%} of resamples ({how}; 5th percentile {flat.difference_p5:+.2e}), "
+            f"above doing nothing in {flat.p_value:.2%} of resamples "
+            f"({how}; 5th percentile {flat.difference_p5:+.2e}), "
             f"required <= {_pct(alpha)}",
         )
     ]

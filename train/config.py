@@ -160,8 +160,8 @@ HELP = {
     "gate_min_f1": "gate: minimum holdout macro-F1 (0 = information only)",
     "gate_margin": "gate: macro-F1 margin over the best baseline that blocks (0 = information only)",
     "gate_confidence": "gate: 1 - significance level of each test, before dividing by the holdout's looks",
-    "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the decision policy's holdout backtest after "
-    "costs, counting trials x policy rules x holdout looks (0 = no check)",
+    "gate_min_dsr": "gate: minimum deflated Sharpe ratio of the chosen strategy's out-of-fold after-cost "
+    "returns, counting trials x effective policy rules x ensemble members x holdout looks (0 = no check)",
     "gate_economic": "gate: judge what the bot trades: timing (shifted positions), flat and the informed "
     "baselines traded the same way, after costs (false = classifier only)",
     "gate_benchmark": "gate: none (buy-and-hold reported only) or buy_and_hold (must beat it too)",

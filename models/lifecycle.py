@@ -26,7 +26,17 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from models import tracking
-from models.registry import AliasMove, RegistryError, history, promote, rollback, status
+from models.registry import (
+    OUTSIDE,
+    AliasMove,
+    RegistryError,
+    full_history,
+    history,
+    promote,
+    rollback,
+    status,
+    unrecorded_warning,
+)
 from models.tracking import parse_bool
 
 DEFAULT_MODEL = "crypto-signal-ensemble"
@@ -76,6 +86,13 @@ def _move(kind: str, args: argparse.Namespace) -> int:
         f"{move.action}: {args.model_name} production v{move.from_version or '-'} -> v{move.to_version} "
         f"(move #{move.seq}, run {run.info.run_id})"
     )
+    before = [m for m in history(args.model_name) if m.seq < move.seq]
+    if kind == "rollback" and before and before[-1].action == OUTSIDE:
+        print(
+            f"  production had been moved outside this tool (v{before[-1].from_version or '-'} -> "
+            f"v{before[-1].to_version or '-'}); rolled back to v{move.to_version}, the version it held "
+            "before that"
+        )
     return 0
 
 
@@ -84,8 +101,13 @@ def _print_history(moves: list[dict]) -> None:
         print("no recorded moves of production")
     for m in moves:
         print(
-            f"#{m['seq']:<3} {m['at']}  {m['action']:<13} v{m['from_version'] or '-'} -> v{m['to_version']}  "
-            f"by {m['by']}  run {m['run_id'] or '-'}  reason: {m['reason']}"
+            f"#{m['seq']:<3} {m['at']}  {m['action']:<13} v{m['from_version'] or '-'} -> "
+            f"v{m['to_version'] or '-'}  by {m['by']}  run {m['run_id'] or '-'}  reason: {m['reason']}"
+            + (
+                f"  ({'not recorded yet: ' if not m.get('recorded', True) else ''}{m['note']})"
+                if m.get("note")
+                else ""
+            )
         )
 
 
@@ -116,12 +138,18 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  since {prod['promoted_at']} by {prod['promoted_by']}: {prod['promotion_reason']}")
     if "warning" in info:
         print(f"warning: {info['warning']}")
-    _print_history(info["history"])
+    _print_history(info["history"] + [m | {"recorded": False} for m in info["unrecorded"]])
     return 0
 
 
 def _history(args: argparse.Namespace) -> int:
-    moves = [asdict(m) for m in history(args.model_name)]
+    """Every move, the recorded ones and after them those nobody recorded yet (``"recorded": false``),
+    with a warning line on stderr when there are any."""
+    recorded, missing = full_history(args.model_name)
+    moves = [asdict(m) | {"recorded": True} for m in recorded]
+    moves += [asdict(m) | {"recorded": False} for m in missing]
+    if missing:
+        print(f"warning: {unrecorded_warning(missing)}", file=sys.stderr)
     if args.json:
         print(json.dumps(moves, indent=2))
     else:

@@ -24,7 +24,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-WEBHOOK_ENV = "CRYPTO_SIGNALS_WEBHOOK_URL"
+from models.redaction import WEBHOOK_ENV
+from models.redaction import redact as _redact
+
 USERNAME = "crypto-signals"
 USER_AGENT = "crypto-signals-notify/1.0 (+python-urllib)"
 MAX_CHARS = 2000  # Discord's limit for ``content``; Slack's ``text`` allows more.
@@ -64,26 +66,9 @@ def _configured_url() -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with the configured webhook URL, its path and its token replaced by ``<webhook>``."""
-    if not isinstance(text, str):
-        raise TypeError(f"redact() needs a str, got {type(text).__name__}")
-    url = _configured_url()
-    if not url:
-        return text
-    secrets = {url, url.rstrip("/")}
-    parts = urllib.parse.urlsplit(url)
-    tail = parts.path + (f"?{parts.query}" if parts.query else "")
-    for piece in (tail, parts.path, parts.path.rstrip("/"), parts.query):
-        if len(piece) > 1:  # never replace a bare "/" everywhere
-            secrets.add(piece)
-    last_segment = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    if len(last_segment) >= 8:  # the token is the last path segment for Discord and Slack
-        secrets.add(last_segment)
-    if parts.netloc.count("@"):  # credentials in the authority part
-        secrets.add(parts.netloc.rsplit("@", 1)[0])
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "<webhook>")
-    return text
+    """``text`` with the configured webhook URL, its path and its token replaced by ``<webhook>``, and
+    every other credential masked (:func:`models.redaction.redact`)."""
+    return _redact(text)
 
 
 def _check_args(event: object, message: object, fields: object, timeout: object) -> None:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import mlflow
@@ -38,12 +38,21 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from models.loading import ModelUnavailable, verify_loads
+from models.tracking import HOST_TAG, PID_TAG, owner_alive, owner_tags
+
 PRODUCTION = "production"
 AUDIT_PREFIX = "audit."
 LOCK_SUFFIX = ".production-lock"
 # Tags of a lock (a registered model, see registry_lock).
 OWNER_TAG, ACQUIRED_TAG, TOKEN_TAG, HEARTBEAT_TAG = "owner", "acquired_at", "lock_token", "heartbeat"
 PROMOTIONS = ("promote", "force_promote")
+OUTSIDE = "outside"  # a move found in the registry that this tool did not make (see unrecorded_moves)
+# The move in progress, written before the alias moves and deleted once the move is recorded: a process
+# killed in between leaves it behind, and the next command completes or discards it (recover).
+PENDING_TAG = "pending_move"
+LOCK_HEARTBEAT_SECONDS = 5.0
+LOCK_STALE_SECONDS = 60.0
 MAX_REASON = 500
 
 _log = logging.getLogger(__name__)
@@ -58,13 +67,16 @@ class AliasMove:
     """One move of the ``production`` alias."""
 
     seq: int
-    action: str  # "promote" (the version passed its gate), "force_promote" or "rollback"
+    # "promote" (the version passed its gate), "force_promote", "rollback", or "outside" (found made
+    # outside this tool; to_version "" when the alias was deleted)
+    action: str
     from_version: str | None
     to_version: str
     at: str
     by: str
     reason: str
     run_id: str
+    note: str = ""  # how it was recorded when not by the process that made it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -147,6 +159,8 @@ def holders(moves: list[AliasMove]) -> list[str]:
     its target. ``holders[-2]`` is where the next rollback goes."""
     stack: list[str] = []
     for move in moves:
+        if not move.to_version:  # the alias was deleted outside this tool
+            continue
         if move.action == "rollback" and move.to_version in stack:
             del stack[stack.index(move.to_version) + 1 :]
         else:
@@ -294,30 +308,53 @@ def _delete_if_mine(client: MlflowClient, lock: str, token: str) -> None:
         _delete_quietly(client, lock)
 
 
-@contextmanager
-def production_lock(name: str, client: MlflowClient, timeout: float = 60.0, stale_after: float = 300.0):
-    """Hold the alias lock of ``name`` (see the module docstring); RegistryError after ``timeout`` s."""
+def lock_stale(held: RegisteredModel, stale_after: float) -> str | None:
+    """Why the lock ``held`` has no live holder, or None if it may have one: its process on this host
+    is gone (pid and start time, :func:`models.tracking.owner_alive`), or, for a holder this host cannot
+    see, its heartbeat (else its creation) is older than ``stale_after`` seconds."""
+    tags = held.tags
+    alive = owner_alive(tags)
+    if alive is not None:
+        return None if alive else f"its process (pid {tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) is gone"
+    try:
+        seen = datetime.fromisoformat(tags[HEARTBEAT_TAG]).timestamp()
+    except (KeyError, ValueError):
+        seen = held.creation_timestamp / 1000
+    age = time.time() - seen
+    if age <= stale_after:
+        return None
+    return f"no heartbeat from {tags.get(OWNER_TAG, 'its holder')} for {age:.0f}s (limit {stale_after:.0f}s)"
 
-    def stale(held: RegisteredModel) -> str | None:
-        age = time.time() - held.creation_timestamp / 1000
-        return f"taken {age:.0f}s ago" if age > stale_after else None
+
+@contextmanager
+def production_lock(
+    name: str, client: MlflowClient, timeout: float = 60.0, stale_after: float = LOCK_STALE_SECONDS
+):
+    """Hold the alias lock of ``name`` (see the module docstring); RegistryError after ``timeout`` s.
+    A lock whose holder died is broken at once on its host (the holder's pid is gone), elsewhere once
+    its heartbeat (refreshed every few seconds while held) is ``stale_after`` seconds old."""
 
     def busy(held: RegisteredModel) -> str:
         return (
             f"another promotion or rollback of '{name}' is in progress ({held.tags.get(OWNER_TAG, '?')}, "
-            f"since {held.tags.get(ACQUIRED_TAG, '?')}); nothing was changed. Try again; if that "
-            f"process died, its lock expires {stale_after:.0f}s after it was taken."
+            f"since {held.tags.get(ACQUIRED_TAG, '?')}); nothing was changed. Try again; a lock whose "
+            f"process died is broken at once on its host, elsewhere once its heartbeat is "
+            f"{stale_after:.0f}s old."
         )
 
     with registry_lock(
         f"{name}{LOCK_SUFFIX}",
         client,
         timeout=timeout,
-        stale=stale,
+        stale=lambda held: lock_stale(held, stale_after),
         busy=busy,
+        tags=owner_tags(),
         description=f"Lock held while the production alias of '{name}' moves; deleted on release.",
-    ):
-        yield
+        heartbeat=LOCK_HEARTBEAT_SECONDS,
+    ) as hold:
+        if hold.broke:
+            _log.warning("broke a stale promotion lock of '%s': %s", name, hold.broke)
+        yield hold
 
 
 def _delete_quietly(client: MlflowClient, name: str) -> None:
@@ -328,6 +365,146 @@ def _delete_quietly(client: MlflowClient, name: str) -> None:
             raise
 
 
+def _pending(tags: dict[str, str]) -> AliasMove | None:
+    text = tags.get(PENDING_TAG)
+    if not text:
+        return None
+    try:
+        return AliasMove.from_json(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def unrecorded_moves(
+    name: str,
+    client: MlflowClient,
+    moves: list[AliasMove] | None = None,
+    tags: dict[str, str] | None = None,
+    current: str | None | object = None,
+) -> list[AliasMove]:
+    """Moves of ``production`` the recorded history lacks, in order, numbered after it:
+
+    * a move whose process died after moving the alias and before recording it (its pending record,
+      written before the alias moved, says what it was; ``note`` says how it was found);
+    * a move made outside this tool (the alias points somewhere the last recorded move did not leave it;
+      ``action`` is ``outside``, ``to_version`` "" if the alias was deleted).
+
+    Read-only; :func:`recover` records them."""
+    if tags is None:
+        try:
+            tags = client.get_registered_model(name).tags
+        except MlflowException as exc:
+            if _not_found(exc):
+                raise RegistryError(f"there is no registered model '{name}'") from exc
+            raise
+    if moves is None:
+        moves = sorted(
+            (AliasMove.from_json(v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)),
+            key=lambda m: m.seq,
+        )
+    if current is None:
+        found = get_production(name, client)
+        current = str(found.version) if found else None
+    seq = moves[-1].seq if moves else 0
+    expected = moves[-1].to_version if moves else None
+    expected = expected or None
+    out: list[AliasMove] = []
+    pending = _pending(tags)
+    if pending is not None and pending.seq > seq and current == pending.to_version != expected:
+        seq += 1
+        out.append(
+            replace(
+                pending,
+                seq=seq,
+                note=f"recorded on {_now()} by {_who()}: its process died after moving the alias, "
+                "before recording the move",
+            )
+        )
+        expected = current
+    if current != expected:
+        seq += 1
+        out.append(
+            AliasMove(
+                seq=seq,
+                action=OUTSIDE,
+                from_version=expected,
+                to_version=current or "",
+                at=_now(),
+                by="unknown",
+                reason="production was moved outside this tool"
+                + ("" if current else " (the alias was deleted)"),
+                run_id="",
+                note=f"found on {_now()} by {_who()}; the time of the move is unknown",
+            )
+        )
+    return out
+
+
+def full_history(name: str, client: MlflowClient | None = None) -> tuple[list[AliasMove], list[AliasMove]]:
+    """The recorded moves of ``production`` and, after them, the ones the registry shows but nobody
+    recorded yet (:func:`unrecorded_moves`): together, every move, none skipped."""
+    client = client or MlflowClient()
+    moves = history(name, client)
+    return moves, unrecorded_moves(name, client, moves)
+
+
+def _stamp(client: MlflowClient, name: str, move: AliasMove) -> None:
+    """The tags of the version that received the alias."""
+    stamp = {
+        "promoted_at": move.at,
+        "promoted_by": move.by,
+        "promotion_reason": move.reason,
+        "promotion_action": move.action,
+        "promoted_by_run": move.run_id,
+        "replaced_version": move.from_version or "",
+    }
+    for key, value in stamp.items():
+        client.set_model_version_tag(name, move.to_version, key, value)
+
+
+def _record(client: MlflowClient, name: str, move: AliasMove) -> None:
+    client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{move.seq:06d}", move.to_json())
+
+
+def recover(name: str, client: MlflowClient) -> list[AliasMove]:
+    """Record what :func:`unrecorded_moves` finds and clear a pending record (a move interrupted before
+    its alias moved is discarded: the alias is where it was). Call under the alias lock; returns the
+    moves it recorded, each also logged as a warning."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as exc:
+        if _not_found(exc):
+            return []
+        raise
+    found = unrecorded_moves(name, client, tags=tags)
+    for move in found:
+        _record(client, name, move)
+        if move.action != OUTSIDE:
+            _stamp(client, name, move)
+        _log.warning(
+            "recorded an unrecorded move of %s production: v%s -> v%s (%s; %s)",
+            name,
+            move.from_version or "-",
+            move.to_version or "-",
+            move.action,
+            move.note,
+        )
+    pending = _pending(tags)
+    if pending is not None:
+        recorded = tags.get(f"{AUDIT_PREFIX}{pending.seq:06d}")
+        if recorded and AliasMove.from_json(recorded).to_version == pending.to_version:
+            _stamp(client, name, pending)  # recorded, but its process died before stamping the version
+        elif not any(m.action == pending.action and m.to_version == pending.to_version for m in found):
+            _log.warning(
+                "discarded an interrupted move of %s production to v%s: its process died before the "
+                "alias moved",
+                name,
+                pending.to_version,
+            )
+        client.delete_registered_model_tag(name, PENDING_TAG)
+    return found
+
+
 def _move(
     name: str,
     choose: Callable[[str | None, list[AliasMove]], tuple[str, str]],
@@ -336,13 +513,20 @@ def _move(
     client: MlflowClient,
     lock_timeout: float,
 ) -> AliasMove:
-    """Under the lock: ``choose(current, history) -> (version, action)`` (may raise RegistryError), then
-    move the alias and record the move."""
+    """Under the lock: record moves nobody recorded (:func:`recover`), ``choose(current, history) ->
+    (version, action)`` (may raise RegistryError), prove the version loads, then move the alias and
+    record the move. A pending record written before the alias moves makes the two one recoverable
+    step: a process killed in between leaves it, and the next command completes the record."""
     with production_lock(name, client, timeout=lock_timeout):
+        recover(name, client)
         current = get_production(name, client)
         current_version = str(current.version) if current else None
         moves = history(name, client)
         version, action = choose(current_version, moves)
+        try:
+            verify_loads(name, version)
+        except ModelUnavailable as exc:
+            raise RegistryError(f"{exc} production stays on v{current_version or '-'}.") from exc
         move = AliasMove(
             seq=(moves[-1].seq if moves else 0) + 1,
             action=action,
@@ -353,26 +537,20 @@ def _move(
             reason=reason[:MAX_REASON],
             run_id=run_id or "",
         )
-        client.set_registered_model_alias(name, PRODUCTION, version)
+        client.set_registered_model_tag(name, PENDING_TAG, move.to_json())
         try:
-            client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{move.seq:06d}", move.to_json())
+            client.set_registered_model_alias(name, PRODUCTION, version)
+            _record(client, name, move)
         except Exception:
             # Never leave the alias somewhere the history does not say.
             if current_version is None:
                 client.delete_registered_model_alias(name, PRODUCTION)
             else:
                 client.set_registered_model_alias(name, PRODUCTION, current_version)
+            client.delete_registered_model_tag(name, PENDING_TAG)
             raise
-        stamp = {
-            "promoted_at": move.at,
-            "promoted_by": move.by,
-            "promotion_reason": move.reason,
-            "promotion_action": action,
-            "promoted_by_run": move.run_id,
-            "replaced_version": current_version or "",
-        }
-        for key, value in stamp.items():
-            client.set_model_version_tag(name, version, key, value)
+        _stamp(client, name, move)
+        client.delete_registered_model_tag(name, PENDING_TAG)
     _notify(name, move)
     return move
 
@@ -451,6 +629,8 @@ def rollback(
         if current is None:
             raise RegistryError(f"'{name}' has no production version; there is nothing to roll back")
         if version is None:
+            # The version production held before the current one: moves made outside this tool count
+            # (recover has recorded them), so after a hand move this goes back to where it was moved from.
             stack = holders(moves)
             if len(stack) < 2 or stack[-1] != current:
                 raise RegistryError(
@@ -460,7 +640,7 @@ def rollback(
             return stack[-2], "rollback"
         if version == current:
             raise RegistryError(f"version {version} of '{name}' is already production; nothing changed")
-        was_production = any(m.to_version == version for m in moves)
+        was_production = any(m.to_version == version and m.action != OUTSIDE for m in moves)
         if not was_production and target.tags.get("gate") != "passed":
             raise RegistryError(
                 f"version {version} of '{name}' was never production and did not pass its gate; "
@@ -472,11 +652,18 @@ def rollback(
 
 
 def status(name: str, client: MlflowClient | None = None) -> dict:
-    """The production version with its gate result and metrics, and the ordered history of moves."""
+    """The production version with its gate result and metrics, the ordered history of moves, and the
+    moves nobody recorded yet (``unrecorded``, with a ``warning``; the next promote or rollback records
+    them)."""
     client = client or MlflowClient()
-    moves = history(name, client)
+    moves, missing = full_history(name, client)
     current = get_production(name, client)
-    out: dict = {"model_name": name, "production": None, "history": [asdict(m) for m in moves]}
+    out: dict = {
+        "model_name": name,
+        "production": None,
+        "history": [asdict(m) for m in moves],
+        "unrecorded": [asdict(m) for m in missing],
+    }
     if current is not None:
         tags = current.tags
         out["production"] = {
@@ -491,9 +678,20 @@ def status(name: str, client: MlflowClient | None = None) -> dict:
             "promotion_reason": tags.get("promotion_reason"),
             "run_id": current.run_id,
         }
-        if not moves or moves[-1].to_version != str(current.version):
-            out["warning"] = (
-                f"production is v{current.version} but the last recorded move is to "
-                f"v{moves[-1].to_version if moves else '-'}: the alias was moved outside this tool"
-            )
+    if missing:
+        out["warning"] = unrecorded_warning(missing)
     return out
+
+
+def unrecorded_warning(missing: list[AliasMove]) -> str:
+    """One line on the moves :func:`unrecorded_moves` found."""
+    parts = []
+    for m in missing:
+        where = f"v{m.from_version or '-'} -> v{m.to_version or '-'}"
+        if m.action == OUTSIDE and not m.to_version:
+            parts.append(f"the production alias (v{m.from_version or '-'}) was deleted outside this tool")
+        elif m.action == OUTSIDE:
+            parts.append(f"production was moved outside this tool ({where})")
+        else:
+            parts.append(f"a {m.action} {where} at {m.at} was not recorded (its process died)")
+    return "; ".join(parts) + "; the next promote or rollback records it"

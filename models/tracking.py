@@ -13,8 +13,10 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import mlflow
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.tracking import MlflowClient
+
+from models import redaction
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -37,13 +41,17 @@ __all__ = [
     "parse_bool",
     "parse_int",
     "use_experiment",
+    "warn_logged_credentials",
 ]
 
 DEFAULT_EXPERIMENT = "crypto-signals"
 
 
 class TrackingUnavailable(RuntimeError):
-    pass
+    """The tracking store cannot be reached; the message names the store, without its password."""
+
+    def __init__(self, *args: object):
+        super().__init__(*(redaction.redact(a) if isinstance(a, str) else a for a in args))
 
 
 @contextmanager
@@ -95,12 +103,12 @@ def error_message(exc: BaseException) -> str:
     database refused (read-only, corrupt, locked, full), the store's URI and what to check."""
     text = one_line(exc)
     if _is_database_error(exc):
-        return (
+        text = (
             f"the MLflow tracking store {mlflow.get_tracking_uri()!r} refused the request: {text}. "
             "Check that the store is a writable, uncorrupted MLflow database (file and directory "
             "permissions, disk space), or fix MLFLOW_TRACKING_URI."
         )
-    return text
+    return redaction.redact(text)
 
 
 class _DropStoreTracebacks(logging.Filter):
@@ -239,10 +247,40 @@ def log_metrics(prefix: str, metrics: dict, run_id: str | None = None) -> None:
 
 def log_params_once(params: dict) -> None:
     """Log the params the active run lacks: under `mlflow run` the launcher has already logged its own
-    spelling of each MLproject parameter ("90" for 90.0, "''" for ""), and MLflow refuses to change one."""
+    spelling of each MLproject parameter ("90" for 90.0, "''" for ""), and MLflow refuses to change one.
+    Values are logged with credentials masked (:func:`models.redaction.redact`); a credential the launcher
+    logged already gets one warning (:func:`warn_logged_credentials`)."""
     run = mlflow.active_run()
     logged = MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    if run:
+        warn_logged_credentials(run.info.run_id, logged)
+    mlflow.log_params({k: redaction.redact_obj(v) for k, v in params.items() if k not in logged})
+
+
+CREDENTIAL_ADVICE = (
+    "Keep passwords out of URIs: PostgreSQL's libpq reads PGPASSWORD or ~/.pgpass (so "
+    "postgresql://user@host/db with PGPASSWORD set works), and an MLflow tracking server reads "
+    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."
+)
+_warned_runs: set[str] = set()
+
+
+def warn_logged_credentials(run_id: str, params: Mapping[str, object]) -> list[str]:
+    """Warn once per run, in one line on stderr, when parameters already logged to ``run_id`` hold a
+    credential (a password in a URI): `mlflow run` logs every ``-P`` value as given before our code runs,
+    and MLflow cannot change a logged parameter. Returns the names of those parameters."""
+    leaked = sorted(k for k, v in params.items() if isinstance(v, str) and redaction.redact(v) != v)
+    if leaked and run_id not in _warned_runs:
+        _warned_runs.add(run_id)
+        print(
+            redaction.redact(
+                f"warning: run {run_id} has the parameter(s) {', '.join(leaked)} logged with a credential "
+                "in them, by `mlflow run` from its -P values before this code ran (MLflow cannot change a "
+                "logged parameter: delete the run, then `mlflow gc`, to remove it). " + CREDENTIAL_ADVICE
+            ),
+            file=sys.stderr,
+        )
+    return leaked
 
 
 def parse_bool(text: str) -> bool:
@@ -268,3 +306,71 @@ def parse_int(text: str) -> int:
     if not math.isfinite(value) or not value.is_integer():
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
+
+
+# ------------------------------------------------------------------ which process holds a run or a lock
+# A run or a registry lock records the process that holds it (``host``, ``pid`` and ``pid_start``, so a later
+# process given the same pid is not mistaken for it); another process on the same machine can then tell at
+# once whether the holder is alive.
+
+HOST_TAG, PID_TAG, PID_START_TAG = "host", "pid", "pid_start"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    """This boot of this machine and this pid namespace, where a pid names one process ("" if unknown)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    return f"{boot}/{namespace}" if boot or namespace else ""
+
+
+def process_start(pid: int) -> str | None:
+    """A token for the live process ``pid``, different for a later process given the same pid (machine
+    boot, pid namespace and start time in clock ticks, from /proc), or None if no such process is alive
+    (a zombie is dead). Without /proc (not Linux): "" for a live pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat:
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        if fields[0] in ("Z", "X"):
+            return None
+        return f"{_machine()}/{fields[19]}"  # field 22 of stat: start time
+    if os.path.isdir("/proc/self"):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """``host``, ``pid`` and ``pid_start`` of this process (also recorded on Optuna trials)."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
+
+
+def owner_alive(owner: Mapping[str, object]) -> bool | None:
+    """Whether the process that ``owner`` (:func:`owner_tags`) names is alive: True or False if it ran
+    on this machine, None if this machine cannot tell (another host, a reboot or another pid namespace
+    since, or no owner recorded)."""
+    host, pid, start = owner.get(HOST_TAG), str(owner.get(PID_TAG, "")), str(owner.get(PID_START_TAG) or "")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if start and start.rsplit("/", 1)[0] != _machine():
+        return None
+    now = process_start(int(pid))
+    if now is None:
+        return False
+    return not start or now == start  # a different start time: the pid was reused

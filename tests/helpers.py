@@ -183,3 +183,16 @@ def throwaway_store(tmp: Path, experiment: str = "tests"):
             yield mp, uri
         finally:
             mlflow.set_tracking_uri(None)
+
+
+class ConstantSignal(mlflow.pyfunc.PythonModel):
+    """The cheapest model that loads as a pyfunc: "hold" for every row (lifecycle tests, which only
+    need versions that load)."""
+
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"signal": ["hold"] * len(model_input)})
+
+
+def log_loadable_model() -> str:
+    """Log :class:`ConstantSignal` (in the active run, if any); its ``models:/`` URI to register."""
+    return mlflow.pyfunc.log_model(name="model", python_model=ConstantSignal(), pip_requirements=[]).model_uri

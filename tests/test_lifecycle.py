@@ -19,25 +19,20 @@ from mlflow.tracking import MlflowClient
 from models import registry
 from models.lifecycle import main as lifecycle_main
 from models.registry import PRODUCTION, RegistryError, history, holders, production_lock, promote, rollback
+from tests.helpers import log_loadable_model
 from tests.webhook import SECRET
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _versions(client: MlflowClient, name: str, gates: list[str]) -> list[str]:
-    """Register one version per gate result, from a tiny artifact (the lifecycle never loads it)."""
+    """Register one version per gate result, all of one tiny model that loads (every move of production
+    first proves its target loads)."""
     client.create_registered_model(name)
     mlflow.set_experiment("lifecycle-tests")  # this test's store, not one cached from an earlier test
-    with mlflow.start_run(run_name=f"versions {name}") as run:
-        mlflow.log_text("placeholder", "model/MLmodel")
-    return [
-        str(
-            client.create_model_version(
-                name, f"{run.info.artifact_uri}/model", run.info.run_id, tags={"gate": g}
-            ).version
-        )
-        for g in gates
-    ]
+    with mlflow.start_run(run_name=f"versions {name}"):
+        uri = log_loadable_model()
+    return [str(mlflow.register_model(uri, name, tags={"gate": g}).version) for g in gates]
 
 
 def _locks(client):

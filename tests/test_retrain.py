@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from features.data import DataError
 from features.exchange import read_cache
+from models import tracking as mtracking
 from models.registry import HEARTBEAT_TAG, PRODUCTION, LockBusy
 from tests.helpers import make_flow_signal_candles, make_regime_candles, tiny_config, write_csv
 from tests.replay import ReplayServer
@@ -224,7 +225,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(store, monkeypatch):
     dead = {
         tracking.HOST_TAG: socket.gethostname(),
         tracking.PID_TAG: str(_dead_pid()),
-        tracking.PID_START_TAG: f"{tracking._machine()}/1",
+        tracking.PID_START_TAG: f"{mtracking._machine()}/1",
         HEARTBEAT_TAG: pd.Timestamp.now(tz="UTC").isoformat(),  # fresh: the dead pid decides
         "owner": "someone pid 1",
     }

@@ -13,11 +13,9 @@ import hashlib
 import logging
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,12 +26,16 @@ from mlflow.tracking import MlflowClient
 
 from models.tracking import (
     DEFAULT_EXPERIMENT,
+    HOST_TAG,
+    PID_TAG,
     CandleSource,
     TrackingUnavailable,
     check_reachable,
     log_dataset,
     log_metrics,
     log_params_once,
+    owner_alive,
+    owner_tags,
     use_experiment,
 )
 
@@ -151,7 +153,7 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
 # ``pid_start``, so that a later process given the same pid is not mistaken for it) and a ``heartbeat``
 # refreshed while it is open; the next pipeline closes as KILLED the runs whose process is gone.
 
-HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = "host", "pid", "pid_start", "heartbeat"
+HEARTBEAT_TAG = "heartbeat"
 KILLED_REASON_TAG = "killed_reason"
 NOTE_TAG = "mlflow.note.content"
 PROJECT_STEPS = (
@@ -168,66 +170,6 @@ GRACE_SECONDS = 30 * 60.0
 LEGACY_GRACE_SECONDS = 24 * 3600.0
 
 _log = logging.getLogger(__name__)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _machine() -> str:
-    """This boot of this machine and this pid namespace, where a pid names one process ("" if unknown)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    boot = _read("/proc/sys/kernel/random/boot_id")
-    return f"{boot}/{namespace}" if boot or namespace else ""
-
-
-def process_start(pid: int) -> str | None:
-    """A token for the live process ``pid``, different for a later process given the same pid (machine
-    boot, pid namespace and start time in clock ticks, from /proc), or None if no such process is alive
-    (a zombie is dead). Without /proc (not Linux): "" for a live pid."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat:
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-        if fields[0] in ("Z", "X"):
-            return None
-        return f"{_machine()}/{fields[19]}"  # field 22 of stat: start time
-    if os.path.isdir("/proc/self"):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return ""
-
-
-def owner_tags() -> dict[str, str]:
-    """``host``, ``pid`` and ``pid_start`` of this process (also recorded on Optuna trials)."""
-    pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
-
-
-def owner_alive(owner: Mapping[str, object]) -> bool | None:
-    """Whether the process that ``owner`` (:func:`owner_tags`) names is alive: True or False if it ran
-    on this machine, None if this machine cannot tell (another host, a reboot or another pid namespace
-    since, or no owner recorded)."""
-    host, pid, start = owner.get(HOST_TAG), str(owner.get(PID_TAG, "")), str(owner.get(PID_START_TAG) or "")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    if start and start.rsplit("/", 1)[0] != _machine():
-        return None
-    now = process_start(int(pid))
-    if now is None:
-        return False
-    return not start or now == start  # a different start time: the pid was reused
 
 
 def _now() -> str:

@@ -196,3 +196,14 @@ class ConstantSignal(mlflow.pyfunc.PythonModel):
 def log_loadable_model() -> str:
     """Log :class:`ConstantSignal` (in the active run, if any); its ``models:/`` URI to register."""
     return mlflow.pyfunc.log_model(name="model", python_model=ConstantSignal(), pip_requirements=[]).model_uri
+
+
+def owner_lock_tags() -> dict[str, str]:
+    """Tags of a registry lock held by this (live) test process."""
+    from models import registry
+    from models.tracking import owner_tags
+
+    return {
+        registry.OWNER_TAG: f"test pid {os.getpid()}",
+        registry.HEARTBEAT_TAG: registry._now(),
+    } | owner_tags()

@@ -238,3 +238,27 @@ def test_a_deleted_alias_is_understood(store, capsys):
         ("outside", v1, ""),
         ("promote", None, v2),
     ]
+
+
+def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, capsys, monkeypatch):
+    """The gate passes, but a live process holds the promotion lock: the version is registered, production
+    does not move, and the last line, the summary and the exit code say so."""
+    import functools
+
+    from train import pipeline
+    from tests.helpers import make_flow_signal_candles, owner_lock_tags, write_csv
+
+    data = write_csv(make_flow_signal_candles(3000, seed=11), store / "flow.csv")
+    monkeypatch.setattr(pipeline, "promote", functools.partial(pipeline.promote, lock_timeout=0.5))
+    MlflowClient().create_registered_model(f"ps-p{registry.LOCK_SUFFIX}", tags=owner_lock_tags())
+    argv = ["--data", data, "--n-trials", "2", "--models", "lightgbm", "--n-folds", "3", "--horizon", "3"]
+    argv += ["--model-name", "ps-p", "--optuna-storage", f"sqlite:///{store}/optuna.db", "--n-jobs", "1"]
+    code = pipeline.main(argv)
+    out = capsys.readouterr()
+    last = json.loads(out.out.strip().splitlines()[-1])
+    assert last["gate"] == "passed", out.err[-3000:]
+    assert code == pipeline.EXIT_NOT_PROMOTED == 75
+    assert last["promoted"] is False and last["production_version"] is None and last["model_version"] == "1"
+    assert "in progress" in last["not_promoted"]
+    assert "NOT PROMOTED although the gate passed" in out.err + out.out
+    assert _alias("ps-p") is None

@@ -17,7 +17,8 @@
 Every retrain is one MLflow run: the pipeline run, tagged ``retrain=true`` with the decision
 (``retrain_new_candles`` ...), or a small run with tag ``step=retrain`` when it skipped, found the lock
 busy or failed before training. Exit codes: 0 trained (whatever the gate said) or skipped, 1 failed,
-2 bad arguments, 75 another retrain of the model holds the lock.
+2 bad arguments, 75 another retrain of the model holds the lock, or the new version passed its gate but
+production could not be moved to it (the summary says why).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from features.candles import fmt_td, fmt_ts
 from features.data import EXCHANGE_PREFIX, DataError, DataInfo, load_candles
 from features.exchange import cache_file, fetch_candles, parse_spec
 from models.notify import notify
+from models.redaction import install, redact, redact_obj
 from models.registry import HEARTBEAT_TAG, LockBusy, LockHold, get_production, registry_lock
-from models.tracking import env_vars, error_message, one_line, parse_bool
+from models.tracking import env_vars, error_message, one_line, parse_bool, warn_logged_credentials
 from train import tracking
 from train.config import PipelineConfig, configure_logging
 from train.config import build_parser as pipeline_parser
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The weekly job: refresh exchange candles, skip if too few new candles arrived since the "
         "production version's data ended, else run the pipeline (gate, promotion) and notify. "
         f"Exit 0 trained or skipped, 1 failed, 2 bad arguments, {EXIT_BUSY} another retrain of the "
-        "model holds the lock."
+        "model holds the lock, or the new version passed its gate but production could not move to it."
     )
     parser.add_argument(
         "--min-new-candles",
@@ -344,12 +346,14 @@ def record(outcome: str, cfg: PipelineConfig, tags: dict, note: str, failed: boo
         "mlflow.note.content": note,
         **{k: str(v) for k, v in tags.items() if v is not None},
     }
+    all_tags = redact_obj(all_tags)  # an error or reason may quote a store URI with its password
     client = MlflowClient()
     try:
         # a store that fails now should not hold up the exit code for minutes
         with env_vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
             run_id = os.environ.get("MLFLOW_RUN_ID")
             if run_id:
+                warn_logged_credentials(run_id, client.get_run(run_id).data.params)  # `mlflow run` -P values
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
                 client.set_tag(run_id, "mlflow.runName", f"retrain {outcome} {cfg.model_name}")
                 return run_id
@@ -383,7 +387,7 @@ def train(cfg: PipelineConfig, tags: dict, pipeline: Callable[[PipelineConfig], 
     client = MlflowClient()
     launcher_run = os.environ.get("MLFLOW_RUN_ID")
     run_tags = {"retrain": "true", "retrain_outcome": "training", "model_name": cfg.model_name} | {
-        k: str(v) for k, v in tags.items() if v is not None
+        k: redact(str(v)) for k, v in tags.items() if v is not None
     }
     if launcher_run:
         run_id = launcher_run
@@ -420,11 +424,13 @@ def _finish(client: MlflowClient, run_id: str, launcher_run: str | None, outcome
 
 
 def _error_text(exc: BaseException) -> str:
+    """The one line a failure is reported in (stderr, the run's tags, the notification), without
+    credentials: a dead store's message names its URI."""
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted ({exc or 'Ctrl-C'})"
     if isinstance(exc, MlflowException):
         return error_message(exc)
-    return one_line(exc) or type(exc).__name__
+    return redact(one_line(exc) or type(exc).__name__)
 
 
 # ----------------------------------------------------------------------------------------- the job
@@ -513,6 +519,8 @@ def retrain(
         if summary.get("promoted")
         else f"production stays v{production or before or '-'}"
     )
+    if summary.get("promotion_refused"):
+        moved += f" (not promoted: {summary['promotion_refused']})"
     message = f"trained: v{version}, gate {gate}, {moved} ({minutes:.0f} min)"
     log.info("retrain   %s", message)
     notify(
@@ -520,7 +528,9 @@ def retrain(
         f"{name}: retrained v{version}, gate {gate}, {moved}",
         {"new_candles": decision.new_candles, "minutes": round(minutes, 1), "run_id": summary.get("run_id")},
     )
-    return Outcome("trained", EXIT_OK, message, summary | {"new_candles": decision.new_candles})
+    # A version that passed its gate but did not become production: "try again later", like a busy lock.
+    code = EXIT_BUSY if summary.get("promotion_refused") else EXIT_OK
+    return Outcome("trained", code, message, summary | {"new_candles": decision.new_candles})
 
 
 def _failed(cfg: PipelineConfig, decision: Decision | None, exc: BaseException) -> Outcome:
@@ -535,12 +545,13 @@ def _failed(cfg: PipelineConfig, decision: Decision | None, exc: BaseException) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    install()  # credentials masked in every line printed or logged from here on (models.redaction)
     configure_logging(build_parser().parse_args(argv).log_level)  # bad arguments exit 2 here
     try:
         cfg, opts, _ = parse_args(argv)
     except (ValueError, TypeError) as exc:  # PipelineConfig's checks
-        log.error("%s", exc)
-        notify("retrain_failed", f"retrain failed: {exc}", {"host": socket.gethostname()})
+        log.error("%s", redact(str(exc)))
+        notify("retrain_failed", f"retrain failed: {redact(str(exc))}", {"host": socket.gethostname()})
         return EXIT_FAILED
     outcome = retrain(cfg, opts)
     if outcome.status == "trained" and "models" in outcome.summary:  # the pipeline's full summary

@@ -5,6 +5,9 @@
 The model computes its own features; labels follow the model's own definition (horizon, threshold,
 volatility window, from its metadata). Only candles after the model's training window
 (``trained_until`` in its metadata) are scored, so the numbers are out of sample by construction.
+
+Errors (bad candles, an unknown model, model files missing or corrupt, an unreachable store) exit 1 with
+one ``error: ...`` line on stderr; the model is loaded first (:func:`models.loading.load_model`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from evaluation.metrics import baseline_predictions, classification_metrics, plo
 from features.data import DataError, load_candles
 from features.labels import HOLD, make_labels
 from models import tracking
+from models.loading import ModelUnavailable, load_model
 from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import as_model_input
 
@@ -178,6 +182,7 @@ def score_model(
 
 
 def main(argv: list[str] | None = None) -> int:
+    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.evaluate", description=__doc__.splitlines()[0]
     )
@@ -191,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         tracking.check_reachable()
+        model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
-        model = mlflow.pyfunc.load_model(args.model_uri)
         result = score_model(model, candles, args.seed, args.fee_bps, args.slippage_bps)
         tracking.use_experiment()
         with mlflow.start_run(run_name=f"evaluate {args.model_uri}"):
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["metrics"]["confusion_matrix"], f"{args.model_uri}", Path(tmp) / "cm_evaluated.png"
                 )
                 mlflow.log_artifact(str(path), "confusion_matrix")
-    except (DataError, ValueError, tracking.TrackingUnavailable) as exc:
+    except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:  # one line naming the store, not the SQL statement it refused

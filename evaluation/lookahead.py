@@ -38,6 +38,7 @@ from features.context import context_label, feature_function
 from features.data import DataError, load_candles
 from features.indicators import FEATURE_SETS, compute_features, warmup_bars
 from features.labels import make_labels
+from models.redaction import install
 
 __all__ = ["LABEL_SET", "Finding", "LookaheadReport", "analyse", "choose_cuts", "main"]
 
@@ -447,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    install()  # credentials masked in every line printed or logged from here on (models.redaction)
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
         if args.days < 0:

@@ -28,8 +28,9 @@ Verdict (``drifted`` wins when both hold):
   is below zero (the policy lost money by more than luck explains).
 * ``ok``: neither.
 
-Exit codes, for a scheduler: 0 ok, 1 error (bad input, unknown model, missing training snapshot,
-unreachable tracking store; one line on stderr), 2 bad command-line usage (argparse), 3 degraded,
+Exit codes, for a scheduler: 0 ok, 1 error (bad input, unknown model, model files missing or corrupt,
+missing training snapshot, unreachable tracking store; one line on stderr), 2 bad command-line usage
+(argparse), 3 degraded,
 4 drifted. Each successful call logs one ``monitor`` run, tags the model version (``last_monitored``,
 ``monitor_verdict``, ``monitor_run_id``) and, on a verdict other than ok, posts a webhook message.
 """
@@ -70,6 +71,7 @@ from features.context import compute_model_features, feature_names
 from features.data import DataError, load_candles
 from features.labels import BUY, SELL
 from models import tracking
+from models.loading import ModelUnavailable, load_model
 from models.notify import notify
 
 OK, DEGRADED, DRIFTED = "ok", "degraded", "drifted"
@@ -530,10 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluation.monitor",
         description=__doc__.splitlines()[0],
         epilog=(
-            f"exit codes: {EXIT_OK} ok, {EXIT_ERROR} error (bad input, unknown model, missing training "
-            f"snapshot, unreachable store), 2 usage error, {EXIT_DEGRADED} degraded (live numbers "
-            f"significantly worse than promoted), {EXIT_DRIFTED} drifted (feature distributions moved; "
-            "wins over degraded)"
+            f"exit codes: {EXIT_OK} ok, {EXIT_ERROR} error (bad input, unknown model, model files missing "
+            f"or corrupt, missing training snapshot, unreachable store), 2 usage error, {EXIT_DEGRADED} "
+            f"degraded (live numbers significantly worse than promoted), {EXIT_DRIFTED} drifted (feature "
+            "distributions moved; wins over degraded)"
         ),
     )
     parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="models:/<name>/<version> or @<alias>")
@@ -563,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
     args = build_parser().parse_args(argv)
     # MLflow's download progress bars would surround the one-line error a scheduler's log should show.
     with tracking.env_vars(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
@@ -582,14 +585,15 @@ def _main(args: argparse.Namespace) -> int:
         tracking.check_reachable()
         client = MlflowClient()
         version = resolve_version(args.model_uri, client)
+        # First: a version whose files are missing or corrupt fails here in one line, before any download.
+        model = load_model(f"models:/{version.name}/{version.version}")
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
         train_candles, _ = training_candles(version)
-        model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
         result = monitor(model, version, candles, train_candles, config)
         params = {k: v for k, v in vars(args).items()} | {"model_version": version.version}
         run_id = log_run(result, params, candles, info.source, info.sha256)
         tag_version(result, run_id, client)
-    except (DataError, ValueError, tracking.TrackingUnavailable) as exc:
+    except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable) as exc:
         print(f"error: {tracking.one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except MlflowException as exc:

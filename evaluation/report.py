@@ -2,7 +2,8 @@
 
 The page has no external CSS, JavaScript, fonts or images (pictures are embedded as base64 data URIs),
 so it reads the same when downloaded from the MLflow UI, mailed, or opened offline years later. Every
-string taken from ``ctx`` is HTML-escaped: run names, paths, data sources and gate reasons are user data.
+string taken from ``ctx`` is HTML-escaped (run names, paths, data sources and gate reasons are user data)
+and has its credentials masked (:func:`models.redaction.redact`).
 
 Expected ``ctx`` (keys marked optional may be absent or None; their section is then left out)::
 
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from features.labels import CLASS_NAMES
+from models.redaction import redact_obj
 
 DSR_SIGNIFICANCE = 0.95
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
@@ -432,7 +434,9 @@ def _config(config: dict | None) -> str:
 
 # -------------------------------------------------------------------------------------------------- API
 def render_report(ctx: dict) -> str:
-    """The whole report as one HTML string (see the module docstring for ``ctx``)."""
+    """The whole report as one HTML string (see the module docstring for ``ctx``). Credentials in any
+    string of ``ctx`` (a password in a storage URI of the configuration) are masked first."""
+    ctx = redact_obj(ctx)
     title = ctx.get("title") or "Training report"
     created = ctx.get("created") or datetime.now(UTC).isoformat(timespec="seconds")
     body = [

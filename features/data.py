@@ -125,13 +125,18 @@ def _download_artifact(uri: str, directory: str) -> Path:
     downloaded from the tracking server into ``directory``."""
     import mlflow
 
+    from models.redaction import redact  # the store's URI and MLflow's message, without a password
+
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=directory))
     except Exception as exc:  # MlflowException, OSError, connection errors: all mean "cannot get it"
         raise DataError(
-            f"Could not download {uri!r} from the tracking server "
-            f"({mlflow.get_tracking_uri()}): {type(exc).__name__}: {exc}. Check the run id and path (the "
-            "pipeline logs its candles as runs:/<run_id>/data/candles.parquet) and MLFLOW_TRACKING_URI."
+            redact(
+                f"Could not download {uri!r} from the tracking server "
+                f"({mlflow.get_tracking_uri()}): {type(exc).__name__}: {exc}. Check the run id and path "
+                "(the pipeline logs its candles as runs:/<run_id>/data/candles.parquet) and "
+                "MLFLOW_TRACKING_URI."
+            )
         ) from exc
 
 

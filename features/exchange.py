@@ -721,6 +721,9 @@ def main(
     Updates the cache and prints what was fetched; exit code 0 on success, 1 with a one-line error on
     stderr when fetching fails. ``exchange_factory`` (tests) builds the exchange from the spec.
     """
+    from models.redaction import install
+
+    install()  # credentials masked in every line printed or logged from here on
     parser = argparse.ArgumentParser(
         prog="python -m features.exchange",
         description="Update the local candle cache of one exchange series (no training).",

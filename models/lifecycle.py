@@ -71,7 +71,9 @@ def _move(kind: str, args: argparse.Namespace) -> int:
             else:
                 move = rollback(args.model_name, version, args.reason, run_id=run.info.run_id)
         except RegistryError as exc:
-            mlflow.set_tags({"refused": str(exc)[:500], MLFLOW_RUN_NAME: f"refused {asked}"})
+            mlflow.set_tags(
+                {"refused": tracking.redaction.redact(str(exc))[:500], MLFLOW_RUN_NAME: f"refused {asked}"}
+            )
             mlflow.end_run(status="FAILED")
             raise
         mlflow.log_dict(asdict(move), "audit.json")
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
     args = build_parser().parse_args(argv)
     try:
         tracking.check_reachable()

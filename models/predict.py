@@ -5,6 +5,8 @@
 
 Loads the model from the registry (default: the ``production`` alias), feeds it the candles and writes
 one row per candle (CSV, or Parquet when the output ends in .parquet). Nothing is logged or registered.
+Errors (bad candles, an unknown model, model files missing or corrupt, an unreachable store) exit 1 with
+one ``error: ...`` line on stderr; the model is loaded first (:func:`models.loading.load_model`).
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 
 from features.data import SNAPSHOT_PREFIXES, DataError, load_candles
 from models import tracking
-from models.pyfunc import as_model_input
+from models.loading import ModelUnavailable, load_model
+from models.pyfunc import FUTURE, as_model_input
 
 # Model URIs resolved through the tracking server / model registry (a local path or s3:// is not).
 TRACKED_URIS = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def main(argv: list[str] | None = None) -> int:
+    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
     parser = argparse.ArgumentParser(prog="python -m models.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
     parser.add_argument("--data", default="builtin", help="'builtin' or a CSV/Parquet candle file")
@@ -40,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         # In seconds, before any work: a dead server would otherwise take MLflow's minutes of retries.
         if args.model_uri.startswith(TRACKED_URIS) or args.data.startswith(SNAPSHOT_PREFIXES):
             tracking.check_reachable()
+        model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
-        model = mlflow.pyfunc.load_model(args.model_uri)
         signals = model.predict(as_model_input(candles))
-    except (DataError, ValueError, tracking.TrackingUnavailable, OSError) as exc:
+    except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except MlflowException as exc:
@@ -59,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model_uri}: {len(signals):,} candles ({info.describe()}), {len(ready):,} with a signal "
         f"-> {output}"
     )
+    future = int((signals["signal"] == FUTURE).sum())
+    if future:
+        print(
+            f"  {future:,} candles stamped after now + one bar are marked not ready ({FUTURE!r}): "
+            "check the timestamps (time zone, epoch unit) or the clock"
+        )
     if len(ready):
         last = ready.iloc[-1]
         print(

@@ -11,6 +11,18 @@ timezone-aware datetimes, ISO 8601 strings with or without an offset, epoch seco
 every check is :func:`features.candles.normalize_candles`', whose refusal names the problem first. A
 typed schema would refuse timezone-aware datetimes, ISO strings (in Python) and epoch numbers before
 ``predict`` ran, with a dump of the whole input before the reason.
+
+Column names: MLflow keeps only the signature's exact lower-case names (``timestamp``, ``open``,
+``high``, ``low``, ``close``, ``volume``) and drops every other column before ``predict`` runs, so a
+missing column is reported with those names only (:func:`check_columns`), never with the
+spellings :func:`features.candles.normalize_candles` accepts from files (``vol``, ``Close`` ...), which
+never reach the served model.
+
+Candles from the future: a candle stamped beyond now (UTC, the serving machine's clock) plus one bar
+cannot have closed, so it is **marked, not refused**: ``ready=False``, ``signal``/``action``
+``"future_timestamp"``, ``label=-1``, NaN probabilities, ``position`` 0, like every row that is not
+ready; the rows before it are scored as usual (a bot whose clock or time zone is off sees why it gets
+no signal, and a server log shows no error for a whole batch because of one bad stamp).
 """
 
 from __future__ import annotations
@@ -22,13 +34,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from features.candles import OHLCV, check_bar_sizes, infer_bar, normalize_candles, segment_ids
+from features.candles import OHLCV, DataError, check_bar_sizes, infer_bar, normalize_candles, segment_ids
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.labels import CLASS_NAMES
 from models.policy import DecisionPolicy
 
 NOT_READY = "insufficient_history"
 AFTER_GAP = "after_gap"  # not ready because a gap in the candles restarted the indicators' warm-up
+FUTURE = "future_timestamp"  # not ready: stamped beyond now plus one bar, it cannot have closed
 CLASS_ARRAY = np.asarray(CLASS_NAMES, dtype=object)
 OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "ready", "action", "position")
 INPUT_COLUMNS = ("timestamp", *OHLCV)
@@ -77,6 +90,33 @@ def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def check_columns(model_input) -> None:
+    """Raise :class:`DataError` naming the missing candle columns and only the spellings the served
+    model accepts. Nothing to check when ``model_input`` holds columns MLflow would have dropped (a
+    direct call of :meth:`SignalModel.predict`): :func:`features.candles.normalize_candles` matches
+    other spellings there and says which it accepts."""
+    if not isinstance(model_input, pd.DataFrame) or not set(model_input.columns) <= set(INPUT_COLUMNS):
+        return
+    exact = (
+        f"the model takes candles with columns {', '.join(INPUT_COLUMNS)} (these exact lower-case names; "
+        "other columns, such as 'Close', 'vol' or 'time', are dropped before the model sees them"
+    )
+    if len(model_input.columns) == 0:
+        # MLflow keeps only the signature's columns: none of them was sent (e.g. 'Open', 'Close').
+        raise DataError(f"Missing columns: {exact}).")
+    # Timestamps in the index (which MLflow keeps) are normalize_candles' to judge.
+    index = model_input.index
+    time_index = isinstance(index, pd.DatetimeIndex) or index.name is not None
+    missing = [] if "timestamp" in model_input.columns or time_index else ["timestamp"]
+    missing += [c for c in OHLCV if c not in model_input.columns]
+    if missing:
+        received = ", ".join(map(str, model_input.columns))
+        raise DataError(
+            f"Missing column(s): {', '.join(missing)}. Columns received: {received}; {exact}; in Python "
+            "the timestamps may instead be a DatetimeIndex). Rename the columns."
+        )
+
+
 class SignalModel(PythonModel):
     """Wraps a fitted ensemble with the feature set, context timeframe and bar size it was trained on."""
 
@@ -114,13 +154,8 @@ class SignalModel(PythonModel):
         return min_history_bars(self.feature_set, self._context, self.bar)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame) and len(model_input.columns) == 0:
-            # MLflow keeps only the signature's columns: none of them was sent (e.g. 'Open', 'Close').
-            raise InvalidCandles(
-                f"Missing columns: the model takes candles with columns {', '.join(INPUT_COLUMNS)} "
-                "(these exact lower-case names; other columns are dropped before the model sees them)."
-            )
         try:
+            check_columns(model_input)
             return self.predict_candles(model_input)
         except ValueError as exc:  # bad candles (features.data.DataError is one): say why, loudly
             raise InvalidCandles(str(exc)) from exc
@@ -133,7 +168,9 @@ class SignalModel(PythonModel):
         the output ``timestamp`` is naive UTC datetimes whatever the input form.
 
         Rows with too little history get ``ready=False``, ``signal='insufficient_history'``,
-        ``label=-1`` and NaN probabilities: they are marked, never guessed.
+        ``label=-1`` and NaN probabilities: they are marked, never guessed. So are rows after a gap
+        (``'after_gap'``) and rows stamped beyond now (UTC) plus one bar (``'future_timestamp'``: a
+        candle that cannot have closed yet, e.g. from a bot whose clock or time zone is wrong).
 
         ``signal``/``label`` are the most probable class; ``action`` is what the decision policy does
         (``buy``/``sell`` only when confident enough, else ``hold``) and ``position`` (-1/0/+1) the
@@ -152,13 +189,15 @@ class SignalModel(PythonModel):
         # After a gap the indicators start again (features.candles.segments): those rows are not ready.
         features = compute_model_features(candles, self.feature_set, self._context, bar=self.bar)
         features = features[self.feature_names]
-        ready = features.notna().all(axis=1).to_numpy()
+        # A candle that opened after now plus one bar cannot have closed: never scored (see the docstring).
+        future = np.asarray(candles.index > pd.Timestamp.now(tz="UTC") + self.bar)
+        ready = features.notna().all(axis=1).to_numpy() & ~future
         proba = np.full((len(candles), len(CLASS_NAMES)), np.nan)
         if ready.any():
             proba[ready] = self.ensemble.predict_proba(features[ready])
         label = np.where(ready, np.nan_to_num(proba).argmax(axis=1), -1).astype(np.int64)
         after_gap = ~ready & (segment_ids(candles.index, self.bar) > 0)
-        why = np.where(after_gap, AFTER_GAP, NOT_READY)
+        why = np.where(future, FUTURE, np.where(after_gap, AFTER_GAP, NOT_READY))
         # A model pickled before decision policies existed has none: it acts on its most probable class,
         # flat on hold, as its backtest did then. Rows that are not ready are flat either way.
         policy = getattr(self, "policy", None)

@@ -55,7 +55,7 @@ _USERINFO = re.compile(
 )
 _SECRET_PARAM = re.compile(
     r"(?P<key>[?&;](?:password|passwd|pwd|pass|token|access_token|api[_-]?key|apikey|secret|"
-    r"client_secret|sig|signature|auth)=)(?P<value>[^&#\s'\"]+)",
+    r"client_secret|sig|signature|auth)=)(?P<value>[^&;#\s'\"]+)",
     re.IGNORECASE,
 )
 # key=value outside a URI query: a libpq connection string ("host=h password=secret"), a shell line

@@ -113,10 +113,25 @@ def error_message(exc: BaseException) -> str:
 
 class _DropStoreTracebacks(logging.Filter):
     """MLflow logs the full traceback (with the SQL statement and its parameters) of every database
-    error before raising it; the commands report the same error in one line (:func:`error_message`)."""
+    error before raising it; the commands report the same error in one line (:func:`error_message`).
+    MLflow's SQL store also logs each of its ten attempts to open a database that does not answer as a
+    multi-line warning (with SQLAlchemy's link); each becomes one line here."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("SQLAlchemy database error")
+        msg = str(record.msg)
+        if msg.startswith("SQLAlchemy database error"):
+            return False
+        if msg.startswith("SQLAlchemy engine could not be created"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            error = next((a for a in args if isinstance(a, BaseException)), None)
+            delay = next((a for a in args if isinstance(a, float)), None)
+            record.msg = "MLflow could not open the store's database (%s); it retries%s"
+            record.args = (
+                one_line(error) if error is not None else "no answer",
+                f" in {delay:.1f} s" if delay is not None else "",
+            )
+            record.exc_info = record.exc_text = None
+        return True
 
 
 _STORE_LOGGER = logging.getLogger("mlflow.store.db.utils")
@@ -125,6 +140,91 @@ _STORE_LOGGER = logging.getLogger("mlflow.store.db.utils")
 def _quiet_store_tracebacks() -> None:
     if not any(isinstance(f, _DropStoreTracebacks) for f in _STORE_LOGGER.filters):
         _STORE_LOGGER.addFilter(_DropStoreTracebacks())
+
+
+# Database servers a store URI may name: the backend's name, its default port and what people call it.
+_SERVERS = {"postgresql": (5432, "PostgreSQL"), "mysql": (3306, "MySQL"), "mariadb": (3306, "MariaDB")}
+# The package that provides each SQLAlchemy driver (what `pip install` takes).
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "mysqldb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb",
+}
+PROBE_TIMEOUT = 3  # seconds for the TCP connection and the login of the store check
+
+
+def _probe_database(what: str, variable: str, store: str) -> None:
+    """For a PostgreSQL or MySQL store URI, in a few seconds instead of MLflow's ~100 s of retries: the
+    SQLAlchemy driver it names is installed, the server accepts a TCP connection, and it lets the user
+    in. Raises :class:`TrackingUnavailable` (one line, the URI without its password) otherwise. Other
+    URIs (HTTP servers, SQLite files, anything SQLAlchemy cannot parse) are left to MLflow."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    try:
+        url = make_url(store)
+    except Exception:  # an http(s):// or file store, or not a URL: MLflow reports it
+        return
+    backend = url.get_backend_name()
+    if backend not in _SERVERS:
+        return
+    port, server = _SERVERS[backend]
+    shown = redaction.redact(store)
+    try:
+        dialect = url.get_dialect()  # the dialect class only: the driver is imported below
+    except Exception as exc:  # an unknown driver name (postgresql+nosuch://)
+        raise TrackingUnavailable(
+            f"cannot use the MLflow {what} at {shown!r}: {type(exc).__name__}: "
+            f"{redaction.redact(one_line(exc))}. Fix {variable}."
+        ) from exc
+    driver = dialect.driver
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        package = _DRIVER_PACKAGES.get(driver, driver)
+        alternative = (
+            f"use {backend}+psycopg2://... (installed by requirements.txt) or "
+            if backend == "postgresql" and driver != "psycopg2"
+            else ""
+        )
+        raise TrackingUnavailable(
+            f"cannot use the MLflow {what} at {shown!r}: the {server} driver {driver!r} (for "
+            f"{url.drivername}://) is not installed; {alternative}pip install {package}, or fix {variable}."
+        ) from exc
+    host = url.host or "localhost"
+    if url.host is None and ("host" in url.query or "unix_socket" in url.query):
+        host = None  # a Unix socket: no TCP to probe; the login below still has its timeout
+    if host is not None:
+        try:
+            with socket.create_connection((host, url.port or port), timeout=PROBE_TIMEOUT):
+                pass
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise TrackingUnavailable(
+                f"cannot reach the MLflow {what} at {shown!r}: no {server} server answers at "
+                f"{host}:{url.port or port} ({reason} after at most {PROBE_TIMEOUT} s). Start the database "
+                f"server or fix {variable}"
+                + (" (unset it to use the local sqlite:///mlflow.db)." if what == "tracking store" else ".")
+            ) from exc
+    # The server answers: one login, so a wrong password or database name also fails here in seconds.
+    timeout_drivers = ("psycopg2", "psycopg", "pymysql", "mysqldb")
+    connect_args = {"connect_timeout": PROBE_TIMEOUT} if driver in timeout_drivers else {}
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow {what} at {shown!r}: the {server} server refused the connection: "
+            f"{redaction.redact(one_line(exc))}. Check the user, password and database name in {variable}."
+        ) from exc
+    finally:
+        engine.dispose()
 
 
 def check_reachable() -> str:
@@ -147,10 +247,12 @@ def check_reachable() -> str:
         if new is not None:
             if not new.parent.is_dir():
                 raise TrackingUnavailable(
-                    f"cannot reach the MLflow {what} at {store!r}: the directory {str(new.parent)!r} of the "
-                    f"database file does not exist. Create it or fix {variable}."
+                    f"cannot reach the MLflow {what} at {redaction.redact(store)!r}: the directory "
+                    f"{str(new.parent)!r} of the database file does not exist. Create it or fix {variable}."
                 )
             continue
+        # MLflow tries a database server ten times with growing pauses (~100 s) before it gives up.
+        _probe_database(what, variable, store)
         try:
             with env_vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
                 if what == "tracking store":
@@ -159,8 +261,8 @@ def check_reachable() -> str:
                     MlflowClient(registry_uri=store).search_registered_models(max_results=1)
         except Exception as exc:  # any failure here means the same thing to the user
             raise TrackingUnavailable(
-                f"cannot reach the MLflow {what} at {store!r}: {type(exc).__name__}: {one_line(exc)}. "
-                f"Start the server or fix {variable}"
+                f"cannot reach the MLflow {what} at {redaction.redact(store)!r}: {type(exc).__name__}: "
+                f"{redaction.redact(one_line(exc))}. Start the server or fix {variable}"
                 + (" (unset it to use the local sqlite:///mlflow.db)." if what == "tracking store" else ".")
             ) from exc
     return uri
@@ -275,8 +377,9 @@ def warn_logged_credentials(run_id: str, params: Mapping[str, object]) -> list[s
         print(
             redaction.redact(
                 f"warning: run {run_id} has the parameter(s) {', '.join(leaked)} logged with a credential "
-                "in them, by `mlflow run` from its -P values before this code ran (MLflow cannot change a "
-                "logged parameter: delete the run, then `mlflow gc`, to remove it). " + CREDENTIAL_ADVICE
+                "in them, by `mlflow run` from its -P values before this code ran (it also printed them in "
+                "its '=== Running command' line; MLflow cannot change a logged parameter: delete the run, "
+                "then `mlflow gc`, to remove it). " + CREDENTIAL_ADVICE
             ),
             file=sys.stderr,
         )

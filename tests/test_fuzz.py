@@ -36,7 +36,7 @@ from features.indicators import compute_features, warmup_bars
 from features.labels import CLASS_NAMES
 from models.base import build_model
 from models.ensemble import WeightedSoftVoting
-from models.pyfunc import AFTER_GAP, NOT_READY, OUTPUT_COLUMNS, InvalidCandles, SignalModel
+from models.pyfunc import AFTER_GAP, FUTURE, NOT_READY, OUTPUT_COLUMNS, InvalidCandles, SignalModel
 from tests.helpers import candles_from_returns, make_candles
 
 US = 1_000_000  # microseconds per second
@@ -801,19 +801,22 @@ def _check_signals(out: pd.DataFrame, window: Window, rows: slice = ALL) -> None
     if (~ready).any():
         assert np.isnan(proba[~ready]).all(), "a row that is not ready has probabilities"
         assert (label[~ready] == -1).all() and (position[~ready] == 0).all()
-        assert set(signal[~ready]) <= {NOT_READY, AFTER_GAP}
+        assert set(signal[~ready]) <= {NOT_READY, AFTER_GAP, FUTURE}
         assert (action[~ready] == signal[~ready]).all()
 
 
 def _check_ready_rows(out: pd.DataFrame, window: Window) -> None:
     """A valid window with untouched values: a row is ready exactly when its gap-free stretch has
-    WARMUP candles before it, and a row that is not is marked after_gap past the first gap."""
+    WARMUP candles before it and it is not stamped beyond now plus one bar (windows reach 2033), and a
+    row that is not is marked future_timestamp, or after_gap past the first gap."""
     segment, position = _segment_positions(window.instants_us)
-    expected_ready = position >= WARMUP
+    now_us = pd.Timestamp.now(tz="UTC").value // 1000  # after predict: its own "now" was no later
+    future = np.asarray(window.instants_us, dtype=np.int64) > now_us + BAR_US
+    expected_ready = (position >= WARMUP) & ~future
     ready = out["ready"].to_numpy()
     wrong = np.flatnonzero(ready != expected_ready)
     assert not len(wrong), f"ready differs from the gap rule at rows {wrong[:10].tolist()}"
-    expected_reason = np.where(segment > 0, AFTER_GAP, NOT_READY)
+    expected_reason = np.where(future, FUTURE, np.where(segment > 0, AFTER_GAP, NOT_READY))
     reason = out["signal"].to_numpy()
     wrong = np.flatnonzero(~ready & (reason != expected_reason))
     assert not len(wrong), f"not-ready reason differs from the gap rule at rows {wrong[:10].tolist()}"

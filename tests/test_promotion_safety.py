@@ -245,8 +245,8 @@ def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, c
     does not move, and the last line, the summary and the exit code say so."""
     import functools
 
-    from train import pipeline
     from tests.helpers import make_flow_signal_candles, owner_lock_tags, write_csv
+    from train import pipeline
 
     data = write_csv(make_flow_signal_candles(3000, seed=11), store / "flow.csv")
     monkeypatch.setattr(pipeline, "promote", functools.partial(pipeline.promote, lock_timeout=0.5))

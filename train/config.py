@@ -17,6 +17,7 @@ from features.data import DataError
 from features.indicators import FEATURE_SETS
 from models.base import MODEL_NAMES, check_model_names
 from models.policy import MODES, ON_HOLD
+from models.redaction import install
 from models.tracking import parse_bool, parse_int
 
 MAX_FOLDS = 20
@@ -242,7 +243,10 @@ class _ConsoleFormat(logging.Formatter):
 def configure_logging(level: str = "INFO") -> None:
     """Set up the console once per entry point (``main``): our loggers at ``level``, every library
     at WARNING (MLflow's INFO lines, e.g. "Creating initial MLflow database tables", only at DEBUG),
-    and the library warnings a user cannot act on silenced (``quiet_library_noise``)."""
+    and the library warnings a user cannot act on silenced (``quiet_library_noise``). Credentials are
+    masked in every log record and in stdout and stderr (``models.redaction.install``; the entry points
+    call it first, a spawned worker process here)."""
+    install()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
         root.removeHandler(handler)  # a second main() in one process (tests) replaces, never doubles

@@ -51,9 +51,11 @@ from features.dataset import InsufficientDataError
 from features.labels import CLASS_NAMES
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
+from models.loading import ModelUnavailable, load_model
 from models.notify import notify
 from models.policy import ACTION_CODES, DecisionPolicy, policy_grid
 from models.pyfunc import SignalModel, as_model_input, input_schema
+from models.redaction import install, redact, redact_obj
 from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging, parse_args
@@ -129,20 +131,29 @@ def score_champion(
     name: str, data: Prepared, cfg: PipelineConfig, candidate_pred: np.ndarray, candidate_returns: np.ndarray
 ) -> ChampionComparison | None:
     """The current production version of ``name`` in the registry against the candidate (see
-    :func:`compare_champion`); None when nothing is in production."""
+    :func:`compare_champion`); None when nothing is in production.
+
+    A production version that cannot be loaded (files missing or corrupt) is not comparable: the gate
+    check ``not_worse_than_production`` fails with the one-line reason, as for any incomparable champion,
+    so nothing replaces it unseen (the failed-gate notification tells the operator that production itself
+    is broken; ``promote --force`` moves the candidate by hand)."""
     champion = get_production(name)
     if champion is None:
         return None
     version = str(champion.version)
-    return compare_champion(
-        version,
-        champion.tags,
-        lambda: mlflow.pyfunc.load_model(f"models:/{name}/{version}"),
-        data,
-        cfg,
-        candidate_pred,
-        candidate_returns,
-    )
+    try:
+        return compare_champion(
+            version,
+            champion.tags,
+            lambda: load_model(f"models:/{name}/{version}"),
+            data,
+            cfg,
+            candidate_pred,
+            candidate_returns,
+        )
+    except ModelUnavailable as exc:
+        log.warning(f"production: {exc}")
+        return ChampionComparison(version, comparable=False, note=str(exc))
 
 
 def compare_champion(
@@ -337,7 +348,7 @@ def log_inputs(cfg: PipelineConfig, data: Prepared) -> str:
     tracking.log_candles_snapshot(data.candles, info)
     tracking.log_params_once(cfg.to_dict())
     mlflow.log_metrics({"data_gaps": data.ds.gaps, "rows_dropped_at_gaps": data.ds.rows_dropped_at_gaps})
-    mlflow.log_dict(cfg.to_dict(), "config.json")
+    mlflow.log_dict(redact_obj(cfg.to_dict()), "config.json")  # a storage URI's password masked
     mlflow.log_dict(data.plan, "plan.json")
     mlflow.log_dict(tracking.environment(), "environment.json")
     return tracking.log_dataset(data.candles, "candles", info.source, "candles")
@@ -765,8 +776,10 @@ def register(
     ev: Evaluation,
     pipeline_run_id: str,
     data_digest: str,
-) -> tuple[str, bool]:
-    """Log the served model, register it as a new version with its gate tags, promote if it passed."""
+) -> tuple[str, bool, str | None]:
+    """Log the served model, register it as a new version with its gate tags, promote if it passed.
+    Returns the version, whether it was promoted, and why not when it passed the gate but was not (the
+    promotion lock stayed busy, production moved meanwhile, the version does not load)."""
     info = data.info
     signal_model = serving_model(cfg, data, fitted)
     example = as_model_input(data.candles.iloc[-(signal_model.min_history + 5) :])
@@ -825,7 +838,7 @@ def register(
         },
     )
     if not gate.passed:
-        return version, False
+        return version, False, None
     try:
         promote(
             cfg.model_name,
@@ -834,11 +847,11 @@ def register(
             run_id=pipeline_run_id,
             expect_current=None if ev.champion is None else ev.champion.version,
         )
-    except RegistryError as exc:  # production moved while this run was being evaluated
-        log.warning("%s", exc)
-        mlflow.set_tag("promotion_refused", str(exc)[:500])
-        return version, False
-    return version, True
+    except RegistryError as exc:  # production moved meanwhile, the lock stayed busy, it does not load
+        log.warning("not promoted: %s", exc)
+        mlflow.set_tag("promotion_refused", redact(str(exc))[:500])
+        return version, False, redact(str(exc))
+    return version, True, None
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -883,7 +896,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 gate_report = report(cfg, data, fitted, tuned, ev, parent.info.run_id)
                 mlflow.log_dict(gate_report, "gate_report.json")
             with stages("register", f"logging and registering the model as {cfg.model_name}"):
-                version, promoted = register(cfg, data, fitted, ev, parent.info.run_id, digest)
+                version, promoted, refused = register(cfg, data, fitted, ev, parent.info.run_id, digest)
         ens = ev.results["ensemble"]
         mlflow.set_tags({"gate": ev.gate.result, "model_version": version})
         mlflow.log_metrics(
@@ -905,6 +918,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         failed = ", ".join(gate.failed_checks())
         production = version if promoted else (ev.champion and ev.champion.version)
         where = "production" if promoted else f"not production (production: v{production or '-'})"
+        if refused:
+            where = f"NOT promoted although it passed the gate ({refused}; production: v{production or '-'})"
         mlflow.set_tag(
             "mlflow.note.content",
             f"**gate {gate.result}**{f' (failed: {failed})' if failed else ''}: "
@@ -944,6 +959,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "model_name": cfg.model_name,
         "model_version": version,
         "promoted": promoted,
+        "promotion_refused": refused,
         "production_version": version if promoted else (ev.champion and ev.champion.version),
         "stages": stages.metrics(),
     }
@@ -987,6 +1003,8 @@ def print_summary(s: dict) -> None:
         log.info(f"  [{'x' if c['passed'] else ' '}] {c['name']}{info}: {c['detail']}")
     alias = f"{PRODUCTION} -> v{s['production_version']}" if s["production_version"] else f"no {PRODUCTION}"
     moved = "moved to this version" if s["promoted"] else "not moved"
+    if s.get("promotion_refused"):
+        moved = f"NOT PROMOTED although the gate passed: {s['promotion_refused']}"
     log.info(f"registry  {s['model_name']} v{s['model_version']}; alias {alias} ({moved})")
     stages = s["stages"]
     if notes := tracking.tuning_notes(s["run_id"]):  # trials cut short by the timeout, or failed
@@ -996,6 +1014,23 @@ def print_summary(s: dict) -> None:
     )
 
 
+EXIT_NOT_PROMOTED = 75  # EX_TEMPFAIL: the gate passed but production did not move; see the last line
+
+
+def final_line(summary: dict) -> dict:
+    """The last line a pipeline prints (JSON): the gate's result, the version, whether production moved
+    to it and, for a version that passed its gate but was not promoted, why."""
+    line = {
+        "gate": summary["gate"]["result"],
+        "model_version": summary["model_version"],
+        "promoted": summary["promoted"],
+        "production_version": summary["production_version"],
+    }
+    if summary.get("promotion_refused"):
+        line["not_promoted"] = summary["promotion_refused"]
+    return line
+
+
 def terminate_as_interrupt(signum, frame) -> None:
     """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: open MLflow runs are ended (FAILED)
     and the Optuna trial in flight is marked FAILED, instead of both being left RUNNING."""
@@ -1003,6 +1038,7 @@ def terminate_as_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install()  # credentials masked in every line printed or logged from here on (models.redaction)
     # The log level first (an option outside PipelineConfig); bad arguments exit here as before.
     configure_logging(build_parser().parse_args(argv).log_level)
     try:
@@ -1025,7 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not summary.get("dry_run"):
         print_summary(summary)
-        print(json.dumps({"gate": summary["gate"]["result"], "model_version": summary["model_version"]}))
+        print(json.dumps(final_line(summary)))
+        if summary.get("promotion_refused"):
+            return EXIT_NOT_PROMOTED
     return 0
 
 

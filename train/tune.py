@@ -24,6 +24,7 @@ from evaluation.economics import TradingCosts
 from evaluation.metrics import macro_f1
 from models.base import build_model, default_n_jobs
 from models.ensemble import fit_predict_fold, map_folds
+from models.redaction import redact
 from models.tracking import new_sqlite_file, one_line
 
 # Bump when a search space or what a trial records changes, so a resumed study never mixes two.
@@ -127,18 +128,20 @@ def make_objective(
                 rows.append(test_idx)
                 probas.append(proba)
                 scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
-                trial.report(float(np.mean(scores)), step)
-                if trial.should_prune():
-                    trial.set_user_attr("fold_macro_f1", scores)
+                # A dropped database connection is retried here: the folds already fitted are kept.
+                with_retries(trial.report, float(np.mean(scores)), step)
+                if with_retries(trial.should_prune):
+                    with_retries(trial.set_user_attr, "fold_macro_f1", scores)
                     raise optuna.TrialPruned()
                 if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
-                    trial.set_user_attr("fold_macro_f1", scores)
-                    trial.set_user_attr(CUT_BY_TIMEOUT, True)
+                    with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+                    with_retries(trial.set_user_attr, CUT_BY_TIMEOUT, True)
                     raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
-        trial.set_user_attr("fold_macro_f1", scores)
-        trial.set_user_attr("cv_macro_f1_std", float(np.std(scores)))
+        with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+        with_retries(trial.set_user_attr, "cv_macro_f1_std", float(np.std(scores)))
         if costs is not None:
-            trial.set_user_attr("oof_sharpe", costs.grid_sharpes(np.concatenate(rows), np.vstack(probas)))
+            sharpes = costs.grid_sharpes(np.concatenate(rows), np.vstack(probas))
+            with_retries(trial.set_user_attr, "oof_sharpe", sharpes)
         return float(np.mean(scores))
 
     return objective
@@ -172,6 +175,132 @@ def _storage_error(url: str, exc: BaseException) -> StorageUnavailable:
         "--optuna-storage (MLproject: optuna_storage): a sqlite:///<file> in an existing, writable "
         "directory, or a running database server you can write to, e.g. postgresql://user@host/db."
     )
+
+
+# A transient database error (a dropped, refused or timed-out connection) is retried after each of these
+# pauses, in seconds: five attempts within about 8 s (plus the connection timeouts), then one line.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# Seconds a new PostgreSQL or MySQL connection may take before it counts as failed (and is retried).
+CONNECT_TIMEOUT = 5
+
+
+def transient(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, is a lost, refused or timed-out
+    database connection (SQLAlchemy's OperationalError, DisconnectionError or InterfaceError, or an error
+    that invalidated its connection), which a retry on a new connection may get past. Optuna reports
+    these as ``StorageInternalError`` raised from them."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(
+            exc,
+            (
+                sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.DisconnectionError,
+                sqlalchemy.exc.InterfaceError,
+            ),
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _database_error(exc: BaseException) -> BaseException:
+    """The database's own error behind Optuna's ``StorageInternalError`` (or ``exc`` itself)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if not isinstance(exc, optuna.exceptions.StorageInternalError | UnboundLocalError):
+            return exc
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            return exc
+        exc = nxt
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    cause = _database_error(exc)
+    return redact(f"{type(cause).__name__}: {one_line(cause)}")
+
+
+def storage_lost(url: str, exc: BaseException, seconds: float) -> StorageUnavailable:
+    """The one-line error after the retries of a transient error ran out."""
+    return StorageUnavailable(
+        f"lost the connection to the Optuna storage {redact(url)!r} and could not reconnect within "
+        f"{seconds:.0f} s ({len(RETRY_DELAYS) + 1} attempts): {_reason(exc)}. Finished trials are kept: "
+        "once the database answers again, rerun the same command to resume the study (or fix "
+        "--optuna-storage)."
+    )
+
+
+def with_retries(fn: Callable[..., Any], *args: Any, url: str | None = None, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, called again after each pause of :data:`RETRY_DELAYS` while it fails with a
+    :func:`transient` database error. When the pauses run out: :class:`StorageUnavailable` naming
+    ``url``, or (no ``url``) the last error itself. Only for calls that may safely run twice."""
+    started = time.monotonic()
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            if delay is None:
+                if url is None:
+                    raise
+                raise storage_lost(url, exc, time.monotonic() - started) from exc
+            log.warning(
+                "the Optuna storage%s did not answer (%s); retrying in %.1f s",
+                f" {redact(url)}" if url else "",
+                _reason(exc),
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class _ShortTransientTracebacks(logging.Filter):
+    """Optuna logs a trial that failed with its full traceback (~100 lines of SQLAlchemy frames for a
+    dropped connection); for a transient database error, which the tuning retries and then reports in
+    one line, the record keeps its one-line message only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and transient(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_transient_tracebacks() -> None:
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _ShortTransientTracebacks) for f in handler.filters):
+            handler.addFilter(_ShortTransientTracebacks())
+
+
+def engine_options(url: str) -> dict:
+    """SQLAlchemy engine options for an Optuna database server: a pooled connection the server dropped
+    is replaced before use (``pool_pre_ping``), connections are renewed after 30 minutes (before
+    server or proxy idle timeouts), and a new PostgreSQL or MySQL connection gives up after
+    :data:`CONNECT_TIMEOUT` seconds instead of the OS's minutes. None for SQLite."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: RDBStorage reports it
+        return {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return {}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 1800}
+    driver = parsed.drivername.partition("+")[2]
+    if backend == "postgresql" and driver in ("", "psycopg2", "psycopg"):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    elif backend in ("mysql", "mariadb") and driver in ("", "mysqldb", "pymysql"):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    return options
 
 
 def storage_url(url: str) -> str:
@@ -210,6 +339,21 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
             self.set_trial_system_attr(trial._trial_id, OWNER, owner)
             trial.system_attrs = {**trial.system_attrs, OWNER: owner}
         return trial
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Optuna's heartbeat thread ends at its first error, printing a traceback. A beat lost to a
+        # dropped connection is logged in one line; the next beat, on a new connection, catches up.
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            log.warning(
+                "heartbeat of trial %d not recorded (%s); next try in %ss",
+                trial_id,
+                _reason(exc),
+                self.heartbeat_interval,
+            )
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         import json
@@ -250,19 +394,23 @@ def make_storage(
     """An Optuna RDB storage with heartbeats: a trial whose worker died (even by SIGKILL) stops counting
     as running after ``grace_period`` seconds and is marked FAILED when any worker next starts, so a
     rerun resumes and loses at most the trial that was in flight. A storage that cannot be opened raises
-    :class:`StorageUnavailable` naming the URL."""
+    :class:`StorageUnavailable` naming the URL. Database servers get :func:`engine_options` (updated by
+    ``engine_kwargs``), so a dropped connection is replaced rather than fatal."""
     import sqlalchemy.exc
 
+    options = engine_options(storage_url(url)) | (engine_kwargs or {})
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-                return HeartbeatStorage(
+                storage = HeartbeatStorage(
                     storage_url(url),
-                    engine_kwargs=engine_kwargs,
+                    engine_kwargs=options or None,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period or 4 * heartbeat_interval,
                 )
+                storage.shown_url = url  # what run_study names in its errors (redacted there)
+                return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # Workers starting together on an empty database race to create Optuna's schema; the
             # loser finds it made by the winner on the next attempt.
@@ -287,9 +435,10 @@ def check_storage(url: str) -> None:
                 url, FileNotFoundError(f"no writable directory {str(new.parent)!r} for the database file")
             )
         return
-    # A server that drops packets would otherwise hold the connection attempt for minutes.
-    postgres = storage_url(url).startswith("postgresql")
-    storage = make_storage(url, engine_kwargs={"connect_args": {"connect_timeout": 10}} if postgres else None)
+    # A server that drops packets would otherwise hold the connection attempt for minutes: make_storage
+    # sets a connection timeout (engine_options).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created" for the check
+    storage = make_storage(url)
     try:
         study_id = storage.create_new_study(
             [optuna.study.StudyDirection.MAXIMIZE], f"storage-check-{uuid.uuid4().hex}"
@@ -373,33 +522,44 @@ def run_study(
     count towards ``n_trials`` like any trial. A study that already has trials ignores them.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(storage) if isinstance(storage, str) else storage
-    existing = _load_trials(storage, study_name)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        direction="maximize",
-        load_if_exists=True,
-        # Seed offset by the trials already there and by the worker: a resumed or parallel sampler must
-        # not replay another's draws. The constant liar keeps parallel workers apart while trials run.
-        sampler=optuna.samplers.TPESampler(
-            seed=seed + len(existing) + 7919 * worker_id, multivariate=True, constant_liar=True
-        ),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    )
-    study.set_user_attr("model", name)
-    study.set_user_attr("space_version", SPACE_VERSION)
-    for key, value in (description or {}).items():
-        study.set_user_attr(key, value)
-    # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
-    # starts, which a full study never does): failed trials never count towards n_trials.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["cv_macro_f1"])
-        optuna.storages.fail_stale_trials(study)
-    if warm_start and not study.trials:
-        for params in warm_start[:n_trials]:
-            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    _quiet_transient_tracebacks()
+    url = storage if isinstance(storage, str) else getattr(storage, "shown_url", "") or "(storage object)"
+    # (check_storage, run first by the commands, fails at once on a storage that cannot be opened.)
+    storage = with_retries(make_storage, storage) if isinstance(storage, str) else storage
+
+    def open_study() -> optuna.Study:
+        existing = _load_trials(storage, study_name)
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            # Seed offset by the trials already there and by the worker: a resumed or parallel sampler
+            # must not replay another's draws. The constant liar keeps parallel workers apart while
+            # trials run.
+            sampler=optuna.samplers.TPESampler(
+                seed=seed + len(existing) + 7919 * worker_id, multivariate=True, constant_liar=True
+            ),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        )
+        study.set_user_attr("model", name)
+        study.set_user_attr("space_version", SPACE_VERSION)
+        for key, value in (description or {}).items():
+            study.set_user_attr(key, value)
+        # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
+        # starts, which a full study never does): failed trials never count towards n_trials. So is a
+        # trial of this process that a dropped connection interrupted (when the study is re-opened).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["cv_macro_f1"])
+            optuna.storages.fail_stale_trials(study)
+        _fail_own_running_trials(study)
+        if warm_start and not study.trials:
+            for params in warm_start[:n_trials]:
+                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        return study
+
+    study = with_retries(open_study, url=url)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = n_trials - done
     log.info(
@@ -412,18 +572,47 @@ def run_study(
     )
     if remaining > 0:
         # Optuna checks its timeout only between trials; the objective also checks it between folds.
-        deadline = time.monotonic() + timeout if timeout else None
-        study.optimize(
-            make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs, deadline=deadline),
-            n_trials=remaining,
-            timeout=timeout,
-            catch=(),
-            # other workers' trials count too: stop once the study as a whole is full
-            callbacks=[
-                optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-                TrialProgress(name, n_trials, timeout),
-            ],
-        )
+        started = time.monotonic()
+        deadline = started + timeout if timeout else None
+        objective = make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs, deadline=deadline)
+        progress = TrialProgress(name, n_trials, timeout)
+        failures, lost_since = 0, 0.0
+        while remaining > 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=left,
+                    catch=(),
+                    # other workers' trials count too: stop once the study as a whole is full
+                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), progress],
+                )
+                break
+            except Exception as exc:
+                # A connection dropped between or during trials: re-open the study (on a new connection)
+                # and carry on towards n_trials; the interrupted trial is failed and does not count.
+                if not transient(exc):
+                    raise
+                lost_since = lost_since or time.monotonic()
+                if failures == len(RETRY_DELAYS):
+                    raise storage_lost(url, exc, time.monotonic() - lost_since) from exc
+                log.warning(
+                    "tuning    %s: lost the Optuna storage %s (%s); re-opening the study in %.1f s",
+                    name,
+                    redact(url),
+                    _reason(exc),
+                    RETRY_DELAYS[failures],
+                )
+                time.sleep(RETRY_DELAYS[failures])
+                failures += 1
+                study = with_retries(open_study, url=url)
+                now_done = sum(t.state in FINISHED for t in study.trials)
+                if now_done > done:  # progress since the last loss: the next loss starts a new count
+                    failures, lost_since = 0, 0.0
+                done, remaining = now_done, n_trials - now_done
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         cut = [t for t in study.trials if t.user_attrs.get(CUT_BY_TIMEOUT)]
         if cut:
@@ -440,6 +629,17 @@ def run_study(
         )
     log.debug("study %s: best %.4f", study_name, study.best_value)
     return study
+
+
+def _fail_own_running_trials(study: optuna.Study) -> None:
+    """Fail the trials this process left RUNNING (one a dropped connection interrupted): this process
+    runs one trial of a study at a time, and none while the study is being opened."""
+    from train.tracking import owner_tags
+
+    me = owner_tags()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.system_attrs.get(OWNER) == me:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
 def trial_counts(trials) -> dict[str, int]:
@@ -531,7 +731,7 @@ def tune_worker(
         data.cv,
         cfg.n_trials,
         cfg.timeout or None,
-        make_storage(cfg.optuna_storage, heartbeat_interval=heartbeat),
+        with_retries(make_storage, cfg.optuna_storage, heartbeat_interval=heartbeat),
         name,
         seed=cfg.seed,
         n_jobs=cfg.n_jobs or None,
@@ -563,9 +763,11 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from features.data import SNAPSHOT_PREFIXES
+    from models.redaction import install
     from models.tracking import TrackingUnavailable, check_reachable, parse_int
     from train.config import build_parser, configure_logging
 
+    install()  # credentials masked in every line printed or logged from here on (models.redaction)
     parser = build_parser()
     parser.prog = "python -m train.tune"
     parser.description = main.__doc__.splitlines()[0]

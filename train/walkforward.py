@@ -66,6 +66,7 @@ from features.dataset import InsufficientDataError
 from features.labels import make_labels
 from models.base import default_n_jobs
 from models.pyfunc import SignalModel
+from models.redaction import install, redact, redact_obj
 from models.tracking import parse_bool, parse_int
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging
@@ -434,7 +435,7 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
             "promoted": promoted,
             "strategies": metrics,
             "seconds": round(time.monotonic() - started, 1),
-            "config": cfg.to_dict() | asdict(wf),
+            "config": redact_obj(cfg.to_dict() | asdict(wf)),  # a storage URI's password masked
         }
         for name, m in metrics.items():
             tracking.log_metrics(f"{name}_", m)
@@ -450,7 +451,7 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
                 equity, table, Path(tmp) / "walkforward_equity.png", f"Walk-forward, {info.describe()}"
             )
             mlflow.log_artifact(str(png))
-            (Path(tmp) / REPORT).write_text(report_html(summary, table, png.name), encoding="utf-8")
+            (Path(tmp) / REPORT).write_text(redact(report_html(summary, table, png.name)), encoding="utf-8")
             mlflow.log_artifact(str(Path(tmp) / REPORT))
         mlflow.set_tag(
             "mlflow.note.content",
@@ -524,6 +525,7 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install()  # credentials masked in every line printed or logged from here on (models.redaction)
     configure_logging(build_walkforward_parser().parse_args(argv).log_level)
     try:
         cfg, wf, level = parse(argv)

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.loading import ModelUnavailable, verify_loads
-from models.tracking import HOST_TAG, PID_TAG, owner_alive, owner_tags
+from models.tracking import HOST_TAG, PID_TAG, RetryingClient, owner_alive, owner_tags
 
 PRODUCTION = "production"
 AUDIT_PREFIX = "audit."
@@ -141,17 +141,23 @@ def register_candidate(model_uri: str, name: str, tags: dict[str, str]) -> Model
     return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
 
-def history(name: str, client: MlflowClient | None = None) -> list[AliasMove]:
-    """Every recorded move of ``production``, oldest first."""
-    client = client or MlflowClient()
+def _model_tags(name: str, client: MlflowClient) -> dict[str, str]:
     try:
-        tags = client.get_registered_model(name).tags
+        return client.get_registered_model(name).tags
     except MlflowException as exc:
         if _not_found(exc):
             raise RegistryError(f"there is no registered model '{name}'") from exc
         raise
+
+
+def _recorded(tags: dict[str, str]) -> list[AliasMove]:
     moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
     return sorted(moves, key=lambda m: m.seq)
+
+
+def history(name: str, client: MlflowClient | None = None) -> list[AliasMove]:
+    """Every recorded move of ``production``, oldest first."""
+    return _recorded(_model_tags(name, RetryingClient(client or MlflowClient())))
 
 
 def holders(moves: list[AliasMove]) -> list[str]:
@@ -391,17 +397,9 @@ def unrecorded_moves(
 
     Read-only; :func:`recover` records them."""
     if tags is None:
-        try:
-            tags = client.get_registered_model(name).tags
-        except MlflowException as exc:
-            if _not_found(exc):
-                raise RegistryError(f"there is no registered model '{name}'") from exc
-            raise
+        tags = _model_tags(name, client)
     if moves is None:
-        moves = sorted(
-            (AliasMove.from_json(v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)),
-            key=lambda m: m.seq,
-        )
+        moves = _recorded(tags)
     if current is None:
         found = get_production(name, client)
         current = str(found.version) if found else None
@@ -443,7 +441,7 @@ def unrecorded_moves(
 def full_history(name: str, client: MlflowClient | None = None) -> tuple[list[AliasMove], list[AliasMove]]:
     """The recorded moves of ``production`` and, after them, the ones the registry shows but nobody
     recorded yet (:func:`unrecorded_moves`): together, every move, none skipped."""
-    client = client or MlflowClient()
+    client = RetryingClient(client or MlflowClient())
     moves = history(name, client)
     return moves, unrecorded_moves(name, client, moves)
 
@@ -518,6 +516,7 @@ def _move(
     record the move. A pending record written before the alias moves makes the two one recoverable
     step: a process killed in between leaves it, and the next command completes the record."""
     with production_lock(name, client, timeout=lock_timeout):
+        client = RetryingClient(client)  # a brief store hiccup is retried: every call below is idempotent
         recover(name, client)
         current = get_production(name, client)
         current_version = str(current.version) if current else None
@@ -655,7 +654,7 @@ def status(name: str, client: MlflowClient | None = None) -> dict:
     """The production version with its gate result and metrics, the ordered history of moves, and the
     moves nobody recorded yet (``unrecorded``, with a ``warning``; the next promote or rollback records
     them)."""
-    client = client or MlflowClient()
+    client = RetryingClient(client or MlflowClient())
     moves, missing = full_history(name, client)
     current = get_production(name, client)
     out: dict = {

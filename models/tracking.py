@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -477,3 +478,74 @@ def owner_alive(owner: Mapping[str, object]) -> bool | None:
     if now is None:
         return False
     return not start or now == start  # a different start time: the pid was reused
+
+
+# ------------------------------------------------------------------------- brief store hiccups, retried
+# MLflow's SQL stores check a pooled connection before use (pool_pre_ping), so a connection the database
+# dropped between calls is replaced; one dropped during a call, or a SQLite file briefly locked, fails that
+# call. Idempotent calls (reads, setting a tag or an alias) are retried after these pauses, in seconds.
+STORE_RETRY_DELAYS = (0.5, 1.0, 2.0)
+_CONNECTION_WORDS = (
+    "connection",
+    "terminating",
+    "could not connect",
+    "server closed",
+    "database is locked",
+    "timeout",
+    "timed out",
+)
+_store_log = logging.getLogger("models.tracking")
+
+
+def transient_store_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a lost, refused or timed-out database
+    connection, or a locked SQLite file: what a retry a moment later may get past. A read-only or
+    corrupt store, a missing table or a refused request is not."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, sqlalchemy.exc.DisconnectionError):
+            return True
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            text = str(exc).lower()
+            return any(word in text for word in _CONNECTION_WORDS)
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_store(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, retried after each pause of :data:`STORE_RETRY_DELAYS` while it fails with
+    a :func:`transient_store_error`; then the last error is raised (the commands print it in one line
+    with :func:`error_message`). Only for calls that may safely run twice."""
+    for delay in (*STORE_RETRY_DELAYS, None):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if delay is None or not transient_store_error(exc):
+                raise
+            _store_log.warning(
+                "the MLflow store %s did not answer (%s); retrying in %.1f s",
+                redaction.redact(mlflow.get_tracking_uri()),
+                one_line(exc)[:200],
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class RetryingClient:
+    """An :class:`~mlflow.tracking.MlflowClient` whose calls are retried on brief store hiccups
+    (:func:`retry_store`). Use it for idempotent calls only: reads, tags, aliases, deletes."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: retry_store(attr, *args, **kwargs)

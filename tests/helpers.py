@@ -207,3 +207,29 @@ def owner_lock_tags() -> dict[str, str]:
         registry.OWNER_TAG: f"test pid {os.getpid()}",
         registry.HEARTBEAT_TAG: registry._now(),
     } | owner_tags()
+
+
+def model_files(name: str, version: str) -> Path:
+    """The local folder that holds the model files of a registered version (a LoggedModel's artifacts)."""
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_model_version(name, version)
+    model_id = found.model_id or found.source.removeprefix("models:/")
+    return Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
+
+
+def damage_model(name: str, version: str, damage: str) -> None:
+    """Break a registered version's files: "pickle deleted", "folder deleted" or "pickle corrupt"."""
+    import shutil
+
+    files = model_files(name, version)
+    assert (files / "python_model.pkl").is_file()
+    if damage == "pickle deleted":
+        (files / "python_model.pkl").unlink()
+    elif damage == "folder deleted":
+        shutil.rmtree(files)
+    else:
+        (files / "python_model.pkl").write_bytes(b"not a pickle")

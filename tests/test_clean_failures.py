@@ -15,11 +15,9 @@ loading the model, where it used to end in a traceback).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -36,7 +34,14 @@ from models.base import build_model
 from models.ensemble import WeightedSoftVoting
 from models.pyfunc import FUTURE, SignalModel, input_schema
 from models.registry import PRODUCTION
-from tests.helpers import log_loadable_model, make_candles, make_regime_candles, throwaway_store, write_csv
+from tests.helpers import (
+    damage_model,
+    log_loadable_model,
+    make_candles,
+    make_regime_candles,
+    throwaway_store,
+    write_csv,
+)
 from train.config import PipelineConfig
 from train.pipeline import score_champion
 
@@ -59,23 +64,8 @@ def _register(tmp: Path) -> str:
     return version
 
 
-def _files(version: str) -> Path:
-    """The local folder that holds the model files of a version."""
-    client = MlflowClient()
-    source = client.get_model_version(NAME, version).source  # models:/m-<id> for a logged model
-    model_id = client.get_model_version(NAME, version).model_id or source.removeprefix("models:/")
-    return Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
-
-
 def _damage(version: str, damage: str) -> None:
-    files = _files(version)
-    assert (files / "python_model.pkl").is_file()
-    if damage == "pickle deleted":
-        (files / "python_model.pkl").unlink()
-    elif damage == "folder deleted":
-        shutil.rmtree(files)
-    else:
-        (files / "python_model.pkl").write_bytes(b"not a pickle")
+    damage_model(NAME, version, damage)
 
 
 def _one_error_line(err: str) -> str:

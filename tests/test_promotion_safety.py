@@ -9,14 +9,12 @@ version's files breaks only that version.
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -25,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from models import registry
 from models.lifecycle import main as lifecycle
 from models.registry import PRODUCTION, history, promote
-from tests.helpers import log_loadable_model
+from tests.helpers import damage_model, log_loadable_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,15 +37,6 @@ def _version(name: str, gate: str = "passed") -> str:
     with mlflow.start_run(run_name=f"version of {name}"):
         uri = log_loadable_model()
     return str(mlflow.register_model(uri, name, tags={"gate": gate}).version)
-
-
-def _files(name: str, version: str) -> Path:
-    """The local folder that holds the model files of a version."""
-    client = MlflowClient()
-    source = client.get_model_version(name, version).source
-    if source.startswith("models:/"):  # a LoggedModel
-        source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-    return Path(urlparse(source).path)
 
 
 def _alias(name: str) -> str | None:
@@ -64,13 +53,7 @@ def test_a_move_to_a_model_that_does_not_load_is_refused_in_one_line(store, caps
     v1, v2, v3 = (_version("ps-a") for _ in range(3))
     assert lifecycle(["promote", "--model-name", "ps-a", "--version", v1]) == 0
     assert lifecycle(["promote", "--model-name", "ps-a", "--version", v2]) == 0
-    files = _files("ps-a", v1)
-    if damage == "pickle deleted":
-        (files / "python_model.pkl").unlink()
-    elif damage == "folder deleted":
-        shutil.rmtree(files)
-    else:
-        (files / "python_model.pkl").write_bytes(b"not a pickle")
+    damage_model("ps-a", v1, damage)
     capsys.readouterr()
     # rollback to the broken v1 (by name, and as the default target), and a forced promote of it
     for argv in (
@@ -262,3 +245,38 @@ def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, c
     assert "in progress" in last["not_promoted"]
     assert "NOT PROMOTED although the gate passed" in out.err + out.out
     assert _alias("ps-p") is None
+
+
+@pytest.mark.parametrize("transient", [True, False])
+def test_a_store_hiccup_during_a_move_is_retried_and_a_real_refusal_is_not(
+    store, monkeypatch, caplog, transient
+):
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    from models import tracking
+
+    v1 = _version("ps-r")
+    monkeypatch.setattr(tracking, "STORE_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    original = MlflowClient.set_registered_model_alias
+    calls = []
+    reason = (
+        "server closed the connection unexpectedly" if transient else "attempt to write a readonly database"
+    )
+
+    def flaky(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            error = sqlalchemy.exc.OperationalError("UPDATE registered_model_aliases", {}, Exception(reason))
+            raise MlflowException(str(error)) from error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    if transient:
+        promote("ps-r", v1, "through a hiccup")
+        assert _alias("ps-r") == v1 and [m.to_version for m in history("ps-r")] == [v1]
+        assert "did not answer" in caplog.text and "retrying" in caplog.text
+    else:
+        with pytest.raises(MlflowException, match="readonly"):
+            promote("ps-r", v1, "refused by the store")
+        assert _alias("ps-r") is None and history("ps-r") == [] and len(calls) == 1

@@ -34,7 +34,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 import mlflow
 import pandas as pd
@@ -49,6 +48,7 @@ from features.exchange import cache_file, fetch_candles, parse_spec
 from models.notify import notify
 from models.redaction import install, redact, redact_obj
 from models.registry import HEARTBEAT_TAG, LockBusy, LockHold, get_production, registry_lock
+from models.registry import lock_stale as registry_lock_stale
 from models.tracking import env_vars, error_message, one_line, parse_bool, warn_logged_credentials
 from train import tracking
 from train.config import PipelineConfig, configure_logging
@@ -151,28 +151,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[PipelineConfig, RetrainOp
 # ---------------------------------------------------------------------------------------- the lock
 
 
-def _parse_time(text: str | None) -> float | None:
-    try:
-        return datetime.fromisoformat(text).timestamp() if text else None
-    except ValueError:
-        return None
-
-
 def lock_stale(held: RegisteredModel, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
-    """Why the retrain lock ``held`` has no live holder, or None if it may have one: its process on
-    this host is gone (pid and start time, :func:`train.tracking.owner_alive`), or, for a holder this
-    host cannot see, its heartbeat (else its creation) is older than ``stale_after`` seconds."""
-    tags = held.tags
-    alive = tracking.owner_alive(tags)
-    if alive is not None:
-        pid, host = tags.get(tracking.PID_TAG), tags.get(tracking.HOST_TAG)
-        return None if alive else f"its process (pid {pid} on {host}) is gone"
-    beat = _parse_time(tags.get(HEARTBEAT_TAG))
-    seen = beat if beat is not None else held.creation_timestamp / 1000
-    age = time.time() - seen
-    if age <= stale_after:
-        return None
-    return f"no heartbeat from {tags.get('owner', 'its holder')} for {age:.0f}s (limit {stale_after:.0f}s)"
+    """Why the retrain lock ``held`` has no live holder, or None if it may have one (the rule of every
+    registry lock, :func:`models.registry.lock_stale`, with the retrain's longer heartbeat limit)."""
+    return registry_lock_stale(held, stale_after)
 
 
 def retrain_lock(

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from models.tracking import (
     DEFAULT_EXPERIMENT,
     HOST_TAG,
+    PID_START_TAG,
     PID_TAG,
     CandleSource,
     TrackingUnavailable,
@@ -36,11 +37,15 @@ from models.tracking import (
     log_params_once,
     owner_alive,
     owner_tags,
+    process_start,
     use_experiment,
 )
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
+    "HOST_TAG",
+    "PID_START_TAG",
+    "PID_TAG",
     "REPO_ROOT",
     "SNAPSHOT_PATH",
     "CandleSource",
@@ -56,6 +61,7 @@ __all__ = [
     "log_params_once",
     "owner_alive",
     "owner_tags",
+    "process_start",
     "track_liveness",
     "tuning_notes",
     "use_experiment",

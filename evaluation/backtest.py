@@ -197,9 +197,10 @@ def _bars_per_year(candles: pd.DataFrame, bar: pd.Timedelta | None) -> float:
 # Positions, returns, metrics
 
 
-def _positions(codes: np.ndarray, config: BacktestConfig) -> np.ndarray:
-    """Signal codes -> positions in {-1, 0, +1} under the configured mode and hold rule."""
-    return DecisionPolicy(mode=config.mode, on_hold=config.hold).positions_from_actions(codes)
+def _positions(codes: np.ndarray, config: BacktestConfig, sizes: np.ndarray | None = None) -> np.ndarray:
+    """Signal codes -> positions under the configured mode and hold rule: +-1, or +-size with ``sizes``
+    (a bet-sized policy, ``models.policy``)."""
+    return DecisionPolicy(mode=config.mode, on_hold=config.hold).positions_from_actions(codes, sizes)
 
 
 def compute_metrics(returns: np.ndarray, position: np.ndarray, bars_per_year: float) -> dict[str, float]:
@@ -245,6 +246,7 @@ def backtest(
     signals: pd.Series,
     config: BacktestConfig,
     bar: pd.Timedelta | None = None,
+    sizes: pd.Series | np.ndarray | None = None,
 ) -> BacktestResult:
     """Backtest ``signals`` (0/1/2 or "sell"/"hold"/"buy", indexed by candle timestamps) on ``candles``.
 
@@ -252,20 +254,32 @@ def backtest(
     open[t+2] are dropped (``n_dropped``). Candle rows between the first and the last signal that have
     none (rows dropped next to a gap) are flat, and a hold after them stays flat. The benchmark is long 1
     over exactly the same periods and pays the entry cost once.
+
+    ``sizes`` (one per signal, in [0, 1]; default 1) is the size a buy or sell is held at: a bet-sized
+    policy's fractional positions. Every change of position, a resize included, pays the cost on the
+    notional traded.
     """
     rows = _check_inputs(candles, signals, config)
     bars_per_year = _bars_per_year(candles, bar)
     codes = _signal_codes(signals)
+    if sizes is not None:
+        sizes = np.asarray(sizes, dtype=float)
+        if len(sizes) != len(codes) or not (np.isfinite(sizes) & (sizes >= 0) & (sizes <= 1)).all():
+            raise ValueError(f"sizes must be {len(codes)} numbers in [0, 1], one per signal")
     # Candle rows without a signal between the first and the last (rows dropped next to a gap, whose
     # indicators or label would span it) are flat: the bot had nothing it could act on there.
     span = np.arange(rows[0], rows[-1] + 1)
     if len(span) > len(rows):
         filled = np.full(len(span), NOT_READY, dtype=np.int64)
         filled[rows - rows[0]] = codes
+        if sizes is not None:
+            full = np.zeros(len(span))
+            full[rows - rows[0]] = sizes
+            sizes = full
         rows, codes = span, filled
     # Positions are computed on all signals (hold="keep" carries forward), then the tail that cannot be
     # held to an open[t+2] is dropped; dropping only ever removes the last signals.
-    position_all = _positions(codes, config)
+    position_all = _positions(codes, config, sizes)
     usable = rows + 2 < len(candles)
     n_dropped = int(np.count_nonzero(~usable))
     if not usable.any():

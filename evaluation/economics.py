@@ -45,6 +45,7 @@ class TradingCosts:
     cost: float  # per unit of notional traded, as a fraction
     mode: str
     on_hold: str
+    sizing: str = "full"
 
     def span(self, rows: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``proba`` of the development ``rows`` spread over every candle from the first row's to the
@@ -62,11 +63,20 @@ class TradingCosts:
 
     def grid_sharpes(self, rows: np.ndarray, proba: np.ndarray) -> dict:
         """``grid_sharpes`` of out-of-fold ``proba`` on the development ``rows``."""
-        return grid_sharpes(*self.span(rows, proba), self.cost, self.mode, self.on_hold)
+        return grid_sharpes(*self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing)
 
     def fit_policy(self, rows: np.ndarray, proba: np.ndarray) -> tuple[DecisionPolicy, list[dict]]:
         """``fit_policy`` on out-of-fold ``proba`` of the development ``rows``."""
-        return fit_policy(*self.span(rows, proba), self.cost, self.mode, self.on_hold)
+        return fit_policy(*self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing)
+
+    def chosen_sharpe(self, rows: np.ndarray, proba: np.ndarray) -> tuple[str, float, dict]:
+        """The rule ``fit_policy`` chooses on out-of-fold ``proba`` of the development ``rows``, its
+        after-cost Sharpe ratio per period on those rows, and every rule's (``grid_sharpes``): what a
+        tuning trial scored by Sharpe reports. One rule for all the rows, chosen as the pipeline chooses
+        the served policy."""
+        policy, table = self.fit_policy(rows, proba)
+        sharpes = {row["policy"]: row["sharpe_per_period"] for row in table}
+        return policy.key, sharpes[policy.key], sharpes
 
 
 def _check_rows(proba: np.ndarray, period_return: np.ndarray) -> None:
@@ -95,7 +105,9 @@ def policy_result(policy: DecisionPolicy, proba: np.ndarray, period_return: np.n
     }
 
 
-def grid_sharpes(proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str) -> dict:
+def grid_sharpes(
+    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str, sizing: str = "full"
+) -> dict:
     """Per-period Sharpe ratio after costs of every confidence rule in the policy grid, by policy key.
 
     Each tuning trial records this for its own out-of-fold predictions, so the deflated Sharpe ratio can
@@ -103,13 +115,13 @@ def grid_sharpes(proba: np.ndarray, period_return: np.ndarray, cost: float, mode
     """
     _check_rows(proba, period_return)
     out = {}
-    for policy in policy_grid(mode, on_hold):
+    for policy in policy_grid(mode, on_hold, sizing):
         out[policy.key] = sharpe_per_period(net_returns(policy.positions(proba), period_return, cost))
     return out
 
 
 def fit_policy(
-    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str
+    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str, sizing: str = "full"
 ) -> tuple[DecisionPolicy, list[dict]]:
     """Choose the confidence rule with the best after-cost Sharpe ratio on out-of-fold predictions.
 
@@ -117,7 +129,7 @@ def fit_policy(
     go to the stricter rule (higher probability threshold, then margin): fewer trades for the same edge.
     Returns the policy and one row per rule searched.
     """
-    table = [policy_result(p, proba, period_return, cost) for p in policy_grid(mode, on_hold)]
+    table = [policy_result(p, proba, period_return, cost) for p in policy_grid(mode, on_hold, sizing)]
     best = max(
         range(len(table)),
         key=lambda i: (
@@ -127,7 +139,7 @@ def fit_policy(
         ),
     )
     row = table[best]
-    return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"]), table
+    return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"], sizing), table
 
 
 def deflated_sharpe_of_choice(

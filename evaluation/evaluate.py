@@ -28,7 +28,7 @@ from evaluation.baselines import informed_baselines
 from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from features.data import DataError, load_candles
-from features.labels import HOLD, make_labels
+from features.labels import HOLD, label_function
 from models import tracking
 from models.loading import ModelUnavailable, load_model
 from models.policy import ACTION_CODES, DecisionPolicy
@@ -85,7 +85,8 @@ def prepare_scoring(model, candles: pd.DataFrame) -> Scoring:
         raise ValueError(
             f"the model's metadata lacks {missing}: it was not logged by this project's pipeline"
         )
-    labels = make_labels(
+    # A model logged before label kinds existed was trained on threshold labels.
+    labels = label_function(meta.get("label", "threshold"))(
         candles["close"], int(meta["horizon"]), float(meta["threshold"]), int(meta["vol_window"])
     )
     out = model.predict(as_model_input(candles))
@@ -102,14 +103,18 @@ def policy_backtest(
     existed: its most probable class, flat on hold) on the scored rows, after costs."""
     out, scored = scoring.out, scoring.scored
     policy = scoring.meta.get("policy")
+    sizes = None
     if "action" in out and policy:
         rule = DecisionPolicy.from_dict(policy)
         actions = out.loc[scored, "action"].map(ACTION_CODES).to_numpy()
+        if "position" in out:  # a bet-sized policy's sizes (1 otherwise)
+            sizes = out.loc[scored, "position"].abs().to_numpy()
     else:
         rule = DecisionPolicy(on_hold="flat")
         actions = out.loc[scored, "label"].to_numpy()
     config = BacktestConfig(mode=rule.mode, hold=rule.on_hold, fee_bps=fee_bps, slippage_bps=slippage_bps)
-    return rule, config, backtest(candles, pd.Series(actions, index=candles.index[scored]), config)
+    signals = pd.Series(actions, index=candles.index[scored])
+    return rule, config, backtest(candles, signals, config, sizes=sizes)
 
 
 def score_model(

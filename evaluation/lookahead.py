@@ -37,7 +37,7 @@ import pandas as pd
 from features.context import context_label, feature_function
 from features.data import DataError, load_candles
 from features.indicators import FEATURE_SETS, compute_features, warmup_bars
-from features.labels import make_labels
+from features.labels import LABELS, label_function, make_labels
 from models.redaction import install
 
 __all__ = ["LABEL_SET", "Finding", "LookaheadReport", "analyse", "choose_cuts", "main"]
@@ -442,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--horizon", type=_whole, default=6, help="label horizon in bars")
     parser.add_argument("--threshold", type=float, default=0.005, help="label threshold")
     parser.add_argument("--vol-window", dest="vol_window", type=_whole, default=0, help="label vol window")
+    parser.add_argument("--label", default="threshold", choices=LABELS, help="label kind (default threshold)")
     parser.add_argument("--seed", type=_whole, default=0, help="seed of the random cut points")
     parser.add_argument("--output", default="", help="also write the markdown report to this file")
     return parser
@@ -471,7 +472,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             vol_window=args.vol_window,
             compute=compute,
             seed=args.seed,
-            labels=make_labels,
+            labels=make_labels if args.label == "threshold" else label_function(args.label),
         )
         text = f"{info.describe()}\n\n{report.to_markdown()}"
         print(text, end="")

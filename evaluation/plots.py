@@ -317,8 +317,11 @@ def plot_optuna(study, out_dir: str | Path) -> list[Path]:
         len({repr(t.params.get(name)) for t in complete}) > 1
         for name in {p for t in complete for p in t.params}
     )
+    # The study's metric name says what its values are (train.tune.OBJECTIVES).
+    names = study.metric_names or ["cv_macro_f1"]
+    metric = "out-of-fold after-cost Sharpe" if names[0] == "cv_sharpe" else "CV macro-F1"
     jobs = [
-        ("history", f"{model}: optimisation history (objective = CV macro-F1)", ovm.plot_optimization_history)
+        ("history", f"{model}: optimisation history (objective = {metric})", ovm.plot_optimization_history)
     ]
     if varied:
         jobs.append(("importance", f"{model}: hyperparameter importance", ovm.plot_param_importances))

@@ -164,7 +164,8 @@ def trade_window(
             f"{window.label}: the model gave no ready signal (too little history before the window, or a "
             "gap covering it)"
         )
-    bt = backtest(execution, actions, config, bar=bar)
+    sizes = out.loc[rows, "position"].abs().to_numpy()  # a bet-sized policy's sizes (1 otherwise)
+    bt = backtest(execution, actions, config, bar=bar, sizes=sizes)
     y = labels.reindex(actions.index)
     proba = out.loc[rows, ["p_sell", "p_hold", "p_buy"]].to_numpy()
     matured = y.notna().to_numpy()

@@ -2,7 +2,10 @@
 
 The old system read 4h indicators beside its 15m ones. ``compute_model_features(candles, feature_set,
 "4h")`` returns the 15 base features of ``features.indicators`` followed by the same 15 indicators
-computed on 4h candles, named ``ctx_4h_<name>`` (``ctx_4h_rsi_14`` ...).
+computed on 4h candles, named ``ctx_4h_<name>`` (``ctx_4h_rsi_14`` ...). With ``extended`` the base
+part is its 29 columns and the context part the 15 ``default`` indicators (``context_feature_set``): the
+extra returns, volatilities and volume measures already span 48 base bars, and a time-of-day encoding
+of a coarser bin would repeat the base row's own.
 
 Binning
     Context candles are built exactly as ``features.data.load_candles`` resamples: bins closed and
@@ -33,13 +36,14 @@ from collections.abc import Callable
 import pandas as pd
 
 from features.candles import OHLCV, DataError, fmt_td, infer_bar, parse_timeframe, resample, segments
-from features.indicators import FEATURE_NAMES, compute_features, warmup_bars
+from features.indicators import FEATURE_NAMES, compute_features, set_feature_names, warmup_bars
 
 __all__ = [
     "CONTEXT_PREFIX",
     "align_to_base",
     "check_context",
     "compute_model_features",
+    "context_feature_set",
     "context_features",
     "context_label",
     "context_names",
@@ -93,12 +97,17 @@ def context_names(context_timeframe: str | pd.Timedelta | None) -> list[str]:
     return [f"{CONTEXT_PREFIX}_{label}_{name}" for name in FEATURE_NAMES] if label else []
 
 
+def context_feature_set(feature_set: str) -> str:
+    """The set computed on the context candles: the set itself, ``default`` for ``extended``."""
+    warmup_bars(feature_set)  # validates the feature set
+    return "default" if feature_set == "extended" else feature_set
+
+
 def feature_names(
     feature_set: str = "default", context_timeframe: str | pd.Timedelta | None = None
 ) -> list[str]:
-    """Columns of :func:`compute_model_features`: the 15 base names, then the context names if any."""
-    warmup_bars(feature_set)  # validates the feature set
-    return list(FEATURE_NAMES) + context_names(context_timeframe)
+    """Columns of :func:`compute_model_features`: the set's base names, then the context names if any."""
+    return list(set_feature_names(feature_set)) + context_names(context_timeframe)
 
 
 def check_context(context_timeframe: str | pd.Timedelta, bar: pd.Timedelta) -> int:
@@ -134,9 +143,9 @@ def min_history_bars(
     """Candles a gap-free window needs so that its last row has every feature, wherever it starts.
 
     Without context: ``warmup_bars + 1``. With m base candles per context bin, the context set needs
-    ``warmup_bars + 1`` complete bins; a window may start one bar after a bin boundary (losing m - 1
-    candles to the dropped partial bin), and the last complete bin becomes visible at its last base
-    candle: ``(warmup_bars + 2) * m - 1`` candles in the worst case.
+    ``warmup_bars(context set) + 1`` complete bins; a window may start one bar after a bin boundary
+    (losing m - 1 candles to the dropped partial bin), and the last complete bin becomes visible at its
+    last base candle: ``(warmup_bars(context set) + 2) * m - 1`` candles in the worst case.
     """
     w = warmup_bars(feature_set)
     if parse_context_timeframe(context_timeframe) is None:
@@ -144,7 +153,7 @@ def min_history_bars(
     if bar is None:
         raise ValueError("min_history_bars needs the candles' bar size when a context timeframe is set")
     m = check_context(context_timeframe, bar)
-    return max(w + 1, (w + 2) * m - 1)
+    return max(w + 1, (warmup_bars(context_feature_set(feature_set)) + 2) * m - 1)
 
 
 def _check_index(candles: pd.DataFrame) -> pd.DatetimeIndex:
@@ -199,13 +208,14 @@ def context_features(
     context_timeframe: str | pd.Timedelta,
     bar: pd.Timedelta,
 ) -> pd.DataFrame:
-    """The 15 indicators on context candles, one row per base candle, each from the latest complete bin."""
+    """The 15 indicators of ``context_feature_set(feature_set)`` on context candles, one row per base
+    candle, each from the latest complete bin."""
     index = _check_index(candles)
     names = context_names(context_timeframe)
     bins = resample_context(candles, context_timeframe, bar)
     if len(bins) == 0:
         return pd.DataFrame(float("nan"), index=index, columns=names)
-    values = compute_features(bins, feature_set)
+    values = compute_features(bins, context_feature_set(feature_set))
     values.columns = names
     length = parse_context_timeframe(context_timeframe)
     # A bin opened at T is complete when the base candle opened at T + ctx - bar has closed.

@@ -4,7 +4,13 @@ Between gaps (``features.candles.segments``) the kept rows are contiguous blocks
 (warm-up head and horizon tail removed). At a gap, no indicator window and no label window may span it:
 the rows whose label would reach across it and the rows after it that have no indicator history yet are
 dropped (``rows_dropped_at_gaps``). ``bars`` maps each row back to its candle position. Rows k apart are
-therefore at least k bars apart, so purging by rows stays safe.
+therefore at least k bars apart, so purging by rows stays safe. A triple-barrier label ends at or before
+its row's horizon (``ends``), so purging by ``horizon`` rows covers it too.
+
+Sample weights (``weights``, mean 1) are the labels' average uniqueness (``features.labels``): a row whose
+label span overlaps many others counts less. A label never spans a gap, so concurrency is counted within
+each gap-free stretch. Whether label j covers bar u <= t1_i depends only on closes before u, so a row's
+weight uses no candle after its own label's end: purged folds keep validation outcomes out of it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import pandas as pd
 
 from features.candles import infer_bar, segment_ids, segments
 from features.context import compute_model_features, context_label, min_history_bars
-from features.labels import CLASS_NAMES, make_labels
+from features.labels import CLASS_NAMES, average_uniqueness, labels_and_ends, resolve_sample_weights
 
 MIN_ROWS = 2000
 
@@ -29,7 +35,11 @@ class InsufficientDataError(ValueError):
 # eq=False: the generated __eq__ would compare DataFrames/arrays element-wise and raise on bool().
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``X``, int64 labels ``y`` (0/1/2), candle positions ``bars`` and the source candles."""
+    """Features ``X``, int64 labels ``y`` (0/1/2), candle positions ``bars`` and the source candles.
+
+    ``ends``: candle position of the bar that decided each row's label (t1); ``weights``: per-row
+    sample weights with mean 1 (all ones when ``sample_weights`` is "none").
+    """
 
     X: pd.DataFrame
     y: pd.Series
@@ -37,6 +47,16 @@ class Dataset:
     candles: pd.DataFrame
     gaps: int = 0  # gaps (more than GAP_TOLERANCE_BARS missing bars) inside the kept span
     rows_dropped_at_gaps: int = 0  # rows lost because a label or indicator window would span a gap
+    label: str = "threshold"  # label kind (features.labels.LABELS)
+    sample_weights: str = "none"  # weighting actually applied: "uniqueness" or "none" (never "auto")
+    ends: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    @property
+    def fit_weights(self) -> np.ndarray | None:
+        """Weights to pass to ``fit(..., sample_weight=...)``: None when unweighted (the libraries'
+        unweighted path, bit for bit what an unweighted run always fitted)."""
+        return None if self.sample_weights == "none" else self.weights
 
     @property
     def n_rows(self) -> int:
@@ -66,8 +86,14 @@ def build_dataset(
     vol_window: int = 0,
     min_rows: int = MIN_ROWS,
     context_timeframe: str | None = None,
+    label: str = "threshold",
+    sample_weights: str = "auto",
 ) -> Dataset:
     """Compute features and labels and keep the rows where all of them are defined.
+
+    ``label``: "threshold" or "triple_barrier" (``features.labels``; ``threshold`` is then the barrier
+    width). ``sample_weights``: "uniqueness", "none", or "auto" (uniqueness for triple_barrier, none for
+    threshold).
 
     ``context_timeframe`` (e.g. "4h") appends the ``ctx_*`` columns of ``features.context`` to the 15
     base features; their longer warm-up removes more leading rows.
@@ -77,11 +103,16 @@ def build_dataset(
     ``ValueError``, when the context timeframe does not fit the candles' bar).
     """
     min_rows = _check_min_rows(min_rows)
+    weighting = resolve_sample_weights(label, sample_weights)  # also checks label
     features = compute_model_features(candles, feature_set, context_timeframe)
     bar = infer_bar(candles.index) if len(candles) >= 2 else None
     parts = segments(candles.index, bar) if bar is not None else [slice(0, len(candles))]
     # No label window spans a gap: each gap-free stretch is labelled on its own.
-    labels = pd.concat([make_labels(candles["close"].iloc[p], horizon, threshold, vol_window) for p in parts])
+    labelled = [
+        labels_and_ends(candles["close"].iloc[p], horizon, threshold, vol_window, label) for p in parts
+    ]
+    labels = pd.concat([lab for lab, _ in labelled])
+    ends = np.concatenate([t1.to_numpy() + p.start for p, (_, t1) in zip(parts, labelled, strict=True)])
     n = len(candles)
 
     feature_ok = features.notna().all(axis=1).to_numpy()
@@ -123,6 +154,11 @@ def build_dataset(
     X = features.iloc[bars]
     y = labels.iloc[bars].astype("int64")
     ids = segment_ids(candles.index, bar) if bar is not None else np.zeros(n, dtype=np.int64)
+    row_ends = ends[bars].astype(np.int64)
+    weights = np.ones(len(bars))
+    if weighting == "uniqueness":
+        uniqueness = average_uniqueness(bars, row_ends, n)
+        weights = uniqueness / uniqueness.mean()
     dataset = Dataset(
         X=X,
         y=y,
@@ -130,6 +166,10 @@ def build_dataset(
         candles=candles,
         gaps=int(ids[last] - ids[first]),
         rows_dropped_at_gaps=int(dropped_at_gaps),
+        label=label,
+        sample_weights=weighting,
+        ends=row_ends,
+        weights=weights,
     )
 
     counts = dataset.class_counts
@@ -141,7 +181,7 @@ def build_dataset(
         if "buy" in absent or "sell" in absent:
             advice.append("a smaller threshold (or a longer horizon / more data)")
         raise ValueError(
-            f"class(es) {absent} have no rows (class counts {counts}, threshold={threshold}, "
+            f"class(es) {absent} have no rows (class counts {counts}, label={label}, threshold={threshold}, "
             f"horizon={horizon}, vol_window={vol_window}); a classifier needs every class. Try "
             + " or ".join(advice)
             + "."

@@ -1,6 +1,7 @@
 """Technical-indicator features computed from OHLCV candles.
 
-Two feature sets share the same 15 column names (``FEATURE_NAMES``):
+Three feature sets: ``seed15`` and ``default`` share the same 15 column names (``FEATURE_NAMES``);
+``extended`` is ``default`` plus ``EXTENDED_NAMES`` (``set_feature_names`` gives a set's columns):
 
 ``seed15``
     The formulas of the old system, reproduced as-is so its results can be compared: raw price levels,
@@ -11,6 +12,26 @@ Two feature sets share the same 15 column names (``FEATURE_NAMES``):
     deviation from its own recent mean) so a model trained on one market or exchange is not fed
     inputs whose magnitude depends on the price level, and RSI/ATR/DI/ADX use Wilder smoothing as
     TA-Lib defines it.
+
+``extended``
+    The 15 ``default`` columns, then 14 more, all scale-free, with every window at most 48 bars so the
+    warm-up stays the default's 49 bars (a bot needs no more history). Windows count bars, so their
+    span in time follows the timeframe (48 bars: a day at 30m, eight days at 4h).
+
+    * ``logret_3``, ``logret_12``, ``logret_48``: log(close_t / close_{t-k}), momentum over k bars
+      (``close`` is already the 1-bar log return).
+    * ``rvol_6``, ``rvol_12``, ``rvol_48``: realised volatility per bar, sqrt(mean of r^2) of the last n
+      1-bar log returns r (not demeaned; 0 for a flat window).
+    * ``rvol_ratio_6_48``, ``rvol_ratio_12_48``: short over long realised volatility (about 1 in a
+      steady regime, > 1 when volatility expands; 1 when the 48-bar window is flat).
+    * ``volume_rel_48``: log1p(volume / median volume of the last 48 bars, this one included); where
+      that median is 0 the 48-bar mean stands in, and where both are 0 the ratio is 1 (log1p(1)).
+    * ``volume_z_48``: (volume - 48-bar mean) / 48-bar std (ddof=0), 0 for a constant window; a window
+      member, so bounded by sqrt(47).
+    * ``tod_sin``, ``tod_cos``: sin/cos(2 pi f), f = the bar's open time of day in UTC as a fraction of
+      24 h; ``dow_sin``, ``dow_cos``: sin/cos(2 pi d / 7), d = its UTC weekday (Monday 0). A bar's
+      features are computed at its close, when its open time is long known: no look-ahead. These need
+      the candles indexed by open time (a DatetimeIndex; naive means UTC).
 
 Every value at row t uses rows <= t only; rows without enough history are NaN (never backfilled), so the
 leading ``warmup_bars(feature_set)`` rows are NaN and everything after is finite for finite candles.
@@ -61,7 +82,25 @@ FEATURE_NAMES: tuple[str, ...] = (
     "minus_di_14",
 )
 
-FEATURE_SETS: tuple[str, ...] = ("default", "seed15")
+# The columns ``extended`` adds after the 15 ``default`` ones (see the module docstring).
+EXTENDED_NAMES: tuple[str, ...] = (
+    "logret_3",
+    "logret_12",
+    "logret_48",
+    "rvol_6",
+    "rvol_12",
+    "rvol_48",
+    "rvol_ratio_6_48",
+    "rvol_ratio_12_48",
+    "volume_rel_48",
+    "volume_z_48",
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
+)
+
+FEATURE_SETS: tuple[str, ...] = ("default", "seed15", "extended")
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
@@ -74,6 +113,10 @@ _DONCHIAN_PERIOD = 20
 _VOLUME_RATIO_PERIOD = 20
 _VOLUME_LOG_PERIOD = 50
 _MACD_FAST, _MACD_SLOW = 12, 26
+_RETURN_HORIZONS = (3, 12, 48)
+_RVOL_WINDOWS = (6, 12, 48)
+_RVOL_RATIOS = ((6, 48), (12, 48))
+_VOLUME_REL_PERIOD = 48
 
 # Index of the first non-NaN row of each feature, per set. These follow from the lookbacks above
 # (row 0 has no previous close, so diff-based series start at row 1); tests check them against the
@@ -98,11 +141,29 @@ _FIRST_VALID: dict[str, dict[str, int]] = {
     },
 }
 _FIRST_VALID["default"] = {**_FIRST_VALID["seed15"], "close": 1, "volume": _VOLUME_LOG_PERIOD - 1}
+# A k-bar return needs row t - k; n 1-bar returns start at row n (row 0 has none); a volume window of n
+# starts at row n - 1; the time encoding needs only the row's own timestamp.
+_FIRST_VALID["extended"] = {
+    **_FIRST_VALID["default"],
+    **{f"logret_{k}": k for k in _RETURN_HORIZONS},
+    **{f"rvol_{n}": n for n in _RVOL_WINDOWS},
+    **{f"rvol_ratio_{a}_{b}": max(a, b) for a, b in _RVOL_RATIOS},
+    f"volume_rel_{_VOLUME_REL_PERIOD}": _VOLUME_REL_PERIOD - 1,
+    f"volume_z_{_VOLUME_REL_PERIOD}": _VOLUME_REL_PERIOD - 1,
+    **{name: 0 for name in ("tod_sin", "tod_cos", "dow_sin", "dow_cos")},
+}
+assert tuple(_FIRST_VALID["extended"]) == FEATURE_NAMES + EXTENDED_NAMES
 
 
 def _check_feature_set(feature_set: str) -> None:
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature_set {feature_set!r}; valid feature sets are {list(FEATURE_SETS)}")
+
+
+def set_feature_names(feature_set: str) -> tuple[str, ...]:
+    """The columns ``compute_features(candles, feature_set)`` returns, in order."""
+    _check_feature_set(feature_set)
+    return FEATURE_NAMES + EXTENDED_NAMES if feature_set == "extended" else FEATURE_NAMES
 
 
 def warmup_bars(feature_set: str) -> int:
@@ -200,16 +261,90 @@ def _validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.DataFrame:
-    """Compute the 15 ``FEATURE_NAMES`` columns (float64, same index as ``candles``).
+def _utc_open_times(candles: pd.DataFrame) -> pd.DatetimeIndex:
+    index = candles.index
+    if not isinstance(index, pd.DatetimeIndex):
+        raise ValueError(
+            "feature_set 'extended' encodes the time of day and day of week, so candles must be indexed "
+            f"by open time (a DatetimeIndex; naive means UTC), got {type(index).__name__}"
+        )
+    return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
 
-    ``candles`` needs float columns open, high, low, close, volume; any index (datetime or not).
+
+def _window_reduce(x: np.ndarray, n: int, reduce) -> np.ndarray:
+    """``reduce`` over each window of the last ``n`` values (row t: rows t-n+1 .. t); NaN before row n-1.
+
+    Each window is reduced on its own (a strided view, no copy), so unlike an online rolling sum there is
+    no residue: a window of zeros sums to exactly 0, and row t never depends on rows after it. A window
+    holding a NaN gives NaN.
+    """
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1 :] = reduce(np.lib.stride_tricks.sliding_window_view(x, n), axis=1)
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, when_zero: float) -> np.ndarray:
+    """num / den with ``when_zero`` where den == 0; NaN inputs stay NaN (numpy twin of _safe_ratio)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where((den == 0) & ~np.isnan(num), when_zero, out)
+
+
+def _extended_columns(candles: pd.DataFrame, close: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
+    """The ``EXTENDED_NAMES`` columns (see the module docstring); row t uses rows <= t only.
+
+    Plain numpy on whole arrays (a bot's predict computes these on every call, so pandas' per-operation
+    overhead would dominate for a few hundred candles); only the rolling median and std use pandas.
+    """
+    open_times = _utc_open_times(candles)
+    out: dict[str, np.ndarray] = {}
+    log_close = np.log(close.to_numpy())
+    n_rows = len(log_close)
+    for k in _RETURN_HORIZONS:
+        ret = np.full(n_rows, np.nan)
+        ret[k:] = log_close[k:] - log_close[:-k]
+        out[f"logret_{k}"] = ret
+    log_ret = np.concatenate([[np.nan], np.diff(log_close)])
+    squared = log_ret * log_ret
+    rvol = {n: np.sqrt(_window_reduce(squared, n, np.mean)) for n in _RVOL_WINDOWS}
+    for n in _RVOL_WINDOWS:
+        out[f"rvol_{n}"] = rvol[n]
+    for a, b in _RVOL_RATIOS:
+        # The long window holds the short one, so a flat long window means a flat short one: neutral 1.
+        out[f"rvol_ratio_{a}_{b}"] = _ratio(rvol[a], rvol[b], 1.0)
+
+    n = _VOLUME_REL_PERIOD
+    v = volume.to_numpy()
+    mean = _window_reduce(v, n, np.mean)
+    median = volume.rolling(n).median().to_numpy()
+    typical = np.where(median != 0, median, mean)  # over half the window without trades: the mean
+    out[f"volume_rel_{n}"] = np.log1p(_ratio(v, typical, 1.0))
+    # max == min detects a constant window exactly (an online rolling std can leave a residue there).
+    flat = _window_reduce(v, n, np.max) == _window_reduce(v, n, np.min)
+    std = np.where(flat, 0.0, volume.rolling(n).std(ddof=0).to_numpy())
+    out[f"volume_z_{n}"] = _ratio(v - mean, std, 0.0)
+
+    # The bar's open time is known when the bar closes, which is when its features are computed.
+    seconds = open_times.hour * 3600 + open_times.minute * 60 + open_times.second
+    day_angle = 2.0 * np.pi * np.asarray(seconds, dtype="float64") / 86400.0
+    week_angle = 2.0 * np.pi * np.asarray(open_times.dayofweek, dtype="float64") / 7.0
+    out["tod_sin"], out["tod_cos"] = np.sin(day_angle), np.cos(day_angle)
+    out["dow_sin"], out["dow_cos"] = np.sin(week_angle), np.cos(week_angle)
+    return out
+
+
+def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.DataFrame:
+    """Compute the ``set_feature_names(feature_set)`` columns (float64, same index as ``candles``).
+
+    ``candles`` needs float columns open, high, low, close, volume; any index (datetime or not) for
+    ``default`` and ``seed15``, a DatetimeIndex of open times for ``extended``.
     Row t uses rows <= t only; the first ``warmup_bars(feature_set)`` rows contain NaN.
     """
     _check_feature_set(feature_set)
     c = _validate_candles(candles)
     high, low, close, volume = c["high"], c["low"], c["close"], c["volume"]
-    wilder = feature_set == "default"
+    wilder = feature_set in ("default", "extended")
 
     delta = close.diff()
     gains, losses = delta.clip(lower=0.0), (-delta).clip(lower=0.0)  # clip keeps the row-0 NaN
@@ -281,5 +416,7 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
         "plus_di_14": plus_di,
         "minus_di_14": minus_di,
     }
+    if feature_set == "extended":
+        columns |= _extended_columns(candles, close, volume)
     out = pd.DataFrame(columns, index=candles.index).astype("float64")
-    return out.loc[:, list(FEATURE_NAMES)]
+    return out.loc[:, list(set_feature_names(feature_set))]

@@ -34,8 +34,10 @@ class BalancedXGBClassifier(XGBClassifier):
         return params
 
     def fit(self, X, y, *, sample_weight=None, **kwargs):
-        if self.class_weight is not None and sample_weight is None:
-            sample_weight = compute_sample_weight(self.class_weight, y)
+        if self.class_weight is not None:
+            # Multiplied into any given weights, as LightGBM and scikit-learn do with theirs.
+            class_weights = compute_sample_weight(self.class_weight, y)
+            sample_weight = class_weights if sample_weight is None else sample_weight * class_weights
         return super().fit(X, y, sample_weight=sample_weight, **kwargs)
 
 

@@ -39,10 +39,13 @@ def _take(X, idx):
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
-def fit_predict_fold(estimator, X, y, train_idx, test_idx, classes: np.ndarray) -> np.ndarray:
+def fit_predict_fold(
+    estimator, X, y, train_idx, test_idx, classes: np.ndarray, sample_weight=None
+) -> np.ndarray:
     """Fit a clone on ``train_idx`` and return its class probabilities on ``test_idx``.
 
     Columns follow ``classes``; a class absent from the training block gets probability 0.
+    ``sample_weight`` (one per row of ``X``, or None) weighs the training rows' fit.
     """
     y = np.asarray(y)
     y_train = y[train_idx]
@@ -52,7 +55,9 @@ def fit_predict_fold(estimator, X, y, train_idx, test_idx, classes: np.ndarray) 
             f"a training block of {len(train_idx)} rows has no example of class(es) {missing.tolist()}; "
             "use more data (days), fewer folds or a smaller label threshold"
         )
-    model = clone(estimator).fit(_take(X, train_idx), y_train)
+    # None leaves the library's unweighted path untouched (not the same as passing ones everywhere).
+    weights = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight)[train_idx]}
+    model = clone(estimator).fit(_take(X, train_idx), y_train, **weights)
     proba = as_probabilities(model.predict_proba(_take(X, test_idx)))
     out = np.zeros((len(test_idx), len(classes)))
     out[:, np.searchsorted(classes, model.classes_)] = proba
@@ -80,13 +85,15 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Iterator:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def oof_predict_proba(estimator, X, y, cv, n_parallel: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def oof_predict_proba(
+    estimator, X, y, cv, n_parallel: int = 1, sample_weight=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities over the validation blocks of ``cv``: (row positions, probabilities)."""
     classes = np.unique(np.asarray(y))
     folds = list(cv.split(X, y))
 
     def fit(train_idx, test_idx):
-        return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
+        return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight)
 
     probas = list(map_folds(fit, folds, n_parallel))
     return np.concatenate([test for _, test in folds]), np.vstack(probas)
@@ -147,7 +154,9 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         self.weight_step = weight_step
         self.n_jobs = n_jobs
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
+        """Out-of-fold weights (unless fixed), then every base model refitted on all rows; ``sample_weight``
+        weighs the rows in every one of those fits (the weight search itself scores rows equally)."""
         names = [name for name, _ in self.estimators]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"estimators need unique names, got {names}")
@@ -164,7 +173,10 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         else:
             if self.cv is None:
                 raise ValueError("either fixed weights or a cv splitter is needed to fit the weights")
-            oof = [oof_predict_proba(est, X, y, self.cv, self.n_jobs) for _, est in self.estimators]
+            oof = [
+                oof_predict_proba(est, X, y, self.cv, self.n_jobs, sample_weight)
+                for _, est in self.estimators
+            ]
             idx = oof[0][0]
             self.oof_index_ = idx
             self.oof_probas_ = {name: p for name, (_, p) in zip(names, oof, strict=True)}
@@ -176,7 +188,10 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
             n_jobs=self.n_jobs,
         )
         with parallel_config(backend="threading"):  # the refits side by side, in this process
-            self.voter_ = voter.fit(X, y)
+            if sample_weight is None:
+                self.voter_ = voter.fit(X, y)
+            else:
+                self.voter_ = voter.fit(X, y, sample_weight=np.asarray(sample_weight))
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]

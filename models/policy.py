@@ -9,6 +9,13 @@ A row's *action* is ``buy`` when p_buy reaches ``min_proba`` and beats p_sell by
 buy = long 1, sell = short 1 (``long_only``: flat), hold = keep the position the previous row left
 (``on_hold="keep"``, what a bot does without a new signal; flat before the first signal) or go flat
 (``on_hold="flat"``).
+
+Bet sizing (``sizing="probability"``, López de Prado, *Advances in Financial Machine Learning*, ch. 10):
+a buy or sell is held at a size set by the probability of the side acted on, ``p``, against the 1/3 of
+a guess among three classes: ``z = (p - 1/3) / sqrt(p (1 - p))``, size ``2 Phi(z) - 1``, rounded to steps
+of :data:`SIZE_STEP` (a size that rounds to 0 is flat). So p = 0.4 stays flat, 0.5 holds 0.25, 0.6 holds
+0.5, 0.8 holds 0.75, p -> 1 holds 1. ``sizing="full"`` (the default) holds 1. Every change of position,
+a resize included, pays the cost on the notional traded (:func:`net_returns`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import pandas as pd
 
 MODES: tuple[str, ...] = ("long_short", "long_only")
 ON_HOLD: tuple[str, ...] = ("keep", "flat")
+SIZINGS: tuple[str, ...] = ("full", "probability")
+SIZE_STEP = 0.25  # positions of a probability-sized policy are multiples of this
 SELL, HOLD, BUY = 0, 1, 2
 NOT_READY = -1  # no usable probabilities (too little history, e.g. after a gap): the bot is flat
 ACTION_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
@@ -41,9 +50,10 @@ class DecisionPolicy:
     on_hold: str = "keep"
     min_proba: float = 0.34
     min_margin: float = 0.0
+    sizing: str = "full"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("mode", MODES), ("on_hold", ON_HOLD)):
+        for name, allowed in (("mode", MODES), ("on_hold", ON_HOLD), ("sizing", SIZINGS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"policy {name} must be one of {list(allowed)}, got {value!r}")
@@ -66,7 +76,8 @@ class DecisionPolicy:
 
     @classmethod
     def from_dict(cls, values: dict) -> DecisionPolicy:
-        return cls(**{k: values[k] for k in ("mode", "on_hold", "min_proba", "min_margin") if k in values})
+        keys = ("mode", "on_hold", "min_proba", "min_margin", "sizing")
+        return cls(**{k: values[k] for k in keys if k in values})
 
     def actions(self, proba: np.ndarray) -> np.ndarray:
         """Action codes (0 sell, 1 hold, 2 buy) for class probabilities of shape (rows, 3); a row with
@@ -80,14 +91,31 @@ class DecisionPolicy:
         codes = np.where(buy, BUY, np.where(sell, SELL, HOLD))
         return np.where(np.isnan(proba).any(axis=1), NOT_READY, codes).astype(np.int64)
 
-    def positions_from_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Positions in {-1, 0, +1} held after each row, for consecutive rows starting flat.
+    def sizes(self, proba: np.ndarray) -> np.ndarray:
+        """The size of a buy or sell on each row (see the module docstring): 1 with ``sizing="full"``,
+        else ``2 Phi(z) - 1`` of the larger of p_buy and p_sell, in steps of :data:`SIZE_STEP`."""
+        proba = np.asarray(proba, dtype=float)
+        if self.sizing == "full":
+            return np.ones(len(proba))
+        from scipy.special import ndtr  # the standard normal CDF, vectorised
+
+        p = np.clip(np.nan_to_num(np.maximum(proba[:, 0], proba[:, 2])), 0.0, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (p - 1.0 / 3.0) / np.sqrt(p * (1.0 - p))
+        z = np.where(p >= 1.0, np.inf, np.where(p <= 0.0, -np.inf, z))
+        size = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
+        return np.round(size / SIZE_STEP) * SIZE_STEP
+
+    def positions_from_actions(self, actions: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+        """Positions held after each row, for consecutive rows starting flat: buy = +size, sell = -size
+        (``long_only``: flat), sizes 1 unless ``sizes`` (:meth:`sizes`) says otherwise.
 
         A ``NOT_READY`` row is flat, and a hold after it keeps that flat position: a bot that could not
         see (too little history, a gap in the candles) does not carry a position through."""
         actions = np.asarray(actions)
-        short = -1.0 if self.mode == "long_short" else 0.0
-        pos = np.where(actions == BUY, 1.0, np.where(actions == SELL, short, np.nan))
+        size = np.ones(len(actions)) if sizes is None else np.asarray(sizes, dtype=float)
+        short = -size if self.mode == "long_short" else 0.0
+        pos = np.where(actions == BUY, size, np.where(actions == SELL, short, np.nan))
         pos = np.where(actions == NOT_READY, 0.0, pos)
         if self.on_hold == "flat":
             return np.nan_to_num(pos, nan=0.0)
@@ -95,13 +123,14 @@ class DecisionPolicy:
 
     def positions(self, proba: np.ndarray) -> np.ndarray:
         """Positions for consecutive rows of class probabilities (see the module docstring)."""
-        return self.positions_from_actions(self.actions(proba))
+        sizes = None if self.sizing == "full" else self.sizes(proba)
+        return self.positions_from_actions(self.actions(proba), sizes)
 
 
-def policy_grid(mode: str, on_hold: str) -> list[DecisionPolicy]:
-    """Every confidence rule the fitting searches, for one mode and hold rule (a fixed order)."""
+def policy_grid(mode: str, on_hold: str, sizing: str = "full") -> list[DecisionPolicy]:
+    """Every confidence rule the fitting searches, for one mode, hold rule and sizing (a fixed order)."""
     return [
-        DecisionPolicy(mode=mode, on_hold=on_hold, min_proba=p, min_margin=m)
+        DecisionPolicy(mode=mode, on_hold=on_hold, min_proba=p, min_margin=m, sizing=sizing)
         for p in MIN_PROBA_GRID
         for m in MIN_MARGIN_GRID
     ]

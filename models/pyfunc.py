@@ -145,7 +145,7 @@ class SignalModel(PythonModel):
 
     @property
     def feature_names(self) -> list[str]:
-        """The ensemble's input columns, in order: 15 base features, then any ``ctx_*`` ones."""
+        """The ensemble's input columns, in order: the set's base features, then any ``ctx_*`` ones."""
         return feature_names(self.feature_set, self._context)
 
     @property
@@ -202,7 +202,10 @@ class SignalModel(PythonModel):
         # flat on hold, as its backtest did then. Rows that are not ready are flat either way.
         policy = getattr(self, "policy", None)
         action = label if policy is None else policy.actions(proba)
-        position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(action)
+        sized = policy is not None and getattr(policy, "sizing", "full") != "full"
+        position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(
+            action, policy.sizes(proba) if sized else None
+        )
         return pd.DataFrame(
             {
                 # Naive UTC out, whatever the input form (MLflow serializes naive datetimes as ISO strings).
@@ -214,6 +217,7 @@ class SignalModel(PythonModel):
                 "p_buy": proba[:, 2],
                 "ready": ready,
                 "action": np.where(ready, CLASS_ARRAY[np.maximum(action, 0)], why),
-                "position": position.astype(np.int64),
+                # Whole units (int) unless the policy sizes its bets (fractions of 1, steps of 0.25).
+                "position": position if sized else position.astype(np.int64),
             }
         ).reset_index(drop=True)

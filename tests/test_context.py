@@ -71,6 +71,20 @@ def test_without_context_nothing_changes():
     pd.testing.assert_frame_equal(feature_function(None, BAR)(candles, "default"), compute_features(candles))
 
 
+def test_extended_adds_its_own_columns_and_the_default_context():
+    """extended + context: its 29 base columns, then the 15 default indicators on the coarser bars."""
+    from features.context import context_feature_set
+    from features.indicators import EXTENDED_NAMES
+
+    candles = make_candles(24 * M * 4, seed=4, freq="15min")
+    got = compute_model_features(candles, "extended", CTX)
+    assert list(got.columns) == feature_names("extended", CTX) == list(FEATURE_NAMES + EXTENDED_NAMES) + NAMES
+    assert context_feature_set("extended") == "default" and context_feature_set("seed15") == "seed15"
+    pd.testing.assert_frame_equal(got[NAMES], compute_model_features(candles, "default", CTX)[NAMES])
+    pd.testing.assert_frame_equal(got.iloc[:, :29], compute_features(candles, "extended"))
+    assert min_history_bars("extended", CTX, BAR) == min_history_bars("default", CTX, BAR)
+
+
 @pytest.mark.parametrize("feature_set", FEATURE_SETS)
 @pytest.mark.parametrize("offset", range(M))
 def test_min_history_is_enough_wherever_the_window_starts_and_not_more(feature_set: str, offset: int):

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from features.indicators import FEATURE_NAMES, FEATURE_SETS, compute_features, warmup_bars
+from features.indicators import (
+    EXTENDED_NAMES,
+    FEATURE_NAMES,
+    FEATURE_SETS,
+    compute_features,
+    set_feature_names,
+    warmup_bars,
+)
 from tests.helpers import make_candles
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,7 +181,7 @@ def tiny_frame(n: int = 60) -> pd.DataFrame:
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume})
 
 
-@pytest.mark.parametrize("feature_set", FEATURE_SETS)
+@pytest.mark.parametrize("feature_set", ["default", "seed15"])
 def test_matches_loop_reference_for_every_feature(feature_set: str) -> None:
     frame = tiny_frame()
     got = compute_features(frame, feature_set)
@@ -184,6 +192,121 @@ def test_matches_loop_reference_for_every_feature(feature_set: str) -> None:
         expected = np.array([np.nan if x is None else x for x in ref[name]], dtype=float)
         assert np.isfinite(expected[-5:]).all(), name  # the reference really produced values
         np.testing.assert_allclose(got[name].to_numpy(), expected, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def reference_extended(frame: pd.DataFrame) -> dict[str, list]:
+    """The ``extended`` set's extra columns, from the module docstring's definitions, in plain loops."""
+    c, v = frame["close"].tolist(), frame["volume"].tolist()
+    n = len(c)
+    r = [None] + [math.log(c[t] / c[t - 1]) for t in range(1, n)]
+    out: dict[str, list] = {}
+    for k in (3, 12, 48):
+        out[f"logret_{k}"] = [None if t < k else math.log(c[t] / c[t - k]) for t in range(n)]
+    for w in (6, 12, 48):
+        out[f"rvol_{w}"] = [
+            None if _window(r, t, w) is None else math.sqrt(sum(x * x for x in _window(r, t, w)) / w)
+            for t in range(n)
+        ]
+    for a, b in ((6, 48), (12, 48)):
+        out[f"rvol_ratio_{a}_{b}"] = [
+            _div(x, y, 1.0) for x, y in zip(out[f"rvol_{a}"], out[f"rvol_{b}"], strict=True)
+        ]
+    rel, z = [], []
+    for t in range(n):
+        win = _window(v, t, 48)
+        if win is None:
+            rel.append(None)
+            z.append(None)
+            continue
+        mean = sum(win) / 48
+        typical = statistics.median(win) or mean
+        rel.append(math.log1p(v[t] / typical if typical != 0 else 1.0))
+        sd = math.sqrt(sum((x - mean) ** 2 for x in win) / 48)
+        z.append(0.0 if max(win) == min(win) else (v[t] - mean) / sd)
+    out["volume_rel_48"], out["volume_z_48"] = rel, z
+    for ts in frame.index:
+        ts = ts.tz_convert("UTC")
+        day = (ts.hour * 3600 + ts.minute * 60 + ts.second) / 86400
+        out.setdefault("tod_sin", []).append(math.sin(2 * math.pi * day))
+        out.setdefault("tod_cos", []).append(math.cos(2 * math.pi * day))
+        out.setdefault("dow_sin", []).append(math.sin(2 * math.pi * ts.dayofweek / 7))
+        out.setdefault("dow_cos", []).append(math.cos(2 * math.pi * ts.dayofweek / 7))
+    return out
+
+
+def timed_tiny_frame(n: int = 60) -> pd.DataFrame:
+    """tiny_frame() on 30-minute open times from Sunday 21:00 UTC (so the day and the weekday turn)."""
+    frame = tiny_frame(n)
+    frame.index = pd.date_range("2024-03-10 21:00", periods=n, freq="30min", tz="UTC", name="timestamp")
+    return frame
+
+
+def test_extended_matches_default_and_a_loop_reference() -> None:
+    frame = timed_tiny_frame()
+    got = compute_features(frame, "extended")
+    assert list(got.columns) == list(FEATURE_NAMES + EXTENDED_NAMES) == list(set_feature_names("extended"))
+    assert got.index.equals(frame.index) and got.dtypes.eq("float64").all()
+    pd.testing.assert_frame_equal(got[list(FEATURE_NAMES)], compute_features(frame, "default"))
+    ref = reference_extended(frame)
+    for name in EXTENDED_NAMES:
+        expected = np.array([np.nan if x is None else x for x in ref[name]], dtype=float)
+        assert np.isfinite(expected[-5:]).all(), name
+        np.testing.assert_allclose(got[name].to_numpy(), expected, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_extended_time_encoding_hand_worked() -> None:
+    """sin/cos of the bar's open time: day fraction in UTC, weekday (Monday 0) / 7."""
+    stamps = ["2024-01-01 00:00", "2024-01-01 06:00", "2024-01-03 18:00", "2024-01-07 12:00"]
+    frame = _flat(len(stamps))
+    frame.index = pd.DatetimeIndex(stamps, tz="UTC")
+    got = compute_features(frame, "extended")
+    s7, c7 = math.sin(2 * math.pi / 7), math.cos(2 * math.pi / 7)
+    expected = {
+        # Monday midnight: both angles 0.
+        "2024-01-01 00:00": (0.0, 1.0, 0.0, 1.0),
+        # 06:00 is a quarter of the day.
+        "2024-01-01 06:00": (1.0, 0.0, 0.0, 1.0),
+        # Wednesday (2) 18:00: three quarters of the day, 4 pi / 7 of the week.
+        "2024-01-03 18:00": (-1.0, 0.0, 2 * s7 * c7, c7 * c7 - s7 * s7),
+        # Sunday (6) noon: half the day; 12 pi / 7 = 2 pi - 2 pi / 7.
+        "2024-01-07 12:00": (0.0, -1.0, -s7, c7),
+    }
+    cols = ["tod_sin", "tod_cos", "dow_sin", "dow_cos"]
+    for stamp, values in expected.items():
+        row = got.loc[pd.Timestamp(stamp, tz="UTC"), cols].to_numpy()
+        np.testing.assert_allclose(row, values, atol=1e-12, err_msg=stamp)
+    # The same instants naive (= UTC) or in another time zone give the same encoding.
+    naive = frame.tz_localize(None)
+    tokyo = frame.tz_convert("Asia/Tokyo")
+    for other in (naive, tokyo):
+        np.testing.assert_array_equal(
+            compute_features(other, "extended")[cols].to_numpy(), got[cols].to_numpy()
+        )
+
+
+def test_extended_relative_volume_hand_worked() -> None:
+    frame = _flat(60)
+    frame["volume"] = np.arange(1.0, 61.0)  # volume t + 1 at row t
+    got = compute_features(frame, "extended")
+    # Row 47: window 1..48, median 24.5, mean 24.5, population std sqrt((48^2 - 1) / 12).
+    assert got["volume_rel_48"].iloc[47] == pytest.approx(math.log1p(48 / 24.5), rel=1e-12)
+    assert got["volume_z_48"].iloc[47] == pytest.approx(23.5 / math.sqrt((48**2 - 1) / 12), rel=1e-12)
+    # Row 59: window 13..60, median 36.5.
+    assert got["volume_rel_48"].iloc[59] == pytest.approx(math.log1p(60 / 36.5), rel=1e-12)
+    assert got["volume_rel_48"].iloc[:47].isna().all() and got["volume_z_48"].iloc[:47].isna().all()
+
+    # More than half the window without trades: the median is 0 and the mean stands in.
+    frame["volume"] = np.where(np.arange(60) < 50, 0.0, 10.0)  # rows 50..59 trade 10
+    got = compute_features(frame, "extended")
+    assert got["volume_rel_48"].iloc[49] == pytest.approx(math.log(2.0))  # all zero: ratio 1
+    assert got["volume_z_48"].iloc[49] == 0.0
+    assert got["volume_rel_48"].iloc[50] == pytest.approx(math.log1p(10 / (10 / 48)), rel=1e-12)
+    assert got["volume_rel_48"].iloc[59] == pytest.approx(math.log1p(10 / (10 * 10 / 48)), rel=1e-12)
+
+
+def test_extended_needs_open_times() -> None:
+    with pytest.raises(ValueError, match=r"'extended'.*DatetimeIndex.*RangeIndex"):
+        compute_features(tiny_frame(), "extended")
 
 
 # Golden values from TA-Lib 0.8.2 (talib.RSI / ATR / BBANDS with timeperiod 14/14/20, nbdev 2) on
@@ -278,8 +401,12 @@ def lookahead_runs() -> dict[tuple[str, int], tuple[pd.DataFrame, pd.DataFrame]]
     return runs
 
 
-@pytest.mark.parametrize("feature_set", FEATURE_SETS)
-@pytest.mark.parametrize("name", FEATURE_NAMES)
+_TIME_NAMES = ("tod_sin", "tod_cos", "dow_sin", "dow_cos")
+
+
+@pytest.mark.parametrize(
+    ("feature_set", "name"), [(fs, name) for fs in FEATURE_SETS for name in set_feature_names(fs)]
+)
 def test_no_lookahead(lookahead_runs, feature_set: str, name: str) -> None:
     for cut in _CUTS:
         before, after = lookahead_runs[(feature_set, cut)]
@@ -287,9 +414,21 @@ def test_no_lookahead(lookahead_runs, feature_set: str, name: str) -> None:
         np.testing.assert_array_equal(
             before[name].iloc[: cut + 1].to_numpy(), after[name].iloc[: cut + 1].to_numpy(), err_msg=f"{cut}"
         )
-        # The perturbation must actually be visible after the cut, or the check above proves nothing.
         tail_b, tail_a = before[name].iloc[cut + 60 :], after[name].iloc[cut + 60 :]
+        if name in _TIME_NAMES:
+            # A function of the row's own open time: the candles' values never move it.
+            np.testing.assert_array_equal(tail_b.to_numpy(), tail_a.to_numpy())
+            continue
+        # The perturbation must actually be visible after the cut, or the check above proves nothing.
         assert not np.allclose(tail_b.to_numpy(), tail_a.to_numpy(), equal_nan=True)
+
+
+def test_extended_on_a_truncated_history_is_the_same(candles: pd.DataFrame) -> None:
+    """The data ending at t (a bot's window, a truncated file) gives the same rows <= t, time columns too."""
+    full = compute_features(candles, "extended")
+    for cut in (0, 2, 11, 47, 48, 49, 50, 333, len(candles) - 1):
+        part = compute_features(candles.iloc[: cut + 1], "extended")
+        pd.testing.assert_frame_equal(part, full.iloc[: cut + 1], check_exact=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,7 +447,8 @@ def test_nan_only_in_head_and_warmup_bars(candles: pd.DataFrame, feature_set: st
     first_finite = int(np.argmax(finite_rows))
     assert warmup_bars(feature_set) == first_finite
     assert finite_rows[first_finite:].all()  # nothing undefined after the warm-up
-    for name in FEATURE_NAMES:
+    assert list(feats.columns) == list(set_feature_names(feature_set))
+    for name in feats.columns:
         ok = feats[name].notna().to_numpy()
         first = int(np.argmax(ok))
         assert ok[first:].all() and not ok[:first].any(), name  # NaN is a pure prefix
@@ -318,6 +458,19 @@ def test_warmup_bars_values() -> None:
     # EMA-50 (and, in default, the 50-bar volume mean) is the longest lookback: rows 0..48 are NaN.
     assert warmup_bars("default") == 49
     assert warmup_bars("seed15") == 49
+    # extended keeps every window <= 48 bars, so the default's lookbacks stay the longest.
+    assert warmup_bars("extended") == 49
+
+
+def test_extended_first_valid_row_of_each_new_column(candles: pd.DataFrame) -> None:
+    # k-bar return: row k; n 1-bar returns: row n; 48 volumes: row 47; time: row 0.
+    expected = {"logret_3": 3, "logret_12": 12, "logret_48": 48, "rvol_6": 6, "rvol_12": 12, "rvol_48": 48}
+    expected |= {"rvol_ratio_6_48": 48, "rvol_ratio_12_48": 48, "volume_rel_48": 47, "volume_z_48": 47}
+    expected |= dict.fromkeys(_TIME_NAMES, 0)
+    feats = compute_features(candles, "extended")
+    assert set(expected) == set(EXTENDED_NAMES)
+    for name, first in expected.items():
+        assert int(np.argmax(feats[name].notna().to_numpy())) == first, name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,8 +479,9 @@ def test_warmup_bars_values() -> None:
 
 
 def _flat(n: int, price: float = 100.0, volume: float = 5.0) -> pd.DataFrame:
+    index = pd.date_range("2024-01-01", periods=n, freq="30min", tz="UTC", name="timestamp")
     return pd.DataFrame(
-        {"open": price, "high": price, "low": price, "close": price, "volume": volume}, index=range(n)
+        {"open": price, "high": price, "low": price, "close": price, "volume": volume}, index=index
     ).astype("float64")
 
 
@@ -343,6 +497,11 @@ def test_flat_prices_give_defined_values(feature_set: str, volume: float) -> Non
     assert (tail["volume_ratio"] == 1.0).all()
     for name in ("adx_14", "plus_di_14", "minus_di_14", "atr_14", "macd"):
         assert (tail[name] == 0.0).all(), name
+    if feature_set == "extended":
+        for name in ("logret_3", "logret_12", "logret_48", "rvol_6", "rvol_12", "rvol_48", "volume_z_48"):
+            assert (tail[name] == 0.0).all(), name
+        assert (tail["rvol_ratio_6_48"] == 1.0).all() and (tail["rvol_ratio_12_48"] == 1.0).all()
+        assert np.allclose(tail["volume_rel_48"], math.log(2.0))  # volume equal to its median (or all 0)
 
 
 def test_rsi_only_gains_is_100() -> None:
@@ -372,6 +531,10 @@ def test_flat_stretch_inside_random_data_drops_no_rows(feature_set: str) -> None
         assert row["atr_14"] == row["plus_di_14"] == row["minus_di_14"] == row["adx_14"] == 0.0
     assert feats["volume_ratio"].iloc[160] == 0.0  # zero volume over a non-zero mean is a real 0
     assert feats["volume_ratio"].iloc[169] == 1.0  # window 150..169 is all zero volume: neutral 1
+    if feature_set == "extended":
+        assert row["rvol_6"] == row["logret_48"] == 0.0  # 48 flat bars before 199: no returns at all
+        assert row["rvol_ratio_6_48"] == 1.0
+        assert feats["volume_rel_48"].iloc[160] == 0.0  # log1p(0 / a non-zero median)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -399,27 +562,40 @@ def test_non_positive_price_rejected(candles: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scale freedom of the default set.
+# Scale freedom of the default and extended sets.
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_default_set_is_price_scale_free(candles: pd.DataFrame) -> None:
+@pytest.mark.parametrize("feature_set", ["default", "extended"])
+def test_default_set_is_price_scale_free(candles: pd.DataFrame, feature_set: str) -> None:
     scaled = candles.copy()
     scaled[["open", "high", "low", "close"]] *= 1000.0
-    base, big = compute_features(candles), compute_features(scaled)
-    for name in FEATURE_NAMES:
+    base, big = compute_features(candles, feature_set), compute_features(scaled, feature_set)
+    for name in set_feature_names(feature_set):
         np.testing.assert_allclose(big[name], base[name], rtol=1e-9, atol=1e-12, err_msg=name)
     # Sanity: the same scaling does change the raw-price seed15 features, so the check has teeth.
     raw_base, raw_big = compute_features(candles, "seed15"), compute_features(scaled, "seed15")
     np.testing.assert_allclose(raw_big["close"], raw_base["close"] * 1000.0)
 
 
-def test_default_set_is_volume_scale_free(candles: pd.DataFrame) -> None:
+@pytest.mark.parametrize("feature_set", ["default", "extended"])
+def test_default_set_is_volume_scale_free(candles: pd.DataFrame, feature_set: str) -> None:
     scaled = candles.copy()
     scaled["volume"] *= 1000.0
-    base, big = compute_features(candles), compute_features(scaled)
-    for name in FEATURE_NAMES:
+    base, big = compute_features(candles, feature_set), compute_features(scaled, feature_set)
+    for name in set_feature_names(feature_set):
         np.testing.assert_allclose(big[name], base[name], rtol=1e-9, atol=1e-12, err_msg=name)
     assert not np.allclose(
         compute_features(scaled, "seed15")["volume"], compute_features(candles, "seed15")["volume"]
     )
+
+
+def test_every_feature_set_is_accepted_by_the_pipeline_options() -> None:
+    """``--features extended`` flows through the one config every entry point (main, tune, walkforward,
+    retrain, evaluate) parses, like the other sets; an unknown one is refused naming all three."""
+    from train.config import parse_args
+
+    for feature_set in FEATURE_SETS:
+        assert parse_args(["--features", feature_set]).features == feature_set
+    with pytest.raises(ValueError, match=r"features must be one of \['default', 'seed15', 'extended'\]"):
+        parse_args(["--features", "extendd"])

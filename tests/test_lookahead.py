@@ -16,7 +16,14 @@ import pytest
 
 from evaluation import lookahead
 from evaluation.lookahead import LABEL_SET, MAX_FINDINGS_PER_COLUMN, analyse, choose_cuts
-from features.indicators import FEATURE_NAMES, FEATURE_SETS, compute_features, warmup_bars
+from features.indicators import (
+    EXTENDED_NAMES,
+    FEATURE_NAMES,
+    FEATURE_SETS,
+    compute_features,
+    set_feature_names,
+    warmup_bars,
+)
 from features.labels import HOLD, make_labels
 from tests.helpers import make_candles
 
@@ -77,8 +84,9 @@ def test_real_features_and_labels_pass(frame: pd.DataFrame, horizon: int, thresh
     assert {0, w - 1, w, w + 1, w + horizon, N - 1} <= set(report.cut_positions)
     assert report.cuts == [frame.index[p] for p in report.cut_positions]
     assert report.rows_checked == sum(p + 1 for p in report.cut_positions)
+    assert "extended" in FEATURE_SETS
     for fs in FEATURE_SETS:
-        assert list(report.counts[fs]) == list(FEATURE_NAMES)
+        assert list(report.counts[fs]) == list(set_feature_names(fs))
         for count in report.counts[fs].values():
             assert (count.rows_checked, count.changed) == (report.rows_checked, 0)
     assert report.counts[LABEL_SET]["label"].rows_checked == report.rows_checked
@@ -134,6 +142,23 @@ def test_global_statistic_leak_changes_every_row_and_findings_are_capped(frame: 
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_extended_set_passes_and_a_leak_in_a_new_column_is_caught(frame: pd.DataFrame):
+    report = analyse(frame, feature_sets="extended", cuts=50)
+    assert report.passed, report.to_markdown()
+    assert list(report.counts["extended"]) == list(FEATURE_NAMES + EXTENDED_NAMES)
+    assert all(c.rows_checked == report.rows_checked for c in report.counts["extended"].values())
+
+    def centred_volatility(candles, out):  # a realised volatility read over a centred window
+        return np.log(candles["close"]).diff().rolling(12, center=True).std()
+
+    def next_bar_volume(candles, out):  # relative volume of the bar still to come
+        return np.log1p(candles["volume"].shift(-1) / candles["volume"].rolling(48).median())
+
+    for column, make in (("rvol_12", centred_volatility), ("volume_rel_48", next_bar_volume)):
+        report = analyse(frame, feature_sets="extended", cuts=20, compute=leaking(column, make))
+        assert report.leaking_columns() == {"extended": [column]}, column
+
+
 def test_label_defaulting_the_tail_to_hold_is_caught(frame: pd.DataFrame):
     def tail_hold(close, horizon, threshold, vol_window):
         return make_labels(close, horizon, threshold, vol_window).fillna(HOLD)
@@ -161,7 +186,7 @@ def test_report_serialises_and_renders(frame: pd.DataFrame):
     report = analyse(frame, cuts=10, compute=leaking("ema_20", next_close))
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["passed"] is False and data["n_cuts"] == 10
-    assert data["leaking_columns"] == {"default": ["ema_20"], "seed15": ["ema_20"]}
+    assert data["leaking_columns"] == {"default": ["ema_20"], "seed15": ["ema_20"], "extended": ["ema_20"]}
     assert data["counts"]["default"]["rsi_14"] == {"rows_checked": report.rows_checked, "changed": 0}
     assert data["findings"][0]["truncated"] is None and data["cuts"][0] == frame.index[0].isoformat()
     md = report.to_markdown()
@@ -297,6 +322,7 @@ def test_mlproject_entry_point_mirrors_the_cli(csv_path: Path, capsys):
         "horizon": 6,
         "threshold": 0.005,
         "vol_window": 0,
+        "label": "threshold",
     }
     argv = shlex.split(entry.compute_command({}, None))
     assert argv[:3] == ["python", "-m", "evaluation.lookahead"]

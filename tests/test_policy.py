@@ -208,7 +208,13 @@ def test_policy_accepts_the_boundaries_and_numpy_numbers():
 def test_to_dict_from_dict_round_trip():
     policy = DecisionPolicy(mode="long_only", on_hold="flat", min_proba=0.55, min_margin=0.05)
     values = policy.to_dict()
-    assert values == {"mode": "long_only", "on_hold": "flat", "min_proba": 0.55, "min_margin": 0.05}
+    assert values == {
+        "mode": "long_only",
+        "on_hold": "flat",
+        "min_proba": 0.55,
+        "min_margin": 0.05,
+        "sizing": "full",
+    }
     # It survives JSON (how it is logged with the model) and comes back equal.
     assert DecisionPolicy.from_dict(json.loads(json.dumps(values))) == policy
     # Unknown keys are ignored, missing ones take the defaults, bad values are refused on load.

@@ -117,3 +117,45 @@ def test_bad_candles_are_refused(served, breakage, message):
     with pytest.raises(InvalidCandles, match=message) as exc:
         model.predict(None, breakage(_bot_frame(candles)))
     assert isinstance(exc.value.__cause__, DataError)
+
+
+def test_an_extended_feature_model_round_trips_through_mlflow(tmp_path):
+    """Logged with its code by value (as the pipeline logs it), loaded back, fed a bot's naive-UTC frame:
+    the 29 ``extended`` columns in order, the same probabilities as the ensemble on them, and the same
+    warm-up as ``default`` (every extended window is <= 48 bars)."""
+    import mlflow
+    from mlflow.models import ModelSignature
+
+    from features.indicators import set_feature_names
+    from models.pyfunc import input_schema
+    from tests.helpers import throwaway_store
+    from train.pipeline import model_code_by_value
+
+    candles = make_regime_candles(600, seed=5)
+    X = compute_features(candles, "extended").dropna()
+    y = np.random.default_rng(1).integers(0, 3, len(X))
+    ens = WeightedSoftVoting(
+        [("lgbm", build_model("lightgbm", {"n_estimators": 10}, n_jobs=1))], weights=[1.0]
+    ).fit(X, y)
+    model = SignalModel(ens, "extended", pd.Timedelta("30min"))
+    assert model.feature_names == list(set_feature_names("extended")) and len(model.feature_names) == 29
+    assert model.min_history == warmup_bars("extended") + 1 == warmup_bars("default") + 1
+    with throwaway_store(tmp_path):
+        with mlflow.start_run(), model_code_by_value():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=ModelSignature(input_schema()),
+                pip_requirements=[],
+            )
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+        out = loaded.predict(_bot_frame(candles))
+        recent = loaded.predict(_bot_frame(candles.iloc[-model.min_history :]))
+    assert list(out.columns) == SERVED_COLUMNS
+    ready = out["ready"].to_numpy()
+    w = warmup_bars("extended")
+    assert (~ready[:w]).all() and ready[w:].all()
+    expected = ens.predict_proba(X)
+    np.testing.assert_allclose(out.loc[ready, ["p_sell", "p_hold", "p_buy"]].to_numpy(), expected, rtol=1e-12)
+    # A bot's minimal window gets a signal for its last candle; the time columns do not depend on it.
+    assert recent["ready"].iloc[-1] and not recent["ready"].iloc[:-1].any()

@@ -120,6 +120,7 @@ def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeyp
             dev=(X, y),
             cv=PurgedWalkForward(n_splits=3, horizon=2),
             trading_costs=lambda cfg: None,
+            dev_weights=None,  # unweighted rows (threshold labels)
         )
         cfg = tiny_config("unused.csv", tmp_path, "timeout-model", n_trials=12, timeout=2.5)
         with mlflow.start_run() as parent:

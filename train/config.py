@@ -15,10 +15,12 @@ from evaluation.gate import BENCHMARKS
 from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
+from features.labels import LABELS, SAMPLE_WEIGHTS, resolve_sample_weights
 from models.base import MODEL_NAMES, check_model_names
-from models.policy import MODES, ON_HOLD
+from models.policy import MODES, ON_HOLD, SIZINGS
 from models.redaction import install
 from models.tracking import parse_bool, parse_int
+from train.tune import OBJECTIVES
 
 MAX_FOLDS = 20
 
@@ -31,10 +33,13 @@ class PipelineConfig:
     horizon: int = 6
     threshold: float = 0.005
     vol_window: int = 0
+    label: str = "threshold"
+    sample_weights: str = "auto"
     features: str = "default"
     context_timeframe: str = ""
     n_trials: int = 12
     timeout: float = 90.0
+    objective: str = "macro_f1"
     models: str = ",".join(MODEL_NAMES)
     model_name: str = "crypto-signal-ensemble"
     seed: int = 42
@@ -51,6 +56,7 @@ class PipelineConfig:
     n_jobs: int = 0
     backtest_mode: str = "long_short"
     on_hold: str = "keep"
+    sizing: str = "full"
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
 
@@ -67,9 +73,12 @@ class PipelineConfig:
             (self.horizon >= 1, "horizon must be >= 1 bar"),
             (0 < self.threshold < 1, "threshold must be a fraction in (0, 1), e.g. 0.005 for 0.5%"),
             (self.vol_window == 0 or self.vol_window >= 2, "vol_window must be 0 (fixed threshold) or >= 2"),
+            (self.label in LABELS, f"label must be one of {list(LABELS)}"),
+            (self.sample_weights in SAMPLE_WEIGHTS, f"sample_weights must be one of {list(SAMPLE_WEIGHTS)}"),
             (self.features in FEATURE_SETS, f"features must be one of {list(FEATURE_SETS)}"),
             (self.n_trials >= 1, "n_trials must be >= 1"),
             (self.timeout >= 0, "timeout must be >= 0 seconds (0 = no limit)"),
+            (self.objective in OBJECTIVES, f"objective must be one of {list(OBJECTIVES)}"),
             # More folds than 20 leave validation blocks of a few dozen rows at the minimum data size.
             (2 <= self.n_folds <= MAX_FOLDS, f"n_folds must be in [2, {MAX_FOLDS}]"),
             (0 < self.holdout_frac < 0.5, "holdout_frac must be in (0, 0.5)"),
@@ -81,6 +90,7 @@ class PipelineConfig:
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
             (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
             (self.on_hold in ON_HOLD, f"on_hold must be one of {list(ON_HOLD)}"),
+            (self.sizing in SIZINGS, f"sizing must be one of {list(SIZINGS)}"),
             (self.fee_bps >= 0, "fee_bps must be >= 0 basis points"),
             (self.slippage_bps >= 0, "slippage_bps must be >= 0 basis points"),
             (bool(self.model_name.strip()), "model_name must not be empty"),
@@ -102,6 +112,11 @@ class PipelineConfig:
     def cost(self) -> float:
         """Fees plus slippage per unit of notional traded, as a fraction (15 bps -> 0.0015)."""
         return (self.fee_bps + self.slippage_bps) / 1e4
+
+    @property
+    def weighting(self) -> str:
+        """``sample_weights`` with "auto" resolved: "uniqueness" for triple_barrier, "none" for threshold."""
+        return resolve_sample_weights(self.label, self.sample_weights)
 
     @property
     def model_list(self) -> list[str]:
@@ -134,9 +149,19 @@ class PipelineConfig:
             "model": model,
             "space_version": space_version,
         }
+        if self.label != "threshold":
+            payload["label"] = self.label  # only when set, so threshold studies keep their names
+        if self.weighting != "none":
+            payload["sample_weights"] = self.weighting  # resolved: "auto" and its value are one study
         if self.context_timeframe.strip():
             # Only when set, so studies without context keep their names; "4h" and "240min" are one study.
             payload["context_timeframe"] = context_label(self.context_timeframe)
+        if self.sizing != "full":
+            payload["sizing"] = self.sizing  # the trials' out-of-fold Sharpe ratios trade sized positions
+        if self.objective != "macro_f1":
+            # What the trials' values mean: never one study for two objectives (macro_f1 studies keep
+            # their names). run_study also refuses a study whose metric name is another objective's.
+            payload["objective"] = self.objective
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -147,11 +172,17 @@ HELP = {
     "horizon": "label horizon in bars (forward return over this many bars)",
     "threshold": "label threshold: fraction (fixed mode) or multiple of sigma*sqrt(horizon) (vol mode)",
     "vol_window": "0 = fixed threshold; N>=2 = scale the threshold by the volatility of the last N bars",
+    "label": "threshold (forward return after horizon bars beyond +-threshold) or triple_barrier (first of "
+    "profit-take / stop-loss at +-threshold, or the time barrier at horizon bars: hold)",
+    "sample_weights": "weigh rows by their labels' average uniqueness (uniqueness), or not (none); auto = "
+    "uniqueness for triple_barrier, none for threshold",
     "features": f"feature set: {', '.join(FEATURE_SETS)}",
     "context_timeframe": "also feed the same indicators computed on this coarser timeframe, e.g. 4h, as "
     "ctx_4h_* columns; a whole multiple >= 2 of the bar ('' = none)",
     "n_trials": "finished Optuna trials per model study (an interrupted study resumes up to this)",
     "timeout": "seconds of tuning per model (0 = no limit)",
+    "objective": "what tuning maximises: macro_f1 (mean over the folds) or sharpe (after-cost Sharpe of "
+    "the decision policy chosen on the pooled out-of-fold predictions)",
     "models": f"comma list from {', '.join(MODEL_NAMES)}",
     "model_name": "registered model name",
     "seed": "random seed (samplers, models, baselines)",
@@ -170,6 +201,8 @@ HELP = {
     "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
     "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat",
+    "sizing": "decision policy: full (a buy or sell holds 1) or probability (bet sizing: 2*Phi(z)-1 of "
+    "the side's probability, in steps of 0.25)",
     "fee_bps": "holdout backtest: fee per unit of notional traded, in basis points",
     "slippage_bps": "holdout backtest: slippage per unit of notional traded, in basis points",
 }

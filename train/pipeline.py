@@ -48,7 +48,7 @@ from features.candles import fmt_td
 from features.context import context_label, feature_function
 from features.data import SNAPSHOT_PREFIXES, DataError
 from features.dataset import InsufficientDataError
-from features.labels import CLASS_NAMES
+from features.labels import CLASS_NAMES, label_function
 from models.base import build_model, default_n_jobs
 from models.ensemble import WeightedSoftVoting
 from models.loading import ModelUnavailable, load_model
@@ -62,6 +62,7 @@ from train.config import PipelineConfig, build_parser, configure_logging, parse_
 from train.prepare import Prepared, prepare
 from train.tune import (
     FINISHED,
+    OBJECTIVE_LABELS,
     SPACE_VERSION,
     TuningError,
     check_storage,
@@ -69,7 +70,9 @@ from train.tune import (
     run_study,
     study_description,
     study_name_for,
+    study_objective,
     trial_counts,
+    trial_macro_f1,
 )
 
 log = logging.getLogger("train.pipeline")
@@ -176,6 +179,8 @@ def compare_champion(
     different label definition or bar size is not comparable: the comparison says why.
     """
     label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
+    label["label"] = cfg.label
+    tags = {"label": "threshold"} | dict(tags)  # a version tagged before label kinds: threshold labels
     differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
     if differs:
         note = f"it predicts another label ({'; '.join(differs)})"
@@ -198,16 +203,24 @@ def compare_champion(
     unseen = (
         stamps > pd.Timestamp(meta["trained_until"]) + int(meta.get("horizon", cfg.horizon)) * data.info.bar
     )
+    sizes = None
     if "action" in rows and "policy" in meta:
         policy = DecisionPolicy.from_dict(meta["policy"])
         actions = rows["action"].map(ACTION_CODES).to_numpy()
+        if "position" in rows:  # a bet-sized champion's sizes (1 otherwise)
+            sizes = rows["position"].abs().to_numpy()
     else:
         policy = DecisionPolicy(mode=cfg.backtest_mode, on_hold="flat")
         actions = rows["label"].to_numpy()
     # Both models trade the holdout from flat at its first row, at the same costs.
     champion_returns = holdout_returns(
         data,
-        backtest(data.candles, pd.Series(actions, index=data.ds.X.index[holdout_pos]), _config(cfg, policy)),
+        backtest(
+            data.candles,
+            pd.Series(actions, index=data.ds.X.index[holdout_pos]),
+            _config(cfg, policy),
+            sizes=sizes,
+        ),
     )
     notes = []
     if tags.get("features", cfg.features) != cfg.features:
@@ -284,24 +297,39 @@ def model_code_by_value():
 class Tuned:
     run_id: str  # the model's tuning run ("" where no run is logged, as in the walk-forward)
     params: dict
-    cv_macro_f1_mean: float
+    cv_macro_f1_mean: float  # always macro-F1, whatever the study maximised
     cv_macro_f1_std: float
     n_trials: int
     study: optuna.Study
+    objective: str = "macro_f1"  # what the study maximised (train.tune.OBJECTIVES)
+    cv_objective: float = float("nan")  # the best trial's value: its objective's number
+    cv_sharpe: float | None = None  # the best trial's out-of-fold after-cost Sharpe (chosen rule)
 
     @classmethod
     def from_study(cls, run_id: str, study: optuna.Study) -> Tuned:
-        """The best trial of ``study``; ``n_trials`` counts finished trials (complete or pruned, as
-        n_trials counts them; failed ones are counted apart)."""
+        """The best trial of ``study`` (``study.best_trial``: the completed trial with the highest value
+        of the study's objective); ``n_trials`` counts finished trials (complete or pruned, as n_trials
+        counts them; failed ones are counted apart)."""
         best = study.best_trial
         return cls(
             run_id,
             best.params,
-            best.value,
+            trial_macro_f1(best),
             best.user_attrs.get("cv_macro_f1_std", float("nan")),
             trial_counts(study.trials)["finished"],
             study,
+            objective=study_objective(study),
+            cv_objective=best.value,
+            cv_sharpe=best.user_attrs.get("cv_sharpe"),
         )
+
+    def describe(self) -> str:
+        """The best trial's numbers for a log line, e.g. ``cv macro-F1 0.4012, out-of-fold Sharpe 0.0121
+        (objective)``."""
+        text = f"cv macro-F1 {self.cv_macro_f1_mean:.4f}"
+        if self.cv_sharpe is not None:
+            text += f", out-of-fold Sharpe {self.cv_sharpe:.4f}"
+        return text + f" ({OBJECTIVE_LABELS[self.objective]} maximised)"
 
 
 @dataclass
@@ -379,6 +407,8 @@ def study_for(
         costs=data.trading_costs(cfg),
         description=study_description(cfg, data.info, name) | (description or {}),
         warm_start=warm_start,
+        objective=cfg.objective,
+        sample_weight=data.dev_weights,
     )
 
 
@@ -387,7 +417,13 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
     study_name = study_name_for(name, cfg.fingerprint(data.info.sha256, name, SPACE_VERSION))
     with mlflow.start_run(run_name=f"tune-{name}", nested=True) as child:
         mlflow.set_tags(
-            {"step": "tune", "model_family": name, "optuna_study": study_name, "feature_set": cfg.features}
+            {
+                "step": "tune",
+                "model_family": name,
+                "optuna_study": study_name,
+                "feature_set": cfg.features,
+                "objective": cfg.objective,
+            }
         )
         study = study_for(cfg, data, name, n_jobs)
         tuned = Tuned.from_study(child.info.run_id, study)
@@ -403,7 +439,9 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
             {
                 "cv_macro_f1_mean": tuned.cv_macro_f1_mean,
                 "cv_macro_f1_std": tuned.cv_macro_f1_std,
+                "cv_objective": tuned.cv_objective,
             }
+            | ({} if tuned.cv_sharpe is None else {"cv_sharpe": tuned.cv_sharpe})
             | {f"n_trials_{k}": v for k, v in counts.items()}
         )
         mlflow.log_text(trials.to_csv(index=False), "trials.csv")
@@ -418,7 +456,9 @@ def fit_candidate(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], 
     # One thread per fit, n_jobs fits at once (see models.ensemble.map_folds).
     estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=1)) for n, t in tuned.items()]
     # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
-    ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs).fit(X_dev, y_dev)
+    ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs).fit(
+        X_dev, y_dev, sample_weight=data.dev_weights
+    )
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
     policy, search = data.trading_costs(cfg).fit_policy(ensemble.oof_index_, ensemble.oof_proba_)
     return Fitted(ensemble, policy, search)
@@ -463,7 +503,7 @@ def deflated_sharpe_counted(
     proba, market = data.trading_costs(cfg).span(ensemble.oof_index_, ensemble.oof_proba_)
     return deflated_sharpe_of_choice(
         Traded(policy.positions(proba), market, cfg.cost),
-        [rule.positions(proba) for rule in policy_grid(policy.mode, policy.on_hold)],
+        [rule.positions(proba) for rule in policy_grid(policy.mode, policy.on_hold, policy.sizing)],
         n_trials=finished_trials(tuned),
         n_members=len(tuned),
         looks=looks,
@@ -518,7 +558,8 @@ def assess(
     # Trade the holdout the way the bot will: the decision policy's actions, after fees and slippage.
     bt_config = _config(cfg, policy)
     actions = policy.actions(ens_proba)
-    bt = backtest(data.candles, pd.Series(actions, index=X_hold.index), bt_config, bar=data.info.bar)
+    sizes = policy.sizes(ens_proba) if policy.sizing != "full" else None
+    bt = backtest(data.candles, pd.Series(actions, index=X_hold.index), bt_config, data.info.bar, sizes)
     # The informed baselines' calls traded by the same rules: what the easy signals earn.
     baseline_traded = {
         k: backtest(data.candles, pd.Series(b["pred"], index=X_hold.index), bt_config, bar=data.info.bar)
@@ -697,6 +738,7 @@ def report(
             horizon=cfg.horizon,
             threshold=cfg.threshold,
             vol_window=cfg.vol_window,
+            labels=label_function(cfg.label),
             compute=feature_function(cfg.context_timeframe or None, data.info.bar),
             seed=cfg.seed,
         )
@@ -758,6 +800,8 @@ def serving_model(cfg: PipelineConfig, data: Prepared, fitted: Fitted) -> Signal
             "horizon": cfg.horizon,
             "threshold": cfg.threshold,
             "vol_window": cfg.vol_window,
+            "label": cfg.label,
+            "sample_weights": data.ds.sample_weights,
             "classes": list(CLASS_NAMES),
             "policy": fitted.policy.to_dict(),
             # The last candle any training label looked at: later candles are out of sample for this model.
@@ -810,6 +854,7 @@ def register(
         "horizon": cfg.horizon,
         "threshold": cfg.threshold,
         "vol_window": cfg.vol_window,
+        "label": cfg.label,
         "bar": str(info.bar),
         "data_sha256": info.sha256,
         "data_digest": data_digest,
@@ -883,7 +928,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             with stages(f"tune_{name}"):
                 tuned[name] = tune(cfg, data, name, n_jobs)
             log.info(
-                f"tuned     {name:<14} cv macro-F1 {tuned[name].cv_macro_f1_mean:.4f} "
+                f"tuned     {name:<14} {tuned[name].describe()} "
                 f"({tuned[name].n_trials} trials, {stages.seconds[f'tune_{name}']:.0f}s)"
             )
         with mlflow.start_run(run_name="ensemble", nested=True):
@@ -938,10 +983,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return {
         "run_id": parent.info.run_id,
         "plan": data.plan,
+        "objective": cfg.objective,
         "models": {
             n: {
                 "cv_macro_f1_mean": t.cv_macro_f1_mean,
                 "cv_macro_f1_std": t.cv_macro_f1_std,
+                "cv_objective": t.cv_objective,
+                "cv_sharpe": t.cv_sharpe,
                 "holdout_macro_f1": ev.results[n]["macro_f1"],
             }
             for n, t in tuned.items()
@@ -973,6 +1021,8 @@ def _value(gate: GateReport, name: str) -> str:
 
 def print_summary(s: dict) -> None:
     log.info("\n== summary " + "=" * 60)
+    if "objective" in s:
+        log.info(f"tuning    each study maximised {OBJECTIVE_LABELS[s['objective']]} ({s['objective']})")
     log.info(f"{'model':<16}{'cv macro-F1':>14}{'holdout macro-F1':>19}{'weight':>9}")
     for name, m in s["models"].items():
         log.info(

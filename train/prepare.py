@@ -42,6 +42,8 @@ def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
         "gaps": ds.gaps,
         "rows_dropped_at_gaps": ds.rows_dropped_at_gaps,
         "class_counts": ds.class_counts,
+        "label": ds.label,
+        "sample_weights": ds.sample_weights,
         "development": {"rows": len(split.dev), "time": span(split.dev)},
         "purge_gap_rows": split.gap,
         "holdout": {"rows": len(split.holdout), "time": span(split.holdout)},
@@ -66,6 +68,12 @@ class Prepared:
         return self.ds.X.iloc[self.split.dev], self.ds.y.iloc[self.split.dev]
 
     @property
+    def dev_weights(self) -> np.ndarray | None:
+        """Sample weights of the development rows for every fit (None: unweighted)."""
+        weights = self.ds.fit_weights
+        return None if weights is None else weights[self.split.dev]
+
+    @property
     def holdout(self) -> tuple[pd.DataFrame, np.ndarray]:
         return self.ds.X.iloc[self.split.holdout], self.ds.y.to_numpy()[self.split.holdout]
 
@@ -78,6 +86,7 @@ class Prepared:
             cfg.cost,
             cfg.backtest_mode,
             cfg.on_hold,
+            cfg.sizing,
         )
 
 
@@ -95,6 +104,8 @@ def prepare_candles(cfg: PipelineConfig, candles: pd.DataFrame, info: DataInfo) 
         cfg.threshold,
         cfg.vol_window,
         context_timeframe=cfg.context_timeframe or None,
+        label=cfg.label,
+        sample_weights=cfg.sample_weights,
     )
     split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
     cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)

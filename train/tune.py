@@ -1,9 +1,10 @@
-"""Hyperparameter search: one Optuna study per base model, scored by purged walk-forward macro-F1.
+"""Hyperparameter search: one Optuna study per base model, scored on purged walk-forward folds.
 
 The search spaces are pure functions ``space(trial) -> dict`` whose keys are the estimator's own
 constructor arguments (``tests/test_params.py`` proves each reaches the fitted model). The objective
-comes from ``make_objective``; it reports the running mean macro-F1 after every fold so the pruner can
-stop a bad trial early. No tracking calls here: the pipeline logs what the study returns.
+comes from ``make_objective``: mean macro-F1 (``macro_f1``) or the after-cost Sharpe ratio of the
+decision policy on the out-of-fold predictions (``sharpe``); either is reported after every fold so the
+pruner can stop a bad trial early. No tracking calls here: the pipeline logs what the study returns.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from models.tracking import new_sqlite_file, one_line
 # Bump when a search space or what a trial records changes, so a resumed study never mixes two.
 # 2: trials record the after-cost Sharpe ratios of the decision-policy rules (oof_sharpe).
 SPACE_VERSION = 2
+# What a study maximises (the ``objective`` option) -> the study's metric name (``set_metric_names``).
+# A study tuned for one is never resumed for another: the objective is part of the study's name
+# (train.config.PipelineConfig.fingerprint), and run_study refuses a study whose metric name differs.
+OBJECTIVES: dict[str, str] = {"macro_f1": "cv_macro_f1", "sharpe": "cv_sharpe"}
+# How a trial's value reads in the log lines.
+OBJECTIVE_LABELS: dict[str, str] = {"macro_f1": "macro-F1", "sharpe": "out-of-fold Sharpe"}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # User attribute of a trial the timeout stopped between two folds (a pruned trial, never the best).
 CUT_BY_TIMEOUT = "cut_by_timeout"
@@ -97,54 +104,108 @@ def make_objective(
     n_jobs: int | None = None,
     costs: TradingCosts | None = None,
     deadline: float | None = None,
+    objective: str = "macro_f1",
+    sample_weight=None,
 ):
-    """Objective: mean macro-F1 over the purged folds; the running mean is reported after each fold.
+    """The trial's score over the purged folds, reported after each fold so the pruner can stop it.
 
-    With ``costs``, a completed trial also records ``oof_sharpe``: the after-cost Sharpe ratio of every
-    decision-policy rule on its out-of-fold predictions, so the deflated Sharpe ratio of the final model
-    can use the measured spread of the trials' Sharpe ratios.
+    ``objective="macro_f1"`` (default): the value is the mean macro-F1 over the folds; after fold k the
+    mean of folds 1..k is reported.
+
+    ``objective="sharpe"`` (needs ``costs``): after fold k, the out-of-fold predictions of folds 1..k are
+    pooled (the validation blocks follow each other in time) and the decision-policy rule that
+    ``evaluation.economics.fit_policy`` chooses on them (best after-cost Sharpe of the 28 rules, ties to
+    the stricter) is scored by its after-cost Sharpe ratio per period on those pooled rows; that is
+    what is reported. The value is the number after the last fold: the after-cost Sharpe ratio of the
+    rule chosen on all the trial's out-of-fold predictions, the same choice the pipeline makes for the
+    ensemble's policy and the quantity the gate's deflated Sharpe ratio judges (which counts the rules
+    and trials tried). One rule for the pooled rows, never the best rule per fold, which would score
+    the luckiest of 28 rules on every fold.
+
+    Every trial records ``fold_macro_f1`` (also when pruned or cut), and once complete
+    ``cv_macro_f1_mean`` and ``cv_macro_f1_std``, whatever the objective. With ``costs``, a completed
+    trial also records ``oof_sharpe`` (the after-cost Sharpe ratio of every rule on its out-of-fold
+    predictions), ``oof_policy`` (the rule fit_policy chooses) and ``cv_sharpe`` (that rule's Sharpe: the
+    ``sharpe`` objective's value). With ``objective="sharpe"``, ``running_oof_sharpe`` lists the numbers
+    reported after each fold.
 
     ``deadline`` (a ``time.monotonic()`` value) is the end of the tuning time: a trial still running
     then stops after the fold in flight, as a pruned trial with the user attribute ``cut_by_timeout``.
     Pruned, it is never the best trial and the median pruner ignores it (it compares completed trials).
+
+    ``sample_weight`` (one per row of ``X``, or None) weighs each fold's training rows in the fit; the
+    scores count validation rows equally.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if objective == "sharpe" and costs is None:
+        raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
     y = np.asarray(y)
     classes = np.unique(y)
     space = SPACES[name]
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective_fn(trial: optuna.Trial) -> float:
         # One thread per fit and up to n_jobs folds at once (models.ensemble.map_folds): on a busy
         # machine that degrades gracefully, where one fit spread over every core does not.
         estimator = build_model(name, space(trial), seed=seed, n_jobs=1)
         scores: list[float] = []
+        running: list[float] = []  # objective "sharpe": pooled out-of-fold Sharpe after each fold
         rows, probas = [], []
         folds = list(cv.split(X, y))
 
         def fit(train_idx, test_idx):
-            return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes)
+            return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight)
+
+        def record_partial() -> None:
+            with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+            if running:
+                with_retries(trial.set_user_attr, "running_oof_sharpe", running)
 
         with contextlib.closing(map_folds(fit, folds, n_jobs or default_n_jobs())) as results:
             for step, ((_, test_idx), proba) in enumerate(zip(folds, results, strict=True)):
                 rows.append(test_idx)
                 probas.append(proba)
                 scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
+                if objective == "sharpe":
+                    running.append(costs.chosen_sharpe(np.concatenate(rows), np.vstack(probas))[1])
+                    value = running[-1]
+                else:
+                    value = float(np.mean(scores))
                 # A dropped database connection is retried here: the folds already fitted are kept.
-                with_retries(trial.report, float(np.mean(scores)), step)
+                with_retries(trial.report, value, step)
                 if with_retries(trial.should_prune):
-                    with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+                    record_partial()
                     raise optuna.TrialPruned()
                 if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
-                    with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+                    record_partial()
                     with_retries(trial.set_user_attr, CUT_BY_TIMEOUT, True)
                     raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
-        with_retries(trial.set_user_attr, "fold_macro_f1", scores)
+        record_partial()
+        with_retries(trial.set_user_attr, "cv_macro_f1_mean", float(np.mean(scores)))
         with_retries(trial.set_user_attr, "cv_macro_f1_std", float(np.std(scores)))
         if costs is not None:
-            sharpes = costs.grid_sharpes(np.concatenate(rows), np.vstack(probas))
+            rule, sharpe, sharpes = costs.chosen_sharpe(np.concatenate(rows), np.vstack(probas))
             with_retries(trial.set_user_attr, "oof_sharpe", sharpes)
+            with_retries(trial.set_user_attr, "oof_policy", rule)
+            with_retries(trial.set_user_attr, "cv_sharpe", sharpe)
+            if objective == "sharpe":
+                return sharpe  # == running[-1]: the same pooled rows
         return float(np.mean(scores))
 
-    return objective
+    return objective_fn
+
+
+def study_objective(study: optuna.Study) -> str:
+    """The objective a study maximises, from its metric name (``macro_f1`` for a study without one)."""
+    names = study.metric_names or [OBJECTIVES["macro_f1"]]
+    return next((k for k, metric in OBJECTIVES.items() if metric == names[0]), "macro_f1")
+
+
+def trial_macro_f1(trial: optuna.trial.FrozenTrial) -> float:
+    """A completed trial's mean macro-F1 over the folds, whatever its study's objective."""
+    if "cv_macro_f1_mean" in trial.user_attrs:
+        return float(trial.user_attrs["cv_macro_f1_mean"])
+    return float(np.mean(trial.user_attrs["fold_macro_f1"]))  # trials recorded before cv_macro_f1_mean
 
 
 class TuningError(RuntimeError):
@@ -456,14 +517,16 @@ log = logging.getLogger(__name__)
 
 class TrialProgress:
     """Optuna callback: one INFO line per trial this process ends, e.g.
-    ``trial     lightgbm 3/12: macro-F1 0.3512 (41s); best 0.3530; 38s of the 90s timeout left``.
+    ``trial     lightgbm 3/12: macro-F1 0.3512 (41s); best 0.3530; 38s of the 90s timeout left``
+    (``out-of-fold Sharpe ...`` when the study maximises the ``sharpe`` objective).
 
     ``k`` counts the study's finished trials (complete or pruned, as ``n_trials`` does), whoever ran
     them; ``best`` is the best completed trial of the study so far.
     """
 
-    def __init__(self, name: str, n_trials: int, timeout: float | None):
+    def __init__(self, name: str, n_trials: int, timeout: float | None, objective: str = "macro_f1"):
         self.name, self.n_trials, self.timeout = name, n_trials, timeout
+        self.label = OBJECTIVE_LABELS[objective]
         self.start = time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -472,7 +535,7 @@ class TrialProgress:
         k = sum(t.state in FINISHED for t in trials)
         folds = len(trial.user_attrs.get("fold_macro_f1", []))
         if trial.state == state.COMPLETE:
-            outcome = f"macro-F1 {trial.value:.4f}"
+            outcome = f"{self.label} {trial.value:.4f}"
         elif trial.state == state.PRUNED and trial.user_attrs.get(CUT_BY_TIMEOUT):
             outcome = f"cut by the timeout after {folds} fold(s)"
         elif trial.state == state.PRUNED:
@@ -511,8 +574,15 @@ def run_study(
     costs: TradingCosts | None = None,
     description: dict | None = None,
     warm_start: list[dict] | None = None,
+    objective: str = "macro_f1",
+    sample_weight=None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
+
+    Trials are scored by ``objective`` (see :func:`make_objective`; ``sharpe`` needs ``costs``), whose
+    metric name (:data:`OBJECTIVES`) the study carries; a study already tuned for another objective is
+    refused (:class:`TuningError`). The trial the pipeline uses is ``study.best_trial``: the completed
+    trial with the highest value (pruned trials, and those cut by the timeout, never count).
 
     Trials finished earlier (by an interrupted run, or by other workers on this or other machines that
     share ``storage``) count towards ``n_trials``: rerunning resumes, and any number of workers fill one
@@ -521,6 +591,11 @@ def run_study(
     ``warm_start``: parameter sets (e.g. an earlier study's best trials) a new study tries first; they
     count towards ``n_trials`` like any trial. A study that already has trials ignores them.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if objective == "sharpe" and costs is None:
+        raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
+    metric = OBJECTIVES[objective]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_transient_tracebacks()
     url = storage if isinstance(storage, str) else getattr(storage, "shown_url", "") or "(storage object)"
@@ -542,6 +617,11 @@ def run_study(
             ),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
         )
+        if study.metric_names not in (None, [metric]):
+            raise TuningError(
+                f"study '{study_name}' maximises {study.metric_names[0]}, not {metric} (objective "
+                f"{objective!r}): give another --study-name, or the objective it was tuned for"
+            )
         study.set_user_attr("model", name)
         study.set_user_attr("space_version", SPACE_VERSION)
         for key, value in (description or {}).items():
@@ -551,7 +631,7 @@ def run_study(
         # trial of this process that a dropped connection interrupted (when the study is re-opened).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["cv_macro_f1"])
+            study.set_metric_names([metric])
             optuna.storages.fail_stale_trials(study)
         _fail_own_running_trials(study)
         if warm_start and not study.trials:
@@ -574,8 +654,19 @@ def run_study(
         # Optuna checks its timeout only between trials; the objective also checks it between folds.
         started = time.monotonic()
         deadline = started + timeout if timeout else None
-        objective = make_objective(name, X, y, cv, seed=seed, n_jobs=n_jobs, costs=costs, deadline=deadline)
-        progress = TrialProgress(name, n_trials, timeout)
+        score = make_objective(
+            name,
+            X,
+            y,
+            cv,
+            seed=seed,
+            n_jobs=n_jobs,
+            costs=costs,
+            deadline=deadline,
+            objective=objective,
+            sample_weight=sample_weight,
+        )
+        progress = TrialProgress(name, n_trials, timeout, objective)
         failures, lost_since = 0, 0.0
         while remaining > 0:
             left = None if deadline is None else deadline - time.monotonic()
@@ -583,7 +674,7 @@ def run_study(
                 break
             try:
                 study.optimize(
-                    objective,
+                    score,
                     n_trials=remaining,
                     timeout=left,
                     catch=(),
@@ -703,6 +794,8 @@ def study_description(cfg, info, model: str) -> dict:
         "label_horizon": cfg.horizon,
         "label_threshold": cfg.threshold,
         "label_vol_window": cfg.vol_window,
+        "label": cfg.label,
+        "sample_weights": cfg.sample_weights,
         "n_folds": cfg.n_folds,
         "holdout_frac": cfg.holdout_frac,
         "seed": cfg.seed,
@@ -711,8 +804,16 @@ def study_description(cfg, info, model: str) -> dict:
         "on_hold": cfg.on_hold,
         "fee_bps": cfg.fee_bps,
         "slippage_bps": cfg.slippage_bps,
-        "objective": "mean macro-F1 over the purged walk-forward folds of the development rows",
+        "objective": OBJECTIVE_TEXT[cfg.objective],
     }
+
+
+# What each objective measures, in the study's user attrs (optuna-dashboard shows them).
+OBJECTIVE_TEXT: dict[str, str] = {
+    "macro_f1": "mean macro-F1 over the purged walk-forward folds of the development rows",
+    "sharpe": "after-cost Sharpe ratio per period, on the pooled out-of-fold predictions of the purged "
+    "walk-forward folds of the development rows, of the decision-policy rule chosen on them (fit_policy)",
+}
 
 
 def tune_worker(
@@ -738,6 +839,8 @@ def tune_worker(
         worker_id=worker_id,
         costs=data.trading_costs(cfg),
         description=study_description(cfg, data.info, model),
+        objective=cfg.objective,
+        sample_weight=data.dev_weights,
     )
 
 

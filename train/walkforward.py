@@ -63,7 +63,7 @@ from evaluation.walkforward import (
 from features.candles import count_gaps, fmt_td
 from features.data import DataError, candles_sha256, load_candles
 from features.dataset import InsufficientDataError
-from features.labels import make_labels
+from features.labels import label_function
 from models.base import default_n_jobs
 from models.pyfunc import SignalModel
 from models.redaction import install, redact, redact_obj
@@ -359,7 +359,7 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
         pd.Timedelta(days=wf.train_days) if wf.train_days else None,
     )
     # Every candle's label, for scoring the traded calls after the fact (never for a decision).
-    labels = make_labels(candles["close"], cfg.horizon, cfg.threshold, cfg.vol_window)
+    labels = label_function(cfg.label)(candles["close"], cfg.horizon, cfg.threshold, cfg.vol_window)
     log.info(
         "walk-forward %s: %d windows of %g days from %s, %s",
         info.describe(),

@@ -46,6 +46,7 @@ class TradingCosts:
     mode: str
     on_hold: str
     sizing: str = "full"
+    size_null: float = 1.0 / 3.0  # 0.5 with a primary side (models.policy: meta-labeling)
 
     def span(self, rows: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``proba`` of the development ``rows`` spread over every candle from the first row's to the
@@ -63,11 +64,15 @@ class TradingCosts:
 
     def grid_sharpes(self, rows: np.ndarray, proba: np.ndarray) -> dict:
         """``grid_sharpes`` of out-of-fold ``proba`` on the development ``rows``."""
-        return grid_sharpes(*self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing)
+        return grid_sharpes(
+            *self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing, self.size_null
+        )
 
     def fit_policy(self, rows: np.ndarray, proba: np.ndarray) -> tuple[DecisionPolicy, list[dict]]:
         """``fit_policy`` on out-of-fold ``proba`` of the development ``rows``."""
-        return fit_policy(*self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing)
+        return fit_policy(
+            *self.span(rows, proba), self.cost, self.mode, self.on_hold, self.sizing, self.size_null
+        )
 
     def chosen_sharpe(self, rows: np.ndarray, proba: np.ndarray) -> tuple[str, float, dict]:
         """The rule ``fit_policy`` chooses on out-of-fold ``proba`` of the development ``rows``, its
@@ -106,7 +111,13 @@ def policy_result(policy: DecisionPolicy, proba: np.ndarray, period_return: np.n
 
 
 def grid_sharpes(
-    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str, sizing: str = "full"
+    proba: np.ndarray,
+    period_return: np.ndarray,
+    cost: float,
+    mode: str,
+    on_hold: str,
+    sizing: str = "full",
+    size_null: float = 1.0 / 3.0,
 ) -> dict:
     """Per-period Sharpe ratio after costs of every confidence rule in the policy grid, by policy key.
 
@@ -115,21 +126,29 @@ def grid_sharpes(
     """
     _check_rows(proba, period_return)
     out = {}
-    for policy in policy_grid(mode, on_hold, sizing):
+    for policy in policy_grid(mode, on_hold, sizing, size_null):
         out[policy.key] = sharpe_per_period(net_returns(policy.positions(proba), period_return, cost))
     return out
 
 
 def fit_policy(
-    proba: np.ndarray, period_return: np.ndarray, cost: float, mode: str, on_hold: str, sizing: str = "full"
+    proba: np.ndarray,
+    period_return: np.ndarray,
+    cost: float,
+    mode: str,
+    on_hold: str,
+    sizing: str = "full",
+    size_null: float = 1.0 / 3.0,
 ) -> tuple[DecisionPolicy, list[dict]]:
     """Choose the confidence rule with the best after-cost Sharpe ratio on out-of-fold predictions.
 
     ``proba`` must be out-of-fold predictions on consecutive development rows (never the holdout). Ties
     go to the stricter rule (higher probability threshold, then margin): fewer trades for the same edge.
-    Returns the policy and one row per rule searched.
+    Returns the policy and one row per rule searched. ``size_null``: what ``sizing="probability"`` sizes
+    against (``models.policy``; 0.5 with a primary side).
     """
-    table = [policy_result(p, proba, period_return, cost) for p in policy_grid(mode, on_hold, sizing)]
+    grid = policy_grid(mode, on_hold, sizing, size_null)
+    table = [policy_result(p, proba, period_return, cost) for p in grid]
     best = max(
         range(len(table)),
         key=lambda i: (
@@ -139,7 +158,7 @@ def fit_policy(
         ),
     )
     row = table[best]
-    return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"], sizing), table
+    return DecisionPolicy(mode, on_hold, row["min_proba"], row["min_margin"], sizing, size_null), table
 
 
 def deflated_sharpe_of_choice(

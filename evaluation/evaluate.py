@@ -28,7 +28,8 @@ from evaluation.baselines import informed_baselines
 from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
 from features.data import DataError, load_candles
-from features.labels import HOLD, label_function
+from features.labels import HOLD, label_function, meta_labels
+from features.primary import primary_side
 from models import tracking
 from models.loading import ModelUnavailable, load_model
 from models.policy import ACTION_CODES, DecisionPolicy
@@ -89,6 +90,10 @@ def prepare_scoring(model, candles: pd.DataFrame) -> Scoring:
     labels = label_function(meta.get("label", "threshold"))(
         candles["close"], int(meta["horizon"]), float(meta["threshold"]), int(meta["vol_window"])
     )
+    primary = meta.get("primary", "none")  # a model logged before meta-labeling: no primary side
+    if primary != "none":
+        # It learned whether acting on its primary side pays: score it on those meta-labels.
+        labels = meta_labels(labels, primary_side(candles["close"], int(meta["horizon"]), primary))
     out = model.predict(as_model_input(candles))
     trained_until = pd.Timestamp(meta["trained_until"])
     after = (out["timestamp"] > trained_until).to_numpy()

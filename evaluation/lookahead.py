@@ -9,7 +9,9 @@ c") every feature set is recomputed on ``candles.iloc[:c + 1]`` and compared wit
 full history at **every** row <= c (not just the last few: recomputing dominates the cost, the comparison
 is a vectorised pass, and a whole 35k-row builtin run takes a few seconds). A value that differs is
 look-ahead: it depended on bars after c. With ``--context-timeframe`` the higher-timeframe ``ctx_*``
-columns of ``features.context`` are checked the same way, beside the 15 base features.
+columns of ``features.context`` are checked the same way, beside the 15 base features, and with
+``--pair-data`` the second instrument's ``pair_*`` columns (``features.pair``): its candles ride in the
+same frame, so each cut truncates both instruments.
 
 Labels look ahead by design (the label at t uses bars t+1 .. t+horizon), so their rule is: on the data
 ending at c, labels at rows <= c - horizon equal the full-history labels, and rows > c - horizon are NaN
@@ -38,6 +40,8 @@ from features.context import context_label, feature_function
 from features.data import DataError, load_candles
 from features.indicators import FEATURE_SETS, compute_features, warmup_bars
 from features.labels import LABELS, label_function, make_labels
+from features.pair import align_pair, load_pair
+from features.primary import PRIMARIES
 from models.redaction import install
 
 __all__ = ["LABEL_SET", "Finding", "LookaheadReport", "analyse", "choose_cuts", "main"]
@@ -438,11 +442,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="also check the ctx_* features on this coarser timeframe, e.g. 4h ('' = none)",
     )
+    parser.add_argument(
+        "--pair-data",
+        dest="pair_data",
+        default="",
+        help="also check the pair_* features of this second instrument's candles ('' = none)",
+    )
     parser.add_argument("--cuts", type=_whole, default=50, help="number of cut points (default 50)")
     parser.add_argument("--horizon", type=_whole, default=6, help="label horizon in bars")
     parser.add_argument("--threshold", type=float, default=0.005, help="label threshold")
     parser.add_argument("--vol-window", dest="vol_window", type=_whole, default=0, help="label vol window")
     parser.add_argument("--label", default="threshold", choices=LABELS, help="label kind (default threshold)")
+    parser.add_argument(
+        "--primary",
+        default="none",
+        choices=PRIMARIES,
+        help="also check meta-labeling's primary_side of this rule, over --horizon bars (default none)",
+    )
     parser.add_argument("--seed", type=_whole, default=0, help="seed of the random cut points")
     parser.add_argument("--output", default="", help="also write the markdown report to this file")
     return parser
@@ -463,6 +479,19 @@ def main(argv: Iterable[str] | None = None) -> int:
         compute = compute_features
         if args.context_timeframe.strip():
             compute = feature_function(args.context_timeframe, info.bar)
+        if args.pair_data.strip():
+            # Both instruments' candles in one frame, so every cut truncates both (features.pair).
+            pair = load_pair(args.pair_data.strip(), args.timeframe or None, info.bar)
+            candles = align_pair(candles, pair, info.bar)
+            compute = feature_function(args.context_timeframe, info.bar, pair=True)
+        if args.primary != "none":
+            compute = feature_function(
+                args.context_timeframe or None,
+                info.bar,
+                pair=bool(args.pair_data.strip()),
+                primary=args.primary,
+                horizon=args.horizon,
+            )
         report = analyse(
             candles,
             sets,

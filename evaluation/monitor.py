@@ -151,8 +151,12 @@ def promised(version: ModelVersion) -> dict[str, float | None]:
 def model_features(meta: dict, candles: pd.DataFrame) -> pd.DataFrame:
     """The model's input features on ``candles``, computed as the served model computes them."""
     context = meta.get("context_timeframe") or None
-    names = meta.get("feature_names") or feature_names(meta["feature_set"], context)
-    return compute_model_features(candles, meta["feature_set"], context, bar=pd.Timedelta(meta["bar"]))[names]
+    primary = meta.get("primary", "none")  # a model logged before meta-labeling: no primary side
+    horizon = int(meta["horizon"]) if primary != "none" else None
+    names = meta.get("feature_names") or feature_names(meta["feature_set"], context, primary=primary)
+    return compute_model_features(
+        candles, meta["feature_set"], context, bar=pd.Timedelta(meta["bar"]), primary=primary, horizon=horizon
+    )[names]
 
 
 def _naive(index: pd.DatetimeIndex) -> pd.DatetimeIndex:

@@ -37,6 +37,9 @@ import pandas as pd
 
 from features.candles import OHLCV, DataError, fmt_td, infer_bar, parse_timeframe, resample, segments
 from features.indicators import FEATURE_NAMES, compute_features, set_feature_names, warmup_bars
+from features.pair import PAIR_FEATURE_NAMES, PAIR_WARMUP_BARS, pair_features, pair_input
+from features.primary import primary_names, primary_side
+from features.primary import warmup_bars as primary_warmup
 
 __all__ = [
     "CONTEXT_PREFIX",
@@ -104,10 +107,16 @@ def context_feature_set(feature_set: str) -> str:
 
 
 def feature_names(
-    feature_set: str = "default", context_timeframe: str | pd.Timedelta | None = None
+    feature_set: str = "default",
+    context_timeframe: str | pd.Timedelta | None = None,
+    pair: bool = False,
+    primary: str = "none",
 ) -> list[str]:
-    """Columns of :func:`compute_model_features`: the set's base names, then the context names if any."""
-    return list(set_feature_names(feature_set)) + context_names(context_timeframe)
+    """Columns of :func:`compute_model_features`: the set's base names, then the context names if any,
+    then with ``pair`` the second instrument's ``pair_*`` names (``features.pair``), then with a primary
+    its ``primary_side`` column (``features.primary``)."""
+    names = list(set_feature_names(feature_set)) + context_names(context_timeframe)
+    return (names + list(PAIR_FEATURE_NAMES) if pair else names) + primary_names(primary)
 
 
 def check_context(context_timeframe: str | pd.Timedelta, bar: pd.Timedelta) -> int:
@@ -139,6 +148,9 @@ def min_history_bars(
     feature_set: str = "default",
     context_timeframe: str | pd.Timedelta | None = None,
     bar: pd.Timedelta | None = None,
+    pair: bool = False,
+    primary: str = "none",
+    horizon: int | None = None,
 ) -> int:
     """Candles a gap-free window needs so that its last row has every feature, wherever it starts.
 
@@ -147,7 +159,9 @@ def min_history_bars(
     (losing m - 1 candles to the dropped partial bin), and the last complete bin becomes visible at its
     last base candle: ``(warmup_bars(context set) + 2) * m - 1`` candles in the worst case.
     """
-    w = warmup_bars(feature_set)
+    # With pair features, their own warm-up (features.pair.PAIR_WARMUP_BARS) on the same rows counts too.
+    w = max(warmup_bars(feature_set), PAIR_WARMUP_BARS if pair else 0)
+    w = max(w, primary_warmup(primary, horizon))  # a primary side needs horizon + 1 candles
     if parse_context_timeframe(context_timeframe) is None:
         return w + 1
     if bar is None:
@@ -228,14 +242,24 @@ def compute_model_features(
     feature_set: str = "default",
     context_timeframe: str | pd.Timedelta | None = None,
     bar: pd.Timedelta | None = None,
+    pair: bool = False,
+    primary: str = "none",
+    horizon: int | None = None,
 ) -> pd.DataFrame:
-    """The model's inputs: ``compute_features`` plus, with a context timeframe, its ``ctx_*`` columns.
+    """The model's inputs: ``compute_features`` plus, with a context timeframe, its ``ctx_*`` columns,
+    and with ``pair`` the ``pair_*`` features of the second instrument whose candles ride in the
+    ``pair_open`` .. ``pair_volume`` columns of ``candles`` (``features.pair``).
 
     ``bar`` is the candles' bar size; inferred from the index when omitted (pass it for windows of
     fewer than 2 candles). Raises DataError when the context is not a whole multiple >= 2 of the bar.
     Row t uses candles opened at <= t only, like ``compute_features``, and none before a gap
-    (``features.candles.segments``): after a gap the indicators start their warm-up again.
+    (``features.candles.segments``): after a gap the indicators start their warm-up again. With a
+    ``primary`` (``features.primary``), its ``primary_side`` of label horizon ``horizon`` comes last.
     """
+    if primary_names(primary):
+        primary_warmup(primary, horizon)  # a missing horizon fails before any feature is computed
+        out = compute_model_features(candles, feature_set, context_timeframe, bar, pair)
+        return out.assign(**{primary_names(primary)[0]: _side(candles, bar, primary, horizon)})
     index = getattr(candles, "index", None)
     parts = []
     if isinstance(index, pd.DatetimeIndex) and len(index) >= 2 and index.is_monotonic_increasing:
@@ -244,14 +268,31 @@ def compute_model_features(
     if len(parts) > 1:
         # No indicator window spans a gap: each gap-free stretch starts its own warm-up.
         return pd.concat(
-            [_model_features(candles.iloc[p], feature_set, context_timeframe, bar) for p in parts]
+            [_model_features(candles.iloc[p], feature_set, context_timeframe, bar, pair) for p in parts]
         )
-    return _model_features(candles, feature_set, context_timeframe, bar)
+    return _model_features(candles, feature_set, context_timeframe, bar, pair)
+
+
+def _side(candles: pd.DataFrame, bar, primary: str, horizon: int) -> pd.Series:
+    """The primary side, restarted after each gap like the indicators."""
+    index = getattr(candles, "index", None)
+    if isinstance(index, pd.DatetimeIndex) and len(index) >= 2 and index.is_monotonic_increasing:
+        parts = segments(index, infer_bar(index) if bar is None else bar)
+        if len(parts) > 1:
+            return pd.concat([primary_side(candles["close"].iloc[p], horizon, primary) for p in parts])
+    return primary_side(candles["close"], horizon, primary)
 
 
 def _model_features(
-    candles: pd.DataFrame, feature_set: str, context_timeframe: str | pd.Timedelta | None, bar
+    candles: pd.DataFrame,
+    feature_set: str,
+    context_timeframe: str | pd.Timedelta | None,
+    bar,
+    pair: bool = False,
 ) -> pd.DataFrame:
+    if pair:
+        extra = pair_features(candles["close"], pair_input(candles, candles.index))
+        return pd.concat([_model_features(candles, feature_set, context_timeframe, bar), extra], axis=1)
     base = compute_features(candles, feature_set)
     if parse_context_timeframe(context_timeframe) is None:
         return base
@@ -261,12 +302,36 @@ def _model_features(
 
 
 def feature_function(
-    context_timeframe: str | pd.Timedelta | None, bar: pd.Timedelta | None
+    context_timeframe: str | pd.Timedelta | None,
+    bar: pd.Timedelta | None,
+    pair: bool = False,
+    primary: str = "none",
+    horizon: int | None = None,
 ) -> Callable[[pd.DataFrame, str], pd.DataFrame]:
     """``compute(candles, feature_set)`` with the context fixed, as ``evaluation.lookahead.analyse`` takes it.
 
     ``bar`` is fixed too, so a truncated history of one candle (where no bar can be inferred) works.
+    With ``pair`` the candles carry the second instrument's ``pair_*`` columns, truncated with them.
+    With a ``primary`` its ``primary_side`` column (label horizon ``horizon``) is computed too.
     """
+    if primary_names(primary):
+        primary_warmup(primary, horizon)  # a missing horizon fails here, not inside the first computation
+        if context_label(context_timeframe) and bar is not None:
+            check_context(context_timeframe, bar)
+        return functools.partial(
+            compute_model_features,
+            context_timeframe=context_timeframe or None,
+            bar=bar,
+            pair=pair,
+            primary=primary,
+            horizon=horizon,
+        )
+    if pair:
+        if context_label(context_timeframe) and bar is not None:
+            check_context(context_timeframe, bar)
+        return functools.partial(
+            compute_model_features, context_timeframe=context_timeframe or None, bar=bar, pair=True
+        )
     if parse_context_timeframe(context_timeframe) is None:
         # With the bar known, the same gap rule as training and serving (a warm-up after each gap).
         return compute_features if bar is None else functools.partial(compute_model_features, bar=bar)

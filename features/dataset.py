@@ -23,7 +23,15 @@ import pandas as pd
 
 from features.candles import infer_bar, segment_ids, segments
 from features.context import compute_model_features, context_label, min_history_bars
-from features.labels import CLASS_NAMES, average_uniqueness, labels_and_ends, resolve_sample_weights
+from features.labels import (
+    CLASS_NAMES,
+    average_uniqueness,
+    labels_and_ends,
+    meta_labels,
+    resolve_sample_weights,
+)
+from features.pair import PAIR_FEATURE_NAMES
+from features.primary import PRIMARY_COLUMN, check_primary
 
 MIN_ROWS = 2000
 
@@ -51,6 +59,7 @@ class Dataset:
     sample_weights: str = "none"  # weighting actually applied: "uniqueness" or "none" (never "auto")
     ends: np.ndarray | None = None
     weights: np.ndarray | None = None
+    primary: str = "none"  # meta-labeling's primary side (features.primary): y are then meta-labels
 
     @property
     def fit_weights(self) -> np.ndarray | None:
@@ -88,6 +97,8 @@ def build_dataset(
     context_timeframe: str | None = None,
     label: str = "threshold",
     sample_weights: str = "auto",
+    pair: bool = False,
+    primary: str = "none",
 ) -> Dataset:
     """Compute features and labels and keep the rows where all of them are defined.
 
@@ -96,7 +107,15 @@ def build_dataset(
     threshold).
 
     ``context_timeframe`` (e.g. "4h") appends the ``ctx_*`` columns of ``features.context`` to the 15
-    base features; their longer warm-up removes more leading rows.
+    base features; their longer warm-up removes more leading rows. ``pair`` appends the second
+    instrument's ``pair_*`` features (``features.pair``; the candles carry its ``pair_*`` columns). Rows
+    whose pair features are NaN because the pair had no fresh candle (its staleness rule) are dropped
+    wherever they fall, and counted in ``rows_dropped_at_gaps``: that leaves rows k apart at least k bars
+    apart, which is all purging needs.
+
+    ``primary`` (meta-labeling, ``features.primary``): "momentum" appends the ``primary_side`` column and
+    makes ``y`` the meta-labels of the ``label`` kind (``features.labels.meta_labels``: buy or sell where
+    acting on the side pays, hold otherwise); label spans and weights are those of the labels.
 
     Raises ``InsufficientDataError`` when fewer than ``min_rows`` rows remain, and ``ValueError`` when a
     NaN appears in the middle of the data (non-contiguous rows) or a class is absent (``DataError``, a
@@ -104,7 +123,10 @@ def build_dataset(
     """
     min_rows = _check_min_rows(min_rows)
     weighting = resolve_sample_weights(label, sample_weights)  # also checks label
-    features = compute_model_features(candles, feature_set, context_timeframe)
+    check_primary(primary)
+    features = compute_model_features(
+        candles, feature_set, context_timeframe, pair=pair, primary=primary, horizon=horizon
+    )
     bar = infer_bar(candles.index) if len(candles) >= 2 else None
     parts = segments(candles.index, bar) if bar is not None else [slice(0, len(candles))]
     # No label window spans a gap: each gap-free stretch is labelled on its own.
@@ -113,27 +135,32 @@ def build_dataset(
     ]
     labels = pd.concat([lab for lab, _ in labelled])
     ends = np.concatenate([t1.to_numpy() + p.start for p, (_, t1) in zip(parts, labelled, strict=True)])
+    if primary != "none":
+        labels = meta_labels(labels, features[PRIMARY_COLUMN])  # does acting on the side pay?
     n = len(candles)
 
     feature_ok = features.notna().all(axis=1).to_numpy()
     label_ok = labels.notna().to_numpy()
     usable = feature_ok & label_ok
+    # Holes left by missing pair candles may fall anywhere; any other NaN must not (checked below).
+    pair_cols = features.columns.isin(PAIR_FEATURE_NAMES)
+    contiguous = (features.loc[:, ~pair_cols].notna().all(axis=1).to_numpy() & label_ok) if pair else usable
     positions = np.flatnonzero(usable)
     dropped_at_gaps = 0
 
     if len(positions) > 0:
         first, last = int(positions[0]), int(positions[-1])
         for p in parts:  # inside a gap-free stretch the usable rows must be one block
-            inside = np.flatnonzero(usable[p])
+            inside = np.flatnonzero(contiguous[p])
             if len(inside) and inside[-1] - inside[0] + 1 != len(inside):
-                _raise_gap(features, labels, p.start + inside[0], p.start + inside[-1], usable)
+                _raise_gap(features, labels, p.start + inside[0], p.start + inside[-1], contiguous)
         dropped_at_gaps = (last - first + 1) - len(positions)
         lost_head, lost_tail = first, n - 1 - last
     else:
         # Nothing usable: report what warm-up and horizon would cost (the label's volatility window
         # needs vol_window past returns, which can exceed the indicator warm-up).
         bar = infer_bar(candles.index) if context_label(context_timeframe) else None
-        warmup = min_history_bars(feature_set, context_timeframe, bar) - 1
+        warmup = min_history_bars(feature_set, context_timeframe, bar, pair, primary, horizon) - 1
         lost_head = min(n, max(warmup, vol_window))
         lost_tail = n - lost_head
 
@@ -170,6 +197,7 @@ def build_dataset(
         sample_weights=weighting,
         ends=row_ends,
         weights=weights,
+        primary=primary,
     )
 
     counts = dataset.class_counts
@@ -182,7 +210,8 @@ def build_dataset(
             advice.append("a smaller threshold (or a longer horizon / more data)")
         raise ValueError(
             f"class(es) {absent} have no rows (class counts {counts}, label={label}, threshold={threshold}, "
-            f"horizon={horizon}, vol_window={vol_window}); a classifier needs every class. Try "
+            f"horizon={horizon}, vol_window={vol_window}"
+            f"{f', primary={primary}' if primary != 'none' else ''}); a classifier needs every class. Try "
             + " or ".join(advice)
             + "."
         )

@@ -244,3 +244,17 @@ def average_uniqueness(start: np.ndarray, end: np.ndarray, n_bars: int | None = 
     inverse = np.divide(1.0, concurrency, out=np.zeros(n), where=concurrency > 0)
     total = np.concatenate([[0.0], np.cumsum(inverse)])  # total[k] = sum of inverse[:k]
     return (total[end + 1] - total[start]) / (end - start + 1)
+
+
+def meta_labels(labels: pd.Series, side: pd.Series) -> pd.Series:
+    """Meta-labels (AFML ch. 3.6): whether acting on the primary ``side`` pays, in the three classes.
+
+    BUY where the side is +1 and the label is BUY, SELL where the side is -1 and the label is SELL, HOLD
+    otherwise (the primary's bet would not pay, or there is no side: 0 or NaN); NaN where ``labels`` is
+    NaN. ``labels`` are the run's labels of either kind; their spans (t1) and weights are unchanged.
+    """
+    lab = labels.to_numpy(dtype="float64")
+    s = pd.Series(side, index=labels.index).to_numpy(dtype="float64")
+    out = np.where((s == 1) & (lab == BUY), BUY, np.where((s == -1) & (lab == SELL), SELL, HOLD))
+    out = np.where(np.isnan(lab), np.nan, out).astype("float64")
+    return pd.Series(out, index=labels.index, name="label")

@@ -4,6 +4,11 @@
 each base model with the given (purged, walk-forward) CV splitter, picks the voting weights that
 maximise out-of-fold macro-F1, then refits every base model on all rows it was given. It never sees
 anything but the rows passed to ``fit``, so fitting it on the development window keeps the holdout clean.
+
+Meta-labeling (``side_column``, the primary side among the features, ``features.primary``): every base
+model's probabilities are masked to the side (``models.policy.mask_to_side``) before anything uses them,
+out of fold (the weight search, the policy fit) as in ``predict_proba`` (the holdout, the served model),
+so the class opposite to the side is exactly impossible everywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import VotingClassifier
 from sklearn.metrics import f1_score, log_loss
 from sklearn.utils.validation import check_is_fitted
+
+from models.policy import mask_to_side
 
 
 def as_probabilities(proba) -> np.ndarray:
@@ -39,13 +46,29 @@ def _take(X, idx):
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
+def side_of(X, side_column: str | None) -> np.ndarray | None:
+    """The primary side of each row of ``X`` (its ``side_column``), or None without a primary."""
+    if side_column is None:
+        return None
+    if not hasattr(X, "columns") or side_column not in X.columns:
+        raise ValueError(f"meta-labeling needs the primary side column {side_column!r} among the features")
+    return np.asarray(X[side_column], dtype=float)
+
+
+def to_side(proba, X, side_column: str | None) -> np.ndarray:
+    """``proba`` of the rows of ``X`` masked to their primary side (unchanged without a primary)."""
+    side = side_of(X, side_column)
+    return proba if side is None else mask_to_side(proba, side)
+
+
 def fit_predict_fold(
-    estimator, X, y, train_idx, test_idx, classes: np.ndarray, sample_weight=None
+    estimator, X, y, train_idx, test_idx, classes: np.ndarray, sample_weight=None, side_column=None
 ) -> np.ndarray:
     """Fit a clone on ``train_idx`` and return its class probabilities on ``test_idx``.
 
     Columns follow ``classes``; a class absent from the training block gets probability 0.
-    ``sample_weight`` (one per row of ``X``, or None) weighs the training rows' fit.
+    ``sample_weight`` (one per row of ``X``, or None) weighs the training rows' fit. With a
+    ``side_column`` (meta-labeling) the probabilities are masked to each row's primary side.
     """
     y = np.asarray(y)
     y_train = y[train_idx]
@@ -61,7 +84,7 @@ def fit_predict_fold(
     proba = as_probabilities(model.predict_proba(_take(X, test_idx)))
     out = np.zeros((len(test_idx), len(classes)))
     out[:, np.searchsorted(classes, model.classes_)] = proba
-    return out
+    return to_side(out, _take(X, test_idx), side_column)
 
 
 def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Iterator:
@@ -86,14 +109,14 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Iterator:
 
 
 def oof_predict_proba(
-    estimator, X, y, cv, n_parallel: int = 1, sample_weight=None
+    estimator, X, y, cv, n_parallel: int = 1, sample_weight=None, side_column=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities over the validation blocks of ``cv``: (row positions, probabilities)."""
     classes = np.unique(np.asarray(y))
     folds = list(cv.split(X, y))
 
     def fit(train_idx, test_idx):
-        return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight)
+        return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight, side_column)
 
     probas = list(map_folds(fit, folds, n_parallel))
     return np.concatenate([test for _, test in folds]), np.vstack(probas)
@@ -138,6 +161,8 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
     weights: fixed weights; when given, no out-of-fold fitting is done
     weight_step: grid resolution of the weight search on the simplex
     n_jobs: out-of-fold fits run at once (threads; give the estimators one thread each)
+    side_column: the primary side's feature column under meta-labeling (None: no primary); every base
+        model's probabilities are then masked to it (``models.policy.mask_to_side``) before blending
     """
 
     def __init__(
@@ -147,12 +172,14 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         weights=None,
         weight_step: float = 0.05,
         n_jobs: int = 1,
+        side_column: str | None = None,
     ):
         self.estimators = estimators
         self.cv = cv
         self.weights = weights
         self.weight_step = weight_step
         self.n_jobs = n_jobs
+        self.side_column = side_column
 
     def fit(self, X, y, sample_weight=None):
         """Out-of-fold weights (unless fixed), then every base model refitted on all rows; ``sample_weight``
@@ -162,6 +189,7 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
             raise ValueError(f"estimators need unique names, got {names}")
         y = np.asarray(y)
         self.classes_ = np.unique(y)
+        side_of(X, self.side_column)  # a missing side column fails before any fit
         if self.weights is not None:
             weights = np.asarray(self.weights, dtype=float)
             if weights.shape != (len(names),) or (weights < 0).any() or weights.sum() <= 0:
@@ -174,7 +202,7 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
             if self.cv is None:
                 raise ValueError("either fixed weights or a cv splitter is needed to fit the weights")
             oof = [
-                oof_predict_proba(est, X, y, self.cv, self.n_jobs, sample_weight)
+                oof_predict_proba(est, X, y, self.cv, self.n_jobs, sample_weight, self.side_column)
                 for _, est in self.estimators
             ]
             idx = oof[0][0]
@@ -213,10 +241,25 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return dict(self.voter_.named_estimators_)
 
+    def member_proba(self, name: str, X) -> np.ndarray:
+        """One base model's class probabilities (masked to the primary side under meta-labeling)."""
+        check_is_fitted(self)
+        proba = as_probabilities(self.named_estimators_[name].predict_proba(X))
+        return to_side(proba, X, self._side_column)
+
+    @property
+    def _side_column(self) -> str | None:
+        return getattr(self, "side_column", None)  # an ensemble pickled before meta-labeling: none
+
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        # The weighted average carries a float32 model's rounding (see as_probabilities): renormalise.
-        return as_probabilities(self.voter_.predict_proba(X))
+        if self._side_column is None:
+            # The weighted average carries a float32 model's rounding (see as_probabilities): renormalise.
+            return as_probabilities(self.voter_.predict_proba(X))
+        # The blend of the members' masked probabilities, as the weights were chosen out of fold.
+        side = side_of(X, self._side_column)
+        members = [mask_to_side(as_probabilities(e.predict_proba(X)), side) for e in self.voter_.estimators_]
+        return mask_to_side(np.tensordot(self.weights_, np.stack(members), axes=1), side)
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)

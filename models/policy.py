@@ -16,6 +16,13 @@ a guess among three classes: ``z = (p - 1/3) / sqrt(p (1 - p))``, size ``2 Phi(z
 of :data:`SIZE_STEP` (a size that rounds to 0 is flat). So p = 0.4 stays flat, 0.5 holds 0.25, 0.6 holds
 0.5, 0.8 holds 0.75, p -> 1 holds 1. ``sizing="full"`` (the default) holds 1. Every change of position,
 a resize included, pays the cost on the notional traded (:func:`net_returns`).
+
+Meta-labeling (a primary side, ``features.primary``; AFML ch. 3.6): the model's probabilities are masked
+to the side (:func:`mask_to_side`: the class opposite to the side has probability 0, no side means hold),
+so its buy or sell probability is the chance that acting on the primary's side pays, an outcome with
+two values. Sizing then measures it against the 1/2 of a guess between two (``size_null=0.5``):
+``z = (p - 1/2) / sqrt(p (1 - p))``, so p = 0.5 stays flat, 0.75 holds 0.5, 0.9 holds 0.75. The default
+``size_null`` is the 1/3 of three classes.
 """
 
 from __future__ import annotations
@@ -51,13 +58,14 @@ class DecisionPolicy:
     min_proba: float = 0.34
     min_margin: float = 0.0
     sizing: str = "full"
+    size_null: float = 1.0 / 3.0  # the probability of a guess p is sized against (0.5 with a primary)
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", MODES), ("on_hold", ON_HOLD), ("sizing", SIZINGS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"policy {name} must be one of {list(allowed)}, got {value!r}")
-        for name in ("min_proba", "min_margin"):
+        for name in ("min_proba", "min_margin", "size_null"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise TypeError(f"policy {name} must be a finite number, got {value!r}")
@@ -65,6 +73,8 @@ class DecisionPolicy:
             raise ValueError(f"policy min_proba must be in [0, 1], got {self.min_proba!r}")
         if not 0.0 <= self.min_margin <= 1.0:
             raise ValueError(f"policy min_margin must be in [0, 1], got {self.min_margin!r}")
+        if not 0.0 < self.size_null < 1.0:
+            raise ValueError(f"policy size_null must be in (0, 1), got {self.size_null!r}")
 
     @property
     def key(self) -> str:
@@ -76,7 +86,8 @@ class DecisionPolicy:
 
     @classmethod
     def from_dict(cls, values: dict) -> DecisionPolicy:
-        keys = ("mode", "on_hold", "min_proba", "min_margin", "sizing")
+        # A policy logged before size_null existed sized against 1/3 (the default).
+        keys = ("mode", "on_hold", "min_proba", "min_margin", "sizing", "size_null")
         return cls(**{k: values[k] for k in keys if k in values})
 
     def actions(self, proba: np.ndarray) -> np.ndarray:
@@ -101,7 +112,7 @@ class DecisionPolicy:
 
         p = np.clip(np.nan_to_num(np.maximum(proba[:, 0], proba[:, 2])), 0.0, 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = (p - 1.0 / 3.0) / np.sqrt(p * (1.0 - p))
+            z = (p - self.size_null) / np.sqrt(p * (1.0 - p))
         z = np.where(p >= 1.0, np.inf, np.where(p <= 0.0, -np.inf, z))
         size = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
         return np.round(size / SIZE_STEP) * SIZE_STEP
@@ -127,13 +138,43 @@ class DecisionPolicy:
         return self.positions_from_actions(self.actions(proba), sizes)
 
 
-def policy_grid(mode: str, on_hold: str, sizing: str = "full") -> list[DecisionPolicy]:
+def policy_grid(
+    mode: str, on_hold: str, sizing: str = "full", size_null: float = 1.0 / 3.0
+) -> list[DecisionPolicy]:
     """Every confidence rule the fitting searches, for one mode, hold rule and sizing (a fixed order)."""
     return [
-        DecisionPolicy(mode=mode, on_hold=on_hold, min_proba=p, min_margin=m, sizing=sizing)
+        DecisionPolicy(
+            mode=mode, on_hold=on_hold, min_proba=p, min_margin=m, sizing=sizing, size_null=size_null
+        )
         for p in MIN_PROBA_GRID
         for m in MIN_MARGIN_GRID
     ]
+
+
+def mask_to_side(proba: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Class probabilities (sell, hold, buy) made consistent with a primary side, exactly.
+
+    Under meta-labeling the class opposite to the side cannot occur: side +1 sets p_sell to 0, side -1
+    sets p_buy to 0, and the row is renormalised; side 0 (no side) gives [0, 1, 0]. Rows with NaN
+    probabilities stay NaN; a NaN side is no side. Returns a new float64 array.
+    """
+    proba = np.array(proba, dtype=np.float64)
+    side = np.asarray(side, dtype=np.float64).reshape(-1)
+    if proba.ndim != 2 or proba.shape[1] != 3 or len(side) != len(proba):
+        raise ValueError(
+            f"need probabilities of shape (rows, 3) and one side per row, got {proba.shape}, {side.shape}"
+        )
+    nan = np.isnan(proba).any(axis=1)
+    proba[side > 0, SELL] = 0.0
+    proba[side < 0, BUY] = 0.0
+    none = ~(side > 0) & ~(side < 0)
+    proba[none] = (0.0, 1.0, 0.0)
+    total = proba.sum(axis=1, keepdims=True)
+    out = np.divide(proba, total, out=np.zeros_like(proba), where=total > 0)
+    # A row whose only mass was on the impossible class: nothing says the bet pays, so hold.
+    out[(total[:, 0] <= 0)] = (0.0, 1.0, 0.0)
+    out[nan] = np.nan
+    return out
 
 
 def net_returns(position: np.ndarray, period_return: np.ndarray, cost: float) -> np.ndarray:

@@ -10,7 +10,9 @@ Input schema: the logged signature declares the six candle columns with MLflow's
 timezone-aware datetimes, ISO 8601 strings with or without an offset, epoch seconds or milliseconds) and
 every check is :func:`features.candles.normalize_candles`', whose refusal names the problem first. A
 typed schema would refuse timezone-aware datetimes, ISO strings (in Python) and epoch numbers before
-``predict`` ran, with a dump of the whole input before the reason.
+``predict`` ran, with a dump of the whole input before the reason. A model trained with ``pair_data``
+also declares ``pair_open`` .. ``pair_volume``: the second instrument's candles on the same rows (NaN where
+it has none; ``features.pair``), refused in one line when absent.
 
 Column names: MLflow keeps only the signature's exact lower-case names (``timestamp``, ``open``,
 ``high``, ``low``, ``close``, ``volume``) and drops every other column before ``predict`` runs, so a
@@ -37,6 +39,8 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from features.candles import OHLCV, DataError, check_bar_sizes, infer_bar, normalize_candles, segment_ids
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.labels import CLASS_NAMES
+from features.pair import PAIR_INPUT_COLUMNS, pair_input
+from features.primary import check_primary
 from models.policy import DecisionPolicy
 
 NOT_READY = "insufficient_history"
@@ -47,15 +51,18 @@ OUTPUT_COLUMNS = ("timestamp", "signal", "label", "p_sell", "p_hold", "p_buy", "
 INPUT_COLUMNS = ("timestamp", *OHLCV)
 
 
-def input_schema() -> Schema:
-    """The logged model's input signature: the candle columns, any type, none required by MLflow.
+def input_schema(pair: bool = False) -> Schema:
+    """The logged model's input signature: the candle columns, any type, none required by MLflow (with
+    ``pair``, also the second instrument's ``pair_open`` .. ``pair_volume``, which MLflow would drop
+    otherwise).
 
     MLflow enforces a signature before ``predict`` runs and words its refusals as a dump of the input
     followed by the reason; with ``Any`` columns that are not required it only selects these columns
     (dropping others) and ``predict`` checks them (a missing column, an unparseable timestamp, text
     prices ...), with a message that starts with the problem.
     """
-    return Schema([ColSpec(AnyType(), name, required=False) for name in INPUT_COLUMNS])
+    names = INPUT_COLUMNS + (PAIR_INPUT_COLUMNS if pair else ())
+    return Schema([ColSpec(AnyType(), name, required=False) for name in names])
 
 
 class InvalidCandles(MlflowException, ValueError):
@@ -90,15 +97,16 @@ def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def check_columns(model_input) -> None:
+def check_columns(model_input, pair: bool = False) -> None:
     """Raise :class:`DataError` naming the missing candle columns and only the spellings the served
     model accepts. Nothing to check when ``model_input`` holds columns MLflow would have dropped (a
     direct call of :meth:`SignalModel.predict`): :func:`features.candles.normalize_candles` matches
-    other spellings there and says which it accepts."""
-    if not isinstance(model_input, pd.DataFrame) or not set(model_input.columns) <= set(INPUT_COLUMNS):
+    other spellings there and says which it accepts. With ``pair`` the ``pair_*`` columns count too."""
+    accepted = INPUT_COLUMNS + (PAIR_INPUT_COLUMNS if pair else ())
+    if not isinstance(model_input, pd.DataFrame) or not set(model_input.columns) <= set(accepted):
         return
     exact = (
-        f"the model takes candles with columns {', '.join(INPUT_COLUMNS)} (these exact lower-case names; "
+        f"the model takes candles with columns {', '.join(accepted)} (these exact lower-case names; "
         "other columns, such as 'Close', 'vol' or 'time', are dropped before the model sees them"
     )
     if len(model_input.columns) == 0:
@@ -109,6 +117,7 @@ def check_columns(model_input) -> None:
     time_index = isinstance(index, pd.DatetimeIndex) or index.name is not None
     missing = [] if "timestamp" in model_input.columns or time_index else ["timestamp"]
     missing += [c for c in OHLCV if c not in model_input.columns]
+    missing += [c for c in accepted[len(INPUT_COLUMNS) :] if c not in model_input.columns]
     if missing:
         received = ", ".join(map(str, model_input.columns))
         raise DataError(
@@ -128,6 +137,9 @@ class SignalModel(PythonModel):
         metadata: dict | None = None,
         context_timeframe: str | None = None,
         policy: DecisionPolicy | None = None,
+        pair: str | bool | None = None,
+        primary: str = "none",
+        horizon: int | None = None,
     ):
         self.ensemble = ensemble
         self.policy = policy or DecisionPolicy()
@@ -137,6 +149,17 @@ class SignalModel(PythonModel):
         self.context_timeframe = context_timeframe or None
         if self.context_timeframe:
             check_context(self.context_timeframe, self.bar)  # refuse a model it could never serve
+        # The second instrument (its label, e.g. the pair_data source) when trained with pair_* features.
+        self.pair = pair or None
+        # Meta-labeling's primary side (features.primary) and the label horizon it looks back over.
+        self.primary = check_primary(primary)
+        self.primary_horizon = horizon
+        min_history_bars(self.feature_set, None, self.bar, primary=self.primary, horizon=horizon)  # checks
+
+    @property
+    def _primary(self) -> tuple[str, int | None]:
+        # Models pickled before meta-labeling existed have no such attributes: no primary side.
+        return getattr(self, "primary", "none"), getattr(self, "primary_horizon", None)
 
     @property
     def _context(self) -> str | None:
@@ -144,18 +167,24 @@ class SignalModel(PythonModel):
         return getattr(self, "context_timeframe", None)
 
     @property
+    def _pair(self) -> bool:
+        # Models pickled before pair features existed have no such attribute: no pair features.
+        return bool(getattr(self, "pair", None))
+
+    @property
     def feature_names(self) -> list[str]:
         """The ensemble's input columns, in order: the set's base features, then any ``ctx_*`` ones."""
-        return feature_names(self.feature_set, self._context)
+        return feature_names(self.feature_set, self._context, self._pair, self._primary[0])
 
     @property
     def min_history(self) -> int:
         """Candles a window needs so that its last row gets a signal, wherever the window starts."""
-        return min_history_bars(self.feature_set, self._context, self.bar)
+        primary, horizon = self._primary
+        return min_history_bars(self.feature_set, self._context, self.bar, self._pair, primary, horizon)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
-            check_columns(model_input)
+            check_columns(model_input, self._pair)
             return self.predict_candles(model_input)
         except ValueError as exc:  # bad candles (features.data.DataError is one): say why, loudly
             raise InvalidCandles(str(exc)) from exc
@@ -187,7 +216,19 @@ class SignalModel(PythonModel):
                 )
             check_bar_sizes(candles.index, bar)
         # After a gap the indicators start again (features.candles.segments): those rows are not ready.
-        features = compute_model_features(candles, self.feature_set, self._context, bar=self.bar)
+        if self._pair:
+            # The second instrument's candles on the same rows (normalize_candles keeps only OHLCV).
+            candles = candles.join(pair_input(model_input, candles.index))
+        primary, horizon = self._primary
+        features = compute_model_features(
+            candles,
+            self.feature_set,
+            self._context,
+            bar=self.bar,
+            pair=self._pair,
+            primary=primary,
+            horizon=horizon,
+        )
         features = features[self.feature_names]
         # A candle that opened after now plus one bar cannot have closed: never scored (see the docstring).
         future = np.asarray(candles.index > pd.Timestamp.now(tz="UTC") + self.bar)

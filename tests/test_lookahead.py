@@ -318,11 +318,13 @@ def test_mlproject_entry_point_mirrors_the_cli(csv_path: Path, capsys):
         "days": 0,
         "features": "all",
         "context_timeframe": "",
+        "pair_data": "",
         "cuts": 50,
         "horizon": 6,
         "threshold": 0.005,
         "vol_window": 0,
         "label": "threshold",
+        "primary": "none",
     }
     argv = shlex.split(entry.compute_command({}, None))
     assert argv[:3] == ["python", "-m", "evaluation.lookahead"]

@@ -214,6 +214,7 @@ def test_to_dict_from_dict_round_trip():
         "min_proba": 0.55,
         "min_margin": 0.05,
         "sizing": "full",
+        "size_null": 1 / 3,  # what probability sizing sizes against (0.5 with a primary side)
     }
     # It survives JSON (how it is logged with the model) and comes back equal.
     assert DecisionPolicy.from_dict(json.loads(json.dumps(values))) == policy

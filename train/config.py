@@ -16,6 +16,7 @@ from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
 from features.labels import LABELS, SAMPLE_WEIGHTS, resolve_sample_weights
+from features.primary import PRIMARIES, PRIMARY_COLUMN
 from models.base import MODEL_NAMES, check_model_names
 from models.policy import MODES, ON_HOLD, SIZINGS
 from models.redaction import install
@@ -37,6 +38,7 @@ class PipelineConfig:
     sample_weights: str = "auto"
     features: str = "default"
     context_timeframe: str = ""
+    pair_data: str = ""
     n_trials: int = 12
     timeout: float = 90.0
     objective: str = "macro_f1"
@@ -55,8 +57,9 @@ class PipelineConfig:
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
     backtest_mode: str = "long_short"
-    on_hold: str = "keep"
+    on_hold: str = "auto"
     sizing: str = "full"
+    primary: str = "none"
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
 
@@ -89,8 +92,9 @@ class PipelineConfig:
             (self.gate_benchmark in BENCHMARKS, f"gate_benchmark must be one of {list(BENCHMARKS)}"),
             (self.n_jobs >= 0, "n_jobs must be >= 0 (0 = all cores)"),
             (self.backtest_mode in MODES, f"backtest_mode must be one of {list(MODES)}"),
-            (self.on_hold in ON_HOLD, f"on_hold must be one of {list(ON_HOLD)}"),
+            (self.on_hold in ("auto", *ON_HOLD), f"on_hold must be one of {['auto', *ON_HOLD]}"),
             (self.sizing in SIZINGS, f"sizing must be one of {list(SIZINGS)}"),
+            (self.primary in PRIMARIES, f"primary must be one of {list(PRIMARIES)}"),
             (self.fee_bps >= 0, "fee_bps must be >= 0 basis points"),
             (self.slippage_bps >= 0, "slippage_bps must be >= 0 basis points"),
             (bool(self.model_name.strip()), "model_name must not be empty"),
@@ -112,6 +116,24 @@ class PipelineConfig:
     def cost(self) -> float:
         """Fees plus slippage per unit of notional traded, as a fraction (15 bps -> 0.0015)."""
         return (self.fee_bps + self.slippage_bps) / 1e4
+
+    @property
+    def side_column(self) -> str | None:
+        """The primary side's feature column under meta-labeling (``features.primary``), else None."""
+        return None if self.primary == "none" else PRIMARY_COLUMN
+
+    @property
+    def hold(self) -> str:
+        """``on_hold`` with "auto" resolved: "keep" without a primary; "flat" with one, where a hold is the
+        secondary model saying the primary's bet does not pay now (so no bet is carried against the side)."""
+        if self.on_hold != "auto":
+            return self.on_hold
+        return "flat" if self.primary != "none" else "keep"
+
+    @property
+    def size_null(self) -> float:
+        """What probability sizing measures p against: 1/2 for a primary's pays / does not, else 1/3."""
+        return 0.5 if self.primary != "none" else 1.0 / 3.0
 
     @property
     def weighting(self) -> str:
@@ -140,11 +162,11 @@ class PipelineConfig:
             "seed",
             # trials backtest their out-of-fold predictions with the policy's rules and these costs
             "backtest_mode",
-            "on_hold",
             "fee_bps",
             "slippage_bps",
         )
         payload = {k: getattr(self, k) for k in keys} | {
+            "on_hold": self.hold,  # resolved: "auto" and its value are one study
             "data_sha256": data_sha256,
             "model": model,
             "space_version": space_version,
@@ -156,8 +178,12 @@ class PipelineConfig:
         if self.context_timeframe.strip():
             # Only when set, so studies without context keep their names; "4h" and "240min" are one study.
             payload["context_timeframe"] = context_label(self.context_timeframe)
+        if self.pair_data.strip():
+            payload["pair_data"] = self.pair_data.strip()  # only when set: studies without keep their names
         if self.sizing != "full":
             payload["sizing"] = self.sizing  # the trials' out-of-fold Sharpe ratios trade sized positions
+        if self.primary != "none":
+            payload["primary"] = self.primary  # other labels (meta-labels) and a side feature
         if self.objective != "macro_f1":
             # What the trials' values mean: never one study for two objectives (macro_f1 studies keep
             # their names). run_study also refuses a study whose metric name is another objective's.
@@ -179,6 +205,8 @@ HELP = {
     "features": f"feature set: {', '.join(FEATURE_SETS)}",
     "context_timeframe": "also feed the same indicators computed on this coarser timeframe, e.g. 4h, as "
     "ctx_4h_* columns; a whole multiple >= 2 of the bar ('' = none)",
+    "pair_data": "a second instrument's candles (same sources as data, e.g. a CSV of ETH/BTC), loaded at the "
+    "same timeframe, whose pair_* features (returns, volatility, volume, correlation) are added ('' = none)",
     "n_trials": "finished Optuna trials per model study (an interrupted study resumes up to this)",
     "timeout": "seconds of tuning per model (0 = no limit)",
     "objective": "what tuning maximises: macro_f1 (mean over the folds) or sharpe (after-cost Sharpe of "
@@ -200,7 +228,11 @@ HELP = {
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
     "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
-    "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat",
+    "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat; "
+    "auto (default): flat with a primary, else keep",
+    "primary": "meta-labeling: none, or momentum (a primary side, the sign of the trailing horizon-bar "
+    "return, is a feature; the models learn whether acting on it pays, and probability sizing sizes "
+    "against 1/2)",
     "sizing": "decision policy: full (a buy or sell holds 1) or probability (bet sizing: 2*Phi(z)-1 of "
     "the side's probability, in steps of 0.25)",
     "fee_bps": "holdout backtest: fee per unit of notional traded, in basis points",

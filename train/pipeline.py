@@ -180,7 +180,9 @@ def compare_champion(
     """
     label = {"horizon": str(cfg.horizon), "threshold": str(cfg.threshold), "vol_window": str(cfg.vol_window)}
     label["label"] = cfg.label
-    tags = {"label": "threshold"} | dict(tags)  # a version tagged before label kinds: threshold labels
+    label["primary"] = cfg.primary  # meta-labels (a primary side) are another label
+    # A version tagged before label kinds (or before meta-labeling): threshold labels, no primary.
+    tags = {"label": "threshold", "primary": "none"} | dict(tags)
     differs = [f"{k} {tags[k]} vs {v}" for k, v in label.items() if k in tags and tags[k] != v]
     if differs:
         note = f"it predicts another label ({'; '.join(differs)})"
@@ -409,6 +411,7 @@ def study_for(
         warm_start=warm_start,
         objective=cfg.objective,
         sample_weight=data.dev_weights,
+        side_column=cfg.side_column,
     )
 
 
@@ -456,7 +459,7 @@ def fit_candidate(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], 
     # One thread per fit, n_jobs fits at once (see models.ensemble.map_folds).
     estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=1)) for n, t in tuned.items()]
     # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
-    ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs).fit(
+    ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs, side_column=cfg.side_column).fit(
         X_dev, y_dev, sample_weight=data.dev_weights
     )
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
@@ -503,7 +506,10 @@ def deflated_sharpe_counted(
     proba, market = data.trading_costs(cfg).span(ensemble.oof_index_, ensemble.oof_proba_)
     return deflated_sharpe_of_choice(
         Traded(policy.positions(proba), market, cfg.cost),
-        [rule.positions(proba) for rule in policy_grid(policy.mode, policy.on_hold, policy.sizing)],
+        [
+            rule.positions(proba)
+            for rule in policy_grid(policy.mode, policy.on_hold, policy.sizing, policy.size_null)
+        ],
         n_trials=finished_trials(tuned),
         n_members=len(tuned),
         looks=looks,
@@ -527,8 +533,8 @@ def assess(
     ensemble, policy = fitted.ensemble, fitted.policy
     X_hold, y_hold = data.holdout
     results = {
-        name: classification_metrics(y_hold, m.predict_proba(X_hold))
-        for name, m in ensemble.named_estimators_.items()
+        name: classification_metrics(y_hold, ensemble.member_proba(name, X_hold))
+        for name in ensemble.named_estimators_
     }
     ens_proba = ensemble.predict_proba(X_hold)
     ens_pred = ens_proba.argmax(axis=1)
@@ -739,7 +745,13 @@ def report(
             threshold=cfg.threshold,
             vol_window=cfg.vol_window,
             labels=label_function(cfg.label),
-            compute=feature_function(cfg.context_timeframe or None, data.info.bar),
+            compute=feature_function(
+                cfg.context_timeframe or None,
+                data.info.bar,
+                pair=bool(cfg.pair_data.strip()),
+                primary=cfg.primary,
+                horizon=cfg.horizon,
+            ),
             seed=cfg.seed,
         )
         changed = sum(c.changed for cols in lookahead.counts.values() for c in cols.values())
@@ -792,15 +804,21 @@ def serving_model(cfg: PipelineConfig, data: Prepared, fitted: Fitted) -> Signal
         data.info.bar,
         context_timeframe=cfg.context_timeframe or None,
         policy=fitted.policy,
+        pair=cfg.pair_data.strip() or None,
+        primary=cfg.primary,
+        horizon=cfg.horizon,
         metadata={
             "feature_set": cfg.features,
             "context_timeframe": context_label(cfg.context_timeframe),
+            # The second instrument whose candles the bot must send as pair_* columns ("" = none).
+            "pair_data": cfg.pair_data.strip(),
             "feature_names": list(data.ds.X.columns),
             "bar": str(data.info.bar),
             "horizon": cfg.horizon,
             "threshold": cfg.threshold,
             "vol_window": cfg.vol_window,
             "label": cfg.label,
+            "primary": cfg.primary,
             "sample_weights": data.ds.sample_weights,
             "classes": list(CLASS_NAMES),
             "policy": fitted.policy.to_dict(),
@@ -832,7 +850,7 @@ def register(
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         outputs = infer_signature(example, signal_model.predict_candles(example)).outputs
     # Inputs of any type: every timestamp form a bot sends reaches predict, which checks it (models.pyfunc).
-    signature = ModelSignature(input_schema(), outputs)
+    signature = ModelSignature(input_schema(pair=bool(cfg.pair_data.strip())), outputs)
     with model_code_by_value():
         logged = mlflow.pyfunc.log_model(
             name="model",
@@ -851,10 +869,12 @@ def register(
         "gate_failed_checks": ",".join(gate.failed_checks()),
         "features": cfg.features,
         "context_timeframe": context_label(cfg.context_timeframe),
+        "pair_data": cfg.pair_data.strip(),
         "horizon": cfg.horizon,
         "threshold": cfg.threshold,
         "vol_window": cfg.vol_window,
         "label": cfg.label,
+        "primary": cfg.primary,
         "bar": str(info.bar),
         "data_sha256": info.sha256,
         "data_digest": data_digest,

@@ -14,6 +14,7 @@ import pandas as pd
 from evaluation.economics import TradingCosts
 from features.data import DataInfo, load_candles
 from features.dataset import Dataset, build_dataset
+from features.pair import align_pair, load_pair
 from train.config import PipelineConfig
 from train.split import HoldoutSplit, PurgedWalkForward, holdout_split
 
@@ -44,6 +45,7 @@ def describe_plan(cfg: PipelineConfig, info, ds: Dataset, split, cv) -> dict:
         "class_counts": ds.class_counts,
         "label": ds.label,
         "sample_weights": ds.sample_weights,
+        "primary": ds.primary,
         "development": {"rows": len(split.dev), "time": span(split.dev)},
         "purge_gap_rows": split.gap,
         "holdout": {"rows": len(split.holdout), "time": span(split.holdout)},
@@ -85,14 +87,24 @@ class Prepared:
             self.ds.bars[self.split.dev],
             cfg.cost,
             cfg.backtest_mode,
-            cfg.on_hold,
+            cfg.hold,
             cfg.sizing,
+            cfg.size_null,
         )
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
-    return prepare_candles(cfg, candles, info)
+    return prepare_candles(cfg, with_pair(cfg, candles, info), info)
+
+
+def with_pair(cfg: PipelineConfig, candles: pd.DataFrame, info: DataInfo) -> pd.DataFrame:
+    """``candles`` plus the second instrument's ``pair_*`` columns when ``pair_data`` is set (loaded at
+    the same timeframe, aligned without look-ahead, see ``features.pair``); unchanged otherwise."""
+    if not cfg.pair_data.strip():
+        return candles
+    pair = load_pair(cfg.pair_data.strip(), cfg.timeframe or None, info.bar)
+    return align_pair(candles, pair, info.bar)
 
 
 def prepare_candles(cfg: PipelineConfig, candles: pd.DataFrame, info: DataInfo) -> Prepared:
@@ -104,8 +116,10 @@ def prepare_candles(cfg: PipelineConfig, candles: pd.DataFrame, info: DataInfo) 
         cfg.threshold,
         cfg.vol_window,
         context_timeframe=cfg.context_timeframe or None,
+        pair=bool(cfg.pair_data.strip()),
         label=cfg.label,
         sample_weights=cfg.sample_weights,
+        primary=cfg.primary,
     )
     split = holdout_split(ds.n_rows, cfg.horizon, cfg.holdout_frac)
     cv = PurgedWalkForward(n_splits=cfg.n_folds, horizon=cfg.horizon)

@@ -106,6 +106,7 @@ def make_objective(
     deadline: float | None = None,
     objective: str = "macro_f1",
     sample_weight=None,
+    side_column: str | None = None,
 ):
     """The trial's score over the purged folds, reported after each fold so the pruner can stop it.
 
@@ -135,6 +136,9 @@ def make_objective(
 
     ``sample_weight`` (one per row of ``X``, or None) weighs each fold's training rows in the fit; the
     scores count validation rows equally.
+
+    ``side_column`` (meta-labeling: the primary side's feature column) masks every fold's probabilities
+    to the side (``models.policy.mask_to_side``), as the ensemble and the served model do.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
@@ -154,7 +158,7 @@ def make_objective(
         folds = list(cv.split(X, y))
 
         def fit(train_idx, test_idx):
-            return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight)
+            return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight, side_column)
 
         def record_partial() -> None:
             with_retries(trial.set_user_attr, "fold_macro_f1", scores)
@@ -576,6 +580,7 @@ def run_study(
     warm_start: list[dict] | None = None,
     objective: str = "macro_f1",
     sample_weight=None,
+    side_column: str | None = None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
@@ -665,6 +670,7 @@ def run_study(
             deadline=deadline,
             objective=objective,
             sample_weight=sample_weight,
+            side_column=side_column,
         )
         progress = TrialProgress(name, n_trials, timeout, objective)
         failures, lost_since = 0, 0.0
@@ -796,12 +802,13 @@ def study_description(cfg, info, model: str) -> dict:
         "label_vol_window": cfg.vol_window,
         "label": cfg.label,
         "sample_weights": cfg.sample_weights,
+        "primary": getattr(cfg, "primary", "none"),
         "n_folds": cfg.n_folds,
         "holdout_frac": cfg.holdout_frac,
         "seed": cfg.seed,
         "space_version": SPACE_VERSION,
         "backtest_mode": cfg.backtest_mode,
-        "on_hold": cfg.on_hold,
+        "on_hold": cfg.hold,
         "fee_bps": cfg.fee_bps,
         "slippage_bps": cfg.slippage_bps,
         "objective": OBJECTIVE_TEXT[cfg.objective],
@@ -841,6 +848,7 @@ def tune_worker(
         description=study_description(cfg, data.info, model),
         objective=cfg.objective,
         sample_weight=data.dev_weights,
+        side_column=cfg.side_column,
     )
 
 

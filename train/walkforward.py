@@ -71,7 +71,7 @@ from models.tracking import parse_bool, parse_int
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging
 from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model, study_for
-from train.prepare import prepare_candles
+from train.prepare import prepare_candles, with_pair
 from train.tune import (
     TuningError,
     check_storage,
@@ -351,6 +351,7 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
     check_storage(cfg.optuna_storage)
     n_jobs = cfg.n_jobs or default_n_jobs()
     candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
+    candles = with_pair(cfg, candles, info)  # the second instrument's pair_* columns ride along
     windows = schedule(
         candles.index,
         info.bar,

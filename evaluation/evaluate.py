@@ -27,13 +27,13 @@ from evaluation.backtest import BacktestConfig, BacktestResult, backtest
 from evaluation.baselines import informed_baselines
 from evaluation.economics import directional_edge
 from evaluation.metrics import baseline_predictions, classification_metrics, plot_confusion_matrix
-from features.data import DataError, load_candles
+from features.data import DataError, load_candles, match_bar
 from features.labels import HOLD, label_function, meta_labels
 from features.primary import primary_side
 from models import tracking
 from models.loading import ModelUnavailable, load_model
 from models.policy import ACTION_CODES, DecisionPolicy
-from models.pyfunc import as_model_input
+from models.pyfunc import as_model_input, model_bar
 
 MIN_SCORED_ROWS = 100
 PROBA = ["p_sell", "p_hold", "p_buy"]
@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking.check_reachable()
         model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
+        candles, info, resampled = match_bar(candles, info, model_bar(model), args.timeframe)
+        if resampled:  # finer candles and no --timeframe: aggregated to the model's bars
+            print(resampled)
         result = score_model(model, candles, args.seed, args.fee_bps, args.slippage_bps)
         tracking.use_experiment()
         with mlflow.start_run(run_name=f"evaluate {args.model_uri}"):

@@ -28,10 +28,30 @@ Verdict (``drifted`` wins when both hold):
   is below zero (the policy lost money by more than luck explains).
 * ``ok``: neither.
 
+Acting on it (``--on-degraded``, :func:`action_for`; the walk-forward's monitored track decides with the
+same function): when the degraded rule fires (whatever the verdict: a drifted model whose live numbers
+are also degraded counts) and the monitored version is ``production``,
+
+* ``alert`` (default): nothing moves; the verdict, its exit code and the webhook message, as always;
+* ``withdraw``: ``production`` is removed (:func:`models.registry.withdraw`): bots loading it are told it
+  was withdrawn and stay flat until a version is promoted;
+* ``rollback``: ``production`` moves to the newest earlier holder of it (the registry's rollback stack)
+  that passed its gate and is *not* degraded by the same rule on the same live rows (each candidate is
+  loaded and judged; one that cannot be judged on those rows is skipped too). If none qualifies,
+  production stays where it is (a bad model is not swapped for an unknown one, nor withdrawn unasked):
+  the output says so and the exit code is :data:`EXIT_NOT_ACTED`.
+
+Either move goes through the registry's lock, audit record, version tags and notification like a manual
+one, names the verdict's numbers in its reason, and is logged with the monitor run (``audit.json``, tags
+``monitor_action`` ...). Re-running on the same state changes nothing: a withdrawn ``production`` is
+reported (exit :data:`EXIT_NO_PRODUCTION`), a rolled-back one is judged ok.
+
 Exit codes, for a scheduler: 0 ok, 1 error (bad input, unknown model, model files missing or corrupt,
 missing training snapshot, unreachable tracking store; one line on stderr), 2 bad command-line usage
-(argparse), 3 degraded,
-4 drifted. Each successful call logs one ``monitor`` run, tags the model version (``last_monitored``,
+(argparse), 3 degraded (and acted on, if asked), 4 drifted, 5 ``production`` was withdrawn: nothing to
+monitor (one line saying when, why and by what), 6 degraded but the requested action was not taken
+(nothing qualifies for a rollback, production moved meanwhile, or the alias lock stayed busy). Each
+successful call logs one ``monitor`` run, tags the model version (``last_monitored``,
 ``monitor_verdict``, ``monitor_run_id``) and, on a verdict other than ok, posts a webhook message.
 """
 
@@ -42,7 +62,7 @@ import math
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,14 +88,19 @@ from evaluation.evaluate import MIN_SCORED_ROWS, Scoring, policy_backtest, prepa
 from evaluation.metrics import block_bootstrap_indices, bootstrap_macro_f1, classification_metrics
 from evaluation.plots import plot_equity
 from features.context import compute_model_features, feature_names
-from features.data import DataError, load_candles
+from features.data import DataError, load_candles, match_bar
 from features.labels import BUY, SELL
-from models import tracking
+from models import registry, tracking
 from models.loading import ModelUnavailable, load_model
 from models.notify import notify
+from models.pyfunc import model_bar
 
 OK, DEGRADED, DRIFTED = "ok", "degraded", "drifted"
 EXIT_OK, EXIT_ERROR, EXIT_DEGRADED, EXIT_DRIFTED = 0, 1, 3, 4
+EXIT_NO_PRODUCTION, EXIT_NOT_ACTED = 5, 6
+# What to do when the degraded rule fires (--on-degraded); NOTHING: it did not fire, or was not judged.
+ALERT, WITHDRAW, ROLLBACK, NOTHING = "alert", "withdraw", "rollback", "none"
+ON_DEGRADED = (ALERT, WITHDRAW, ROLLBACK)
 EXIT_CODES = {OK: EXIT_OK, DEGRADED: EXIT_DEGRADED, DRIFTED: EXIT_DRIFTED}
 DEFAULT_MODEL_URI = "models:/crypto-signal-ensemble@production"
 F1_TOLERANCE = 0.02
@@ -87,6 +112,10 @@ _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/
 
 class MonitorError(ValueError):
     """Input the monitor cannot work with; the message names the problem."""
+
+
+class NoProduction(MonitorError):
+    """``production`` was withdrawn: there is nothing to monitor (the message says when, why, by what)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +158,9 @@ def resolve_version(model_uri: str, client: MlflowClient | None = None) -> Model
             "NOT_FOUND",
             "INVALID_PARAMETER_VALUE",
         ):
+            withdrawn = registry.withdrawal(name, client) if alias == registry.PRODUCTION else None
+            if withdrawn is not None:
+                raise NoProduction(registry.describe_withdrawal(name, withdrawn)) from None
             what = f"version {version}" if version is not None else f"alias '{alias}'"
             raise MonitorError(
                 f"no registered model '{name}' with {what} in {mlflow.get_registry_uri()!r}: "
@@ -288,6 +320,30 @@ def degraded_reasons(live: dict, promised_f1: float | None, config: MonitorConfi
     return degraded
 
 
+@dataclass(frozen=True)
+class Action:
+    """What to do about a production model: ``kind`` is :data:`NOTHING` (the degraded rule did not fire,
+    or there were too few matured rows to judge: ``judged`` False) or the ``on_degraded`` choice, with the
+    rule's ``reasons`` (each naming its numbers)."""
+
+    kind: str
+    reasons: tuple[str, ...] = ()
+    judged: bool = True
+
+
+def action_for(live: dict, promised_f1: float | None, config: MonitorConfig, on_degraded: str) -> Action:
+    """The monitor's decision on live numbers (:func:`live_performance`, or any dict with ``enough`` and,
+    when enough, :func:`live_numbers`' keys): the degraded rule (:func:`degraded_reasons`) and what
+    ``on_degraded`` makes of it. The verdict, ``monitor --on-degraded`` and the walk-forward's
+    monitored track all decide here."""
+    if on_degraded not in ON_DEGRADED:
+        raise ValueError(f"on_degraded must be one of {', '.join(ON_DEGRADED)}, got {on_degraded!r}")
+    if not live.get("enough"):
+        return Action(NOTHING, (), judged=False)
+    reasons = tuple(degraded_reasons(live, promised_f1, config))
+    return Action(on_degraded if reasons else NOTHING, reasons)
+
+
 def decide(live: dict, drift: DriftReport, promise: dict, config: MonitorConfig) -> tuple[str, list[str]]:
     """The verdict and the reasons for it (see the module docstring for the rule)."""
     reasons = []
@@ -297,7 +353,7 @@ def decide(live: dict, drift: DriftReport, promise: dict, config: MonitorConfig)
             f"({drift.share_drifted:.0%} >= {drift.config.drift_share:.0%}): "
             + ", ".join(drift.drifted_features)
         )
-    degraded = degraded_reasons(live, promise.get("holdout_macro_f1"), config) if live["enough"] else []
+    degraded = list(action_for(live, promise.get("holdout_macro_f1"), config, ALERT).reasons)
     reasons += degraded
     verdict = DRIFTED if drift.judged and drift.drifted else (DEGRADED if degraded else OK)
     return verdict, reasons
@@ -511,12 +567,14 @@ def tag_version(result: MonitorResult, run_id: str, client: MlflowClient | None 
         client.set_model_version_tag(result.model_name, result.version, key, value)
 
 
-def send_alert(result: MonitorResult, run_id: str) -> bool:
-    """A webhook message for a verdict other than ok (False when none was sent)."""
+def send_alert(result: MonitorResult, run_id: str, action: str | None = None) -> bool:
+    """A webhook message for a verdict other than ok (False when none was sent); ``action``: what
+    ``--on-degraded`` did about it, one line."""
     if result.verdict == OK:
         return False
     live, p = result.live, result.promised
     fields = {
+        **({"action": action} if action else {}),
         "live_macro_f1": round(live["macro_f1"], 4) if live["enough"] else None,
         "promoted_macro_f1": p["holdout_macro_f1"],
         "live_return": round(live["return"], 4) if live["enough"] else None,
@@ -528,6 +586,140 @@ def send_alert(result: MonitorResult, run_id: str) -> bool:
         result.reasons
     )
     return notify(f"monitor_{result.verdict}", message, fields)
+
+
+# --------------------------------------------------------------------------------------------- acting
+@dataclass
+class Acted:
+    """What :func:`act` did: ``moved`` the registry (``move``), or not; ``refused`` when the action was
+    asked for and could not be taken (nothing changed); ``message`` one line for the output."""
+
+    action: Action
+    moved: bool = False
+    refused: bool = False
+    message: str = ""
+    move: registry.AliasMove | None = None
+
+
+def _degraded_line(result: MonitorResult, action: Action) -> str:
+    live = result.live
+    return (
+        f"v{result.version} degraded on {live['rows_scored']} matured candles {live['window'][0]} .. "
+        f"{live['window'][1]}: " + "; ".join(action.reasons)
+    )
+
+
+def judge_version(
+    version: ModelVersion, candles: pd.DataFrame, window: list[str], rows: int, config: MonitorConfig
+) -> tuple[Action, dict]:
+    """The degraded rule (:func:`action_for`) on another version, on the live rows ``window`` (first and
+    last scored timestamp) the monitored version was judged on: its own calls and decision policy there,
+    held to its own promised macro-F1. Not judged (``judged`` False) unless it scores the same number of
+    rows there (a version that trained on some of them cannot be judged on them)."""
+    model = load_model(f"models:/{version.name}/{version.version}")
+    scoring = prepare_scoring(model, candles)
+    stamps = pd.to_datetime(scoring.out["timestamp"])
+    inside = ((stamps >= pd.Timestamp(window[0])) & (stamps <= pd.Timestamp(window[1]))).to_numpy()
+    scoring = replace(scoring, scored=scoring.scored & inside)
+    if scoring.n_scored != rows:
+        return Action(NOTHING, (), judged=False), {"enough": False, "rows_scored": scoring.n_scored}
+    live = live_performance(scoring, candles, config)
+    return action_for(live, promised(version)["holdout_macro_f1"], config, ROLLBACK), live
+
+
+def choose_rollback(
+    result: MonitorResult, candles: pd.DataFrame, config: MonitorConfig, client: MlflowClient
+) -> tuple[str | None, list[str], dict | None]:
+    """The version ``--on-degraded rollback`` moves production to: the newest earlier holder of
+    production (the registry's rollback stack, moves made outside this tool included) that passed its gate
+    and is not degraded on the same live rows. Returns (version or None, one note per version looked at,
+    the chosen version's live numbers)."""
+    moves, missing = registry.full_history(result.model_name, client)
+    notes: list[str] = []
+    seen = {result.version}
+    for candidate in reversed(registry.holders(moves + missing)):
+        if candidate in seen:
+            continue
+        seen.add(candidate)
+        mv = client.get_model_version(result.model_name, candidate)
+        if mv.tags.get("gate") != "passed":
+            notes.append(f"v{candidate} skipped: gate {mv.tags.get('gate', 'unknown')}")
+            continue
+        try:
+            judged, live = judge_version(
+                mv, candles, result.live["window"], result.live["rows_scored"], config
+            )
+        except (ModelUnavailable, ValueError) as exc:
+            notes.append(f"v{candidate} skipped: {tracking.one_line(exc)}")
+            continue
+        if not judged.judged:
+            notes.append(
+                f"v{candidate} skipped: cannot be judged on the same {result.live['rows_scored']} rows "
+                f"(it scores {live['rows_scored']} of them)"
+            )
+        elif judged.reasons:
+            notes.append(f"v{candidate} skipped: also degraded ({'; '.join(judged.reasons)})")
+        else:
+            notes.append(
+                f"v{candidate} not degraded on the same rows (live macro-F1 {live['macro_f1']:.4f}, "
+                f"after-cost return {live['return']:+.2%})"
+            )
+            return candidate, notes, live
+    return None, notes, None
+
+
+def act(
+    action: Action,
+    result: MonitorResult,
+    run_id: str,
+    candles: pd.DataFrame,
+    config: MonitorConfig,
+    client: MlflowClient | None = None,
+) -> Acted:
+    """Carry out ``action`` (from :func:`action_for`) on the monitored version, if it is ``production``:
+    withdraw it, or roll back (:func:`choose_rollback`), through :mod:`models.registry` (lock, audit
+    record, version tags, notification), and log the move with the monitor run ``run_id``."""
+    if action.kind not in (WITHDRAW, ROLLBACK):
+        return Acted(action)
+    client = client or MlflowClient()
+    name, version = result.model_name, result.version
+    current = registry.get_production(name, client)
+    if current is None or str(current.version) != version:
+        where = f"v{current.version}" if current is not None else "none"
+        return Acted(
+            action,
+            message=f"{action.kind}: nothing to do, v{version} is not production (production: {where})",
+        )
+    degraded = _degraded_line(result, action)
+    try:
+        if action.kind == WITHDRAW:
+            reason = f"monitor run {run_id} withdrew {degraded}"
+            move = registry.withdraw(name, reason, run_id=run_id, client=client, expect_current=version)
+            message = f"withdrew production v{version}: the bot finds no production model and stays flat"
+        else:
+            target, notes, _ = choose_rollback(result, candles, config, client)
+            if target is None:
+                looked = "; ".join(notes) or "no earlier production version on record"
+                return Acted(
+                    action,
+                    refused=True,
+                    message=f"rollback: no earlier version qualifies ({looked}); production stays v{version}",
+                )
+            reason = f"monitor run {run_id} rolled back to v{target} ({notes[-1]}) from {degraded}"
+            skipped = [n for n in notes[:-1]]
+            if skipped:
+                reason = f"{reason}; {'; '.join(skipped)}"
+            move = registry.rollback(
+                name, target, reason, run_id=run_id, client=client, expect_current=version
+            )
+            message = f"rolled production back v{version} -> v{target}: " + "; ".join(notes)
+    except registry.RegistryError as exc:
+        return Acted(action, refused=True, message=f"{action.kind} not done: {tracking.one_line(exc)}")
+    client.log_dict(run_id, asdict(move), "audit.json")
+    client.set_tag(
+        run_id, "monitor_action", f"{move.action} v{move.from_version} -> v{move.to_version or '-'}"
+    )
+    return Acted(action, moved=True, message=message, move=move)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -565,6 +757,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=tracking.parse_int, default=42)
     parser.add_argument("--fee-bps", type=float, default=10.0, help="backtest fee per unit traded, bps")
     parser.add_argument("--slippage-bps", type=float, default=5.0, help="backtest slippage per unit, bps")
+    parser.add_argument(
+        "--on-degraded",
+        choices=ON_DEGRADED,
+        default=ALERT,
+        help="when the live numbers are degraded and the version is production: alert only (default), "
+        "withdraw production (the bot stays flat), or roll back to the newest earlier production version "
+        "that passed its gate and is not degraded on the same rows",
+    )
     return parser
 
 
@@ -588,15 +788,27 @@ def _main(args: argparse.Namespace) -> int:
         )
         tracking.check_reachable()
         client = MlflowClient()
-        version = resolve_version(args.model_uri, client)
+        # Alias moves made in the UI or with the plain MLflow client: recorded first (models.registry).
+        if (uri := _URI.match(args.model_uri.strip())) and (found := registry.record_unrecorded(uri["name"])):
+            print(f"warning: {found}", file=sys.stderr)
+        try:
+            version = resolve_version(args.model_uri, client)
+        except NoProduction as exc:  # already withdrawn: nothing to monitor, nothing to do
+            print(f"no production model: {exc}; nothing to monitor (exit {EXIT_NO_PRODUCTION})")
+            return EXIT_NO_PRODUCTION
         # First: a version whose files are missing or corrupt fails here in one line, before any download.
         model = load_model(f"models:/{version.name}/{version.version}")
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
+        candles, info, resampled = match_bar(candles, info, model_bar(model), args.timeframe)
+        if resampled:  # finer candles and no --timeframe: aggregated to the model's bars
+            print(resampled)
         train_candles, _ = training_candles(version)
         result = monitor(model, version, candles, train_candles, config)
         params = {k: v for k, v in vars(args).items()} | {"model_version": version.version}
         run_id = log_run(result, params, candles, info.source, info.sha256)
         tag_version(result, run_id, client)
+        action = action_for(result.live, result.promised["holdout_macro_f1"], config, args.on_degraded)
+        acted = act(action, result, run_id, candles, config, client)
     except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable) as exc:
         print(f"error: {tracking.one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
@@ -605,9 +817,12 @@ def _main(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     for line in summary_lines(result):
         print(line)
-    print(f"monitor run {run_id}; exit code {result.exit_code}")
-    send_alert(result, run_id)
-    return result.exit_code
+    code = EXIT_NOT_ACTED if acted.refused else result.exit_code
+    if acted.message:
+        print(acted.message)
+    print(f"monitor run {run_id}; exit code {code}")
+    send_alert(result, run_id, acted.message or None)
+    return code
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pandas as pd
 from evaluation.backtest import BacktestConfig, backtest, compute_metrics
 from evaluation.evaluate import MIN_SCORED_ROWS
 from evaluation.metrics import classification_metrics
-from evaluation.monitor import MonitorConfig, degraded_reasons, live_numbers
+from evaluation.monitor import WITHDRAW, MonitorConfig, action_for, live_numbers
 from evaluation.plots import _pyplot, _save, drawdown
 from features.candles import fmt_td
 from models.policy import ACTION_CODES, DecisionPolicy
@@ -190,21 +190,17 @@ def flat_trade(like: WindowTrade) -> WindowTrade:
     return WindowTrade(zero, zero, compute_metrics(zero.to_numpy(), zero.to_numpy(), 1.0), None)
 
 
-def degraded_window(
-    trade: WindowTrade,
-    window: Window,
-    bar: pd.Timedelta,
-    horizon: int,
-    promised_f1: float | None,
-    config: MonitorConfig,
-) -> list[str] | None:
-    """The monitor's degraded rule (:func:`evaluation.monitor.degraded_reasons`) on a window a model
-    traded, using only what was known at the window's end: rows whose label matured by then (the candle
-    ``horizon`` bars later had closed) and periods whose exit price had been seen. None: too few such rows
-    to judge (fewer than the monitor's minimum); an empty list: not degraded."""
+def window_live(
+    trade: WindowTrade, window: Window, bar: pd.Timedelta, horizon: int, config: MonitorConfig
+) -> dict:
+    """The monitor's live numbers (:func:`evaluation.monitor.live_numbers`, with ``enough`` and
+    ``rows_scored`` as :func:`evaluation.monitor.live_performance` gives them) of a window a model traded,
+    using only what was known at the window's end: rows whose label matured by then (the candle ``horizon``
+    bars later had closed) and periods whose exit price had been seen."""
     known = (trade.rows + (horizon + 1) * bar <= window.end) & np.isfinite(trade.labels)
-    if known.sum() < MIN_SCORED_ROWS:
-        return None
+    n = int(known.sum())
+    if n < MIN_SCORED_ROWS:
+        return {"enough": False, "rows_scored": n}
     returns = trade.returns.loc[trade.returns.index + bar <= window.end].to_numpy(dtype=float)
     live = live_numbers(
         trade.labels[known].astype(np.int64),
@@ -214,7 +210,22 @@ def degraded_window(
         pd.Timedelta(days=365.25) / bar,
         config,
     )
-    return degraded_reasons(live, promised_f1, config)
+    return {"enough": True, "rows_scored": n, **live}
+
+
+def degraded_window(
+    trade: WindowTrade,
+    window: Window,
+    bar: pd.Timedelta,
+    horizon: int,
+    promised_f1: float | None,
+    config: MonitorConfig,
+) -> list[str] | None:
+    """Why ``monitor --on-degraded withdraw`` would withdraw the model that traded this window, judging
+    what was known at its end (:func:`window_live`, :func:`evaluation.monitor.action_for`): None when too
+    few rows could be judged, an empty list when it would not."""
+    action = action_for(window_live(trade, window, bar, horizon, config), promised_f1, config, WITHDRAW)
+    return list(action.reasons) if action.judged else None
 
 
 def stitch(trades: list[dict[str, WindowTrade]], candles: pd.DataFrame, bar: pd.Timedelta, cost: float):

@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,9 @@ __all__ = [
     "infer_bar",
     "load_builtin",
     "load_candles",
+    "match_bar",
     "normalize_candles",
+    "resample_to",
 ]
 
 BUILTIN_PATH = Path(__file__).resolve().parent / "builtin" / "btc_usd_30m.csv.gz"
@@ -323,3 +325,60 @@ def load_candles(
         days=days,
     )
     return frame, info
+
+
+def resample_to(frame: pd.DataFrame, info: DataInfo, bar: pd.Timedelta) -> tuple[pd.DataFrame, DataInfo]:
+    """Candles loaded by :func:`load_candles` aggregated to ``bar`` (a model's own bar size), exactly as
+    ``load_candles(..., timeframe=<bar>)`` would have returned them. Unchanged when they already are
+    ``bar`` bars; a :class:`DataError` when they are coarser (candles can only be aggregated) or when
+    ``bar`` is not a whole multiple of their bar size."""
+    bar = pd.Timedelta(bar)
+    if bar == info.bar:
+        return frame, info
+    if bar < info.bar:
+        raise DataError(
+            f"these candles are {fmt_td(info.bar)} bars, coarser than the {fmt_td(bar)} bars the model was "
+            f"trained on; candles can only be aggregated, not split. Give {fmt_td(bar)} candles, or finer "
+            f"ones whose size divides {fmt_td(bar)}."
+        )
+    if bar % info.bar != pd.Timedelta(0):
+        raise DataError(
+            f"these candles are {fmt_td(info.bar)} bars; the model was trained on {fmt_td(bar)} bars, not a "
+            f"whole multiple of {fmt_td(info.bar)}, so they cannot be aggregated to it. Give {fmt_td(bar)} "
+            f"candles, or finer ones whose size divides {fmt_td(bar)}."
+        )
+    alias = parse_timeframe(fmt_td(bar))[0]
+    out = resample(frame, bar, info.bar)
+    if len(out) < 2:
+        raise DataError(
+            f"Resampling the {fmt_td(info.bar)} candles to the model's {fmt_td(bar)} bars leaves {len(out)} "
+            "complete candle(s); at least 2 are needed. Give more data (larger days)."
+        )
+    gaps, largest = count_gaps(out.index, bar)
+    return out, replace(
+        info,
+        rows=len(out),
+        start=out.index[0],
+        end=out.index[-1],
+        bar=bar,
+        gaps=gaps,
+        largest_gap=largest,
+        timeframe=alias,
+    )
+
+
+def match_bar(
+    frame: pd.DataFrame, info: DataInfo, bar: pd.Timedelta | None, timeframe: str | None = None
+) -> tuple[pd.DataFrame, DataInfo, str | None]:
+    """Candles for a model trained on ``bar`` bars: with no ``timeframe`` asked for, finer candles are
+    aggregated to ``bar`` (:func:`resample_to`) and the third value says so in one line (else None).
+    An explicit ``timeframe``, or a model that does not record its bar (``bar`` None), leaves the candles
+    as they are: the model then refuses candles of another bar size itself."""
+    if timeframe or bar is None or pd.Timedelta(bar) == info.bar:
+        return frame, info, None
+    out, new = resample_to(frame, info, bar)
+    note = (
+        f"resampled the candles from {fmt_td(info.bar)} to {fmt_td(new.bar)} bars, the model's bar size "
+        f"({info.rows:,} -> {new.rows:,} candles)"
+    )
+    return out, new, note

@@ -28,6 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from models import tracking
 from models.registry import (
     OUTSIDE,
+    WITHDRAW,
     AliasMove,
     RegistryError,
     full_history,
@@ -47,6 +48,8 @@ def move_run_name(move: AliasMove) -> str:
     ``rollback v5 -> v4``."""
     if move.action == "rollback":
         return f"rollback v{move.from_version} -> v{move.to_version}"
+    if move.action == WITHDRAW:
+        return f"withdraw v{move.from_version} from production"
     return f"{move.action} v{move.to_version} -> production"
 
 
@@ -129,7 +132,9 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     prod = info["production"]
-    if prod is None:
+    if prod is None and "withdrawn" in info:
+        print(f"{args.model_name}: no production version: {info['withdrawn']['message']}")
+    elif prod is None:
         print(f"{args.model_name}: no production version")
     else:
         print(

@@ -38,6 +38,35 @@ class ModelUnavailable(RuntimeError):
     """A model that cannot be loaded; the message names it, says what is wrong and what to do."""
 
 
+class ProductionWithdrawn(ModelUnavailable):
+    """``production`` was withdrawn on purpose (``monitor --on-degraded withdraw``): there is no model to
+    trade with, and a bot should stay flat until a version is promoted. ``move`` is the recorded
+    withdrawal (:class:`models.registry.AliasMove`)."""
+
+    def __init__(self, message: str, move=None):
+        super().__init__(message)
+        self.move = move
+
+
+def _withdrawn(name: str, alias: str) -> ProductionWithdrawn | None:
+    """The error for an alias that is missing because production was withdrawn, else None."""
+    from models import registry  # registry imports this module: import it only when needed
+
+    if alias != registry.PRODUCTION:
+        return None
+    try:
+        move = registry.withdrawal(name)
+    except Exception:  # noqa: BLE001 - only for the message: the caller's "does not exist" still holds
+        return None
+    if move is None:
+        return None
+    return ProductionWithdrawn(
+        f"{registry.describe_withdrawal(name, move)}. No production model: stay flat until a version is "
+        f"promoted (python -m models.lifecycle promote --model-name {name} --version N --reason ...).",
+        move,
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return redact(re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text))[:300]
@@ -70,6 +99,9 @@ def _registered(model_uri: str):
         version = client.get_model_version_by_alias(match["name"], match["alias"])
     except MlflowException as exc:
         if str(getattr(exc, "error_code", "")) in _NOT_FOUND or "not found" in str(exc).lower():
+            withdrawn = None if match["version"] else _withdrawn(match["name"], match["alias"])
+            if withdrawn is not None:
+                raise withdrawn from None
             raise ModelUnavailable(f"{what} does not exist in the registry: {_first_line(exc)}") from exc
         raise  # the registry itself failed: the caller reports the store, not the model
     return f"version {version.version} of '{match['name']}' (@{match['alias']})", version

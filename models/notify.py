@@ -32,7 +32,8 @@ USER_AGENT = "crypto-signals-notify/1.0 (+python-urllib)"
 MAX_CHARS = 2000  # Discord's limit for ``content``; Slack's ``text`` allows more.
 BACKOFF_S = (0.5, 1.0)  # sleeps between the at most 3 attempts
 KNOWN_EVENTS = frozenset(
-    {"gate_passed", "gate_failed", "promotion", "rollback", "monitor_degraded", "monitor_drifted"}
+    {"gate_passed", "gate_failed", "promotion", "rollback", "withdrawal", "monitor_degraded"}
+    | {"monitor_drifted"}
     # train.retrain, the weekly job: one summary per run (the pipeline announces gate and promotion)
     | {"retrain_done", "retrain_skipped", "retrain_busy", "retrain_failed"}
 )  # used by callers

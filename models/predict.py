@@ -5,8 +5,9 @@
 
 Loads the model from the registry (default: the ``production`` alias), feeds it the candles and writes
 one row per candle (CSV, or Parquet when the output ends in .parquet). Nothing is logged or registered.
-Errors (bad candles, an unknown model, model files missing or corrupt, an unreachable store) exit 1 with
-one ``error: ...`` line on stderr; the model is loaded first (:func:`models.loading.load_model`).
+Errors (bad candles, an unknown model, model files missing or corrupt, a ``production`` alias the
+monitor withdrew, an unreachable store) exit 1 with one ``error: ...`` line on stderr (a withdrawal: when,
+by whom and which run, and why); the model is loaded first (:func:`models.loading.load_model`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from features.data import SNAPSHOT_PREFIXES, DataError, load_candles
+from features.data import SNAPSHOT_PREFIXES, DataError, load_candles, match_bar
 from models import tracking
 from models.loading import ModelUnavailable, load_model
-from models.pyfunc import FUTURE, as_model_input
+from models.pyfunc import FUTURE, as_model_input, model_bar
 
 # Model URIs resolved through the tracking server / model registry (a local path or s3:// is not).
 TRACKED_URIS = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
     parser.add_argument("--data", default="builtin", help="'builtin' or a CSV/Parquet candle file")
-    parser.add_argument("--timeframe", default="", help="resample first (must match the model's bars)")
+    parser.add_argument(
+        "--timeframe", default="", help="resample first (default: to the model's own bar size)"
+    )
     parser.add_argument("--days", type=tracking.parse_int, default=0, help="only the last N days (0 = all)")
     parser.add_argument("--output", default="signals.csv", help="output file (.csv or .parquet)")
     args = parser.parse_args(argv)
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             tracking.check_reachable()
         model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
         candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
+        candles, info, resampled = match_bar(candles, info, model_bar(model), args.timeframe)
+        if resampled:  # finer candles and no --timeframe: aggregated to the model's bars
+            print(resampled)
         signals = model.predict(as_model_input(candles))
     except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,7 +36,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from features.candles import OHLCV, DataError, check_bar_sizes, infer_bar, normalize_candles, segment_ids
+from features.candles import (
+    OHLCV,
+    DataError,
+    check_bar_sizes,
+    fmt_td,
+    infer_bar,
+    normalize_candles,
+    segment_ids,
+)
 from features.context import check_context, compute_model_features, feature_names, min_history_bars
 from features.labels import CLASS_NAMES
 from features.pair import PAIR_INPUT_COLUMNS, pair_input
@@ -82,10 +90,22 @@ class InvalidCandles(MlflowException, ValueError):
         # `mlflow models serve` rewrites the message of an MlflowException raised by predict as
         # "Failed to predict data '<the whole input, ~1,400 characters>'. \nError: <message>": a client
         # would read a data dump before the reason. Keep the reason alone, which names the rows.
+        # Only public names: `message` is MlflowException's public attribute, `_message` is ours. MLflow has
+        # no public way to keep its scoring server from rewriting it (guard: tests/test_public_apis.py).
         current = getattr(self, "_message", None)
         if current is not None and str(value).endswith(current):
             return
         self._message = str(value)
+
+
+def model_bar(model) -> pd.Timedelta | None:
+    """The bar size a loaded model (an MLflow pyfunc of this project) was trained on, from its metadata;
+    None when it does not record one."""
+    meta = getattr(getattr(model, "metadata", None), "metadata", None) or {}
+    try:
+        return pd.Timedelta(meta["bar"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def as_model_input(candles: pd.DataFrame) -> pd.DataFrame:
@@ -211,8 +231,8 @@ class SignalModel(PythonModel):
             bar = infer_bar(candles.index)
             if bar != self.bar:
                 raise ValueError(
-                    f"these candles are {bar} bars but the model was trained on {self.bar} bars; "
-                    f"resample the candles to {self.bar} before calling predict"
+                    f"these candles are {fmt_td(bar)} bars but the model was trained on {fmt_td(self.bar)} "
+                    f"bars; resample the candles to {fmt_td(self.bar)} before calling predict"
                 )
             check_bar_sizes(candles.index, bar)
         # After a gap the indicators start again (features.candles.segments): those rows are not ready.

@@ -42,11 +42,18 @@ from models.loading import ModelUnavailable, verify_loads
 from models.tracking import HOST_TAG, PID_TAG, RetryingClient, owner_alive, owner_tags
 
 PRODUCTION = "production"
+# The newest version that passed its gate but was not promoted (production moved while it was being
+# compared, the lock stayed busy): compare it with the new production, or promote it by hand. Only ever
+# moved forward (to a higher version); cleared when that version becomes production. Not audited.
+CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 LOCK_SUFFIX = ".production-lock"
 # Tags of a lock (a registered model, see registry_lock).
 OWNER_TAG, ACQUIRED_TAG, TOKEN_TAG, HEARTBEAT_TAG = "owner", "acquired_at", "lock_token", "heartbeat"
 PROMOTIONS = ("promote", "force_promote")
+# ``production`` removed on purpose (``monitor --on-degraded withdraw``): the bot finds no model and stays
+# flat until a version is promoted. Recorded like every move, ``to_version`` "" (no version holds it).
+WITHDRAW = "withdraw"
 OUTSIDE = "outside"  # a move found in the registry that this tool did not make (see unrecorded_moves)
 # The move in progress, written before the alias moves and deleted once the move is recorded: a process
 # killed in between leaves it behind, and the next command completes or discards it (recover).
@@ -67,8 +74,9 @@ class AliasMove:
     """One move of the ``production`` alias."""
 
     seq: int
-    # "promote" (the version passed its gate), "force_promote", "rollback", or "outside" (found made
-    # outside this tool; to_version "" when the alias was deleted)
+    # "promote" (the version passed its gate), "force_promote", "rollback", "withdraw" (the alias was
+    # removed; to_version ""), or "outside" (found made outside this tool; to_version "" when the alias
+    # was deleted)
     action: str
     from_version: str | None
     to_version: str
@@ -136,9 +144,37 @@ def get_version(name: str, version: str, client: MlflowClient | None = None) -> 
         raise RegistryError(f"model '{name}' has no version {version} (versions: {listed})") from exc
 
 
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The LoggedModel a registered version was made from (MLflow 3: its source is ``models:/<model_id>``;
+    a SQL registry may leave ``version.model_id`` empty, so the source is read when it is)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = str(version.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def register_candidate(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     """A new version of ``name`` from ``model_uri``, created with its tags in one call."""
     return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+
+def mark_challenger(name: str, version: str, reason: str, client: MlflowClient | None = None) -> bool:
+    """Point ``challenger`` at ``version`` (passed its gate, not promoted: ``reason``) unless it already
+    points at a newer version (pipelines that finish out of order never move it back). The version gets
+    the tag ``not_promoted`` (the reason). Returns whether the alias now points at ``version``."""
+    client = RetryingClient(client or MlflowClient())
+    version = str(version)
+    client.set_model_version_tag(name, version, "not_promoted", reason[:MAX_REASON])
+    try:
+        held = str(client.get_model_version_by_alias(name, CHALLENGER).version)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        held = None
+    if held is not None and int(held) > int(version):
+        return False
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return True
 
 
 def _model_tags(name: str, client: MlflowClient) -> dict[str, str]:
@@ -162,9 +198,13 @@ def history(name: str, client: MlflowClient | None = None) -> list[AliasMove]:
 
 def holders(moves: list[AliasMove]) -> list[str]:
     """The stack of production versions the history implies: promotions push, a rollback pops back to
-    its target. ``holders[-2]`` is where the next rollback goes."""
+    its target, a withdrawal drops the withdrawn version (it is not known-good any more). ``holders[-2]``
+    is where the next rollback goes."""
     stack: list[str] = []
     for move in moves:
+        if move.action == WITHDRAW:
+            stack = [v for v in stack if v != move.from_version]
+            continue
         if not move.to_version:  # the alias was deleted outside this tool
             continue
         if move.action == "rollback" and move.to_version in stack:
@@ -408,7 +448,9 @@ def unrecorded_moves(
     expected = expected or None
     out: list[AliasMove] = []
     pending = _pending(tags)
-    if pending is not None and pending.seq > seq and current == pending.to_version != expected:
+    # (a pending withdrawal's to_version is "": it completed when the alias is gone)
+    completed = pending is not None and (current or "") == pending.to_version and current != expected
+    if pending is not None and pending.seq > seq and completed:
         seq += 1
         out.append(
             replace(
@@ -447,7 +489,17 @@ def full_history(name: str, client: MlflowClient | None = None) -> tuple[list[Al
 
 
 def _stamp(client: MlflowClient, name: str, move: AliasMove) -> None:
-    """The tags of the version that received the alias."""
+    """The tags of the version that received the alias (of a withdrawal: of the version that lost it)."""
+    if move.action == WITHDRAW:
+        withdrawn = {
+            "withdrawn_at": move.at,
+            "withdrawn_by": move.by,
+            "withdrawal_reason": move.reason,
+            "withdrawn_by_run": move.run_id,
+        }
+        for key, value in withdrawn.items():
+            client.set_model_version_tag(name, move.from_version, key, value)
+        return
     stamp = {
         "promoted_at": move.at,
         "promoted_by": move.by,
@@ -550,17 +602,28 @@ def _move(
             raise
         _stamp(client, name, move)
         client.delete_registered_model_tag(name, PENDING_TAG)
+        _retire_challenger(client, name, version)
     _notify(name, move)
     return move
+
+
+def _retire_challenger(client: MlflowClient, name: str, version: str) -> None:
+    """A challenger that became production is no longer one (the move is done: never fails it)."""
+    try:
+        if str(client.get_model_version_by_alias(name, CHALLENGER).version) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            _log.warning("%s v%s is production but still @%s: %s", name, version, CHALLENGER, exc)
 
 
 def _notify(name: str, move: AliasMove) -> None:
     from models.notify import notify
 
-    event = "rollback" if move.action == "rollback" else "promotion"
+    event = {"rollback": "rollback", WITHDRAW: "withdrawal"}.get(move.action, "promotion")
     notify(
         event,
-        f"{name}: production v{move.from_version or '-'} -> v{move.to_version} ({move.action})",
+        f"{name}: production v{move.from_version or '-'} -> v{move.to_version or '-'} ({move.action})",
         {"reason": move.reason, "by": move.by, "run_id": move.run_id},
     )
 
@@ -616,9 +679,11 @@ def rollback(
     run_id: str | None = None,
     client: MlflowClient | None = None,
     lock_timeout: float = 60.0,
+    expect_current: str | None | object = _ANY,
 ) -> AliasMove:
     """Move ``production`` back to the version that held it before the current one (or to ``version``,
-    which must have been production before or have passed its gate)."""
+    which must have been production before or have passed its gate). With ``expect_current`` the move is
+    refused if production is no longer that version (the monitor rolls back only what it judged)."""
     client = client or MlflowClient()
     if version is not None:
         version = str(version)
@@ -627,6 +692,11 @@ def rollback(
     def choose(current: str | None, moves: list[AliasMove]) -> tuple[str, str]:
         if current is None:
             raise RegistryError(f"'{name}' has no production version; there is nothing to roll back")
+        if expect_current is not _ANY and current != expect_current:
+            raise RegistryError(
+                f"production of '{name}' moved to v{current} after v{expect_current or '-'} was judged; "
+                "nothing changed"
+            )
         if version is None:
             # The version production held before the current one: moves made outside this tool count
             # (recover has recorded them), so after a hand move this goes back to where it was moved from.
@@ -648,6 +718,80 @@ def rollback(
         return version, "rollback"
 
     return _move(name, choose, reason or "rollback", run_id, client, lock_timeout)
+
+
+def withdraw(
+    name: str,
+    reason: str,
+    run_id: str | None = None,
+    client: MlflowClient | None = None,
+    lock_timeout: float = 60.0,
+    expect_current: str | None | object = _ANY,
+) -> AliasMove:
+    """Remove ``production``: a bot loading ``models:/<name>@production`` is told it was withdrawn
+    (:func:`models.loading.load_model`) and stays flat until a version is promoted. The same lock, record
+    (action ``withdraw``, ``to_version`` "") and notification as every move; the withdrawn version gets
+    ``withdrawn_at`` / ``withdrawn_by`` / ``withdrawal_reason`` / ``withdrawn_by_run`` tags. Refused
+    (RegistryError, nothing changed) when there is no production version, or, with ``expect_current``,
+    when production is no longer that version."""
+    client = client or MlflowClient()
+    with production_lock(name, client, timeout=lock_timeout):
+        client = RetryingClient(client)
+        recover(name, client)
+        current = get_production(name, client)
+        current_version = str(current.version) if current else None
+        if current_version is None:
+            raise RegistryError(f"'{name}' has no production version; there is nothing to withdraw")
+        if expect_current is not _ANY and current_version != expect_current:
+            raise RegistryError(
+                f"production of '{name}' moved to v{current_version} after v{expect_current or '-'} was "
+                "judged; nothing changed"
+            )
+        moves = history(name, client)
+        move = AliasMove(
+            seq=(moves[-1].seq if moves else 0) + 1,
+            action=WITHDRAW,
+            from_version=current_version,
+            to_version="",
+            at=_now(),
+            by=_who(),
+            reason=(reason or "withdrawn")[:MAX_REASON],
+            run_id=run_id or "",
+        )
+        client.set_registered_model_tag(name, PENDING_TAG, move.to_json())
+        try:
+            client.delete_registered_model_alias(name, PRODUCTION)
+            _record(client, name, move)
+        except Exception:
+            client.set_registered_model_alias(name, PRODUCTION, current_version)  # as the history says
+            client.delete_registered_model_tag(name, PENDING_TAG)
+            raise
+        _stamp(client, name, move)
+        client.delete_registered_model_tag(name, PENDING_TAG)
+    _notify(name, move)
+    return move
+
+
+def withdrawal(name: str, client: MlflowClient | None = None) -> AliasMove | None:
+    """The recorded withdrawal that left ``name`` without a production version, or None (production
+    exists, was never set, or was last removed some other way)."""
+    client = client or MlflowClient()
+    try:
+        moves = history(name, client)
+    except RegistryError:  # no such registered model
+        return None
+    if not moves or moves[-1].action != WITHDRAW or get_production(name, client) is not None:
+        return None
+    return moves[-1]
+
+
+def describe_withdrawal(name: str, move: AliasMove) -> str:
+    """One line: when, by whom and what, and why production was withdrawn."""
+    by = f"{move.by}" + (f", run {move.run_id}" if move.run_id else "")
+    return (
+        f"'{name}'@{PRODUCTION} was withdrawn on {move.at} (v{move.from_version} removed by {by}; "
+        f"move #{move.seq}): {move.reason}"
+    )
 
 
 def status(name: str, client: MlflowClient | None = None) -> dict:
@@ -677,13 +821,15 @@ def status(name: str, client: MlflowClient | None = None) -> dict:
             "promotion_reason": tags.get("promotion_reason"),
             "run_id": current.run_id,
         }
+    if current is None and not missing and moves and moves[-1].action == WITHDRAW:
+        out["withdrawn"] = asdict(moves[-1]) | {"message": describe_withdrawal(name, moves[-1])}
     if missing:
         out["warning"] = unrecorded_warning(missing)
     return out
 
 
-def unrecorded_warning(missing: list[AliasMove]) -> str:
-    """One line on the moves :func:`unrecorded_moves` found."""
+def unrecorded_warning(missing: list[AliasMove], recorded: bool = False) -> str:
+    """One line on the moves :func:`unrecorded_moves` found (``recorded``: and :func:`recover` recorded)."""
     parts = []
     for m in missing:
         where = f"v{m.from_version or '-'} -> v{m.to_version or '-'}"
@@ -693,4 +839,26 @@ def unrecorded_warning(missing: list[AliasMove]) -> str:
             parts.append(f"production was moved outside this tool ({where})")
         else:
             parts.append(f"a {m.action} {where} at {m.at} was not recorded (its process died)")
+    if recorded:
+        seqs = f"#{missing[0].seq}" + (f"..#{missing[-1].seq}" if len(missing) > 1 else "")
+        return "; ".join(parts) + f"; recorded in the history as move {seqs}"
     return "; ".join(parts) + "; the next promote or rollback records it"
+
+
+def record_unrecorded(name: str, client: MlflowClient | None = None, lock_timeout: float = 10.0) -> str:
+    """For commands that read production without moving it (``monitor``): record the moves nobody
+    recorded (a move made in the UI or with the plain MLflow client, or one whose process died) under the
+    alias lock, as a promote would. Returns one line on what was found, "" when nothing was; the lock
+    only when something was found. A busy lock or a store error records nothing (the line says the next
+    promote or rollback will): the caller's own work never fails on it."""
+    client = RetryingClient(client or MlflowClient())
+    missing: list[AliasMove] = []
+    try:
+        missing = unrecorded_moves(name, client)
+        if not missing:
+            return ""
+        with production_lock(name, client, timeout=lock_timeout):
+            recorded = recover(name, client)
+    except (RegistryError, MlflowException):  # no such model, the lock stayed busy, the store failed
+        return unrecorded_warning(missing) if missing else ""
+    return unrecorded_warning(recorded, recorded=True) if recorded else ""

@@ -34,6 +34,7 @@ __all__ = [
     "TrackingUnavailable",
     "check_reachable",
     "error_message",
+    "experiment_in_use",
     "log_dataset",
     "log_metrics",
     "log_params_once",
@@ -290,6 +291,20 @@ def use_experiment() -> None:
         mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
 
 
+def experiment_in_use() -> str:
+    """The experiment ``mlflow.start_run()`` would log to, from public MLflow state only: the one
+    ``mlflow.set_experiment`` chose (MLflow writes its id to MLFLOW_EXPERIMENT_ID) or MLFLOW_EXPERIMENT_ID,
+    else MLFLOW_EXPERIMENT_NAME's (created if missing, as MLflow does), else MLflow's Default ("0")."""
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_id:
+        return experiment_id
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        experiment = mlflow.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment else mlflow.create_experiment(name)
+    return "0"
+
+
 class CandleSource(DatasetSource):
     """Where candles came from when MLflow has no source type for it: ``exchange:<ex>:<symbol>:<tf>``
     (fetched through ccxt) or a logged snapshot (``runs:/<run_id>/data/candles.parquet``, or its
@@ -299,7 +314,7 @@ class CandleSource(DatasetSource):
         self.uri = uri
 
     @staticmethod
-    def _get_source_type() -> str:
+    def _get_source_type() -> str:  # private-api: abstract in MLflow's DatasetSource
         return "candles"
 
     def load(self) -> pd.DataFrame:
@@ -308,13 +323,13 @@ class CandleSource(DatasetSource):
         return load_candles(self.uri)[0]
 
     @staticmethod
-    def _can_resolve(raw_source) -> bool:
+    def _can_resolve(raw_source) -> bool:  # private-api: abstract in MLflow's DatasetSource
         from features.data import URI_PREFIXES
 
         return isinstance(raw_source, str) and raw_source.startswith(URI_PREFIXES)
 
     @classmethod
-    def _resolve(cls, raw_source) -> CandleSource:
+    def _resolve(cls, raw_source) -> CandleSource:  # private-api: abstract in MLflow's DatasetSource
         return cls(raw_source)
 
     def to_dict(self) -> dict:

@@ -205,7 +205,7 @@ def test_every_timestamp_form_gives_the_same_signals_over_http(trained, server):
         (lambda f: f.assign(timestamp=["yesterday"] * len(f)), f"{N_REQUEST} unparseable timestamp(s)"),
         (lambda f: f.assign(timestamp=[1.5] * len(f)), f"{N_REQUEST} numeric timestamp(s)"),
         (lambda f: f.drop(columns="volume"), "Missing column(s): volume"),
-        (lambda f: f.iloc[::2], "these candles are 0 days 01:00:00 bars"),
+        (lambda f: f.iloc[::2], "these candles are 1h bars but the model was trained on 30min bars"),
     ],
     ids=["unparseable", "not-epoch", "missing", "bar-size"],
 )

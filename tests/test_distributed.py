@@ -106,6 +106,11 @@ def test_killed_worker_loses_at_most_the_trial_in_flight(pg_storage, candles_csv
     # the trial that was running when the worker died is marked failed, not left running
     assert not [t for t in after if t.state == optuna.trial.TrialState.RUNNING]
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in after) == len(before) - done_before
+    # ... and run again with its parameters (Optuna's RetryHeartbeatStaleTrialCallback), counted once
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    reruns = [t for t in after if retried(t) is not None]
+    assert [(retried(t), t.params) for t in reruns] == [(t.number, t.params) for t in before[done_before:]]
+    assert all(t.state in FINISHED for t in reruns)
 
 
 def test_pipeline_uses_the_study_the_workers_filled(pg_storage, candles_csv, tmp_path, monkeypatch):

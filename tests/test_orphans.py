@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import make_flow_signal_candles, write_csv
 from train import tracking
-from train.tune import OWNER, make_storage
+from train.tune import OWNER, fail_stale_trials, make_storage, record_owner
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -112,13 +112,16 @@ def test_trial_of_a_dead_process_fails_within_the_grace_period(tmp_path):
     storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=30)
     study = optuna.create_study(study_name="s", storage=storage)
     killed, live = study.ask(), study.ask()
+    for trial in (killed, live):
+        record_owner(storage, study, trial)  # what run_study's objective does first
     assert storage.get_trial(live._trial_id).system_attrs[OWNER] == tracking.owner_tags()
     storage.set_trial_system_attr(killed._trial_id, OWNER, {**tracking.owner_tags(), "pid": str(_dead_pid())})
-    optuna.storages.fail_stale_trials(study)
+    assert fail_stale_trials(study, storage) == [killed.number]
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states == {
         killed.number: optuna.trial.TrialState.FAIL,
         live.number: optuna.trial.TrialState.RUNNING,
+        max(states): optuna.trial.TrialState.WAITING,  # queued again by Optuna's retry callback
     }
 
 

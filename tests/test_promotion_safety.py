@@ -223,6 +223,35 @@ def test_a_deleted_alias_is_understood(store, capsys):
     ]
 
 
+def test_the_monitor_records_a_move_made_with_the_plain_client_before_anything_else(store, capsys):
+    """Someone moves production with the plain MLflow client (as the UI does): status warns, and the next
+    monitor records it as an outside move first, whatever the monitor then finds (this constant model
+    cannot be monitored: it exits 1, the record stays)."""
+    from evaluation.monitor import main as monitor
+    from tests.helpers import make_candles, write_csv
+
+    v1, v2 = _version("ps-m"), _version("ps-m")
+    promote("ps-m", v1, "first")
+    MlflowClient().set_registered_model_alias("ps-m", PRODUCTION, v2)  # what the UI's alias editor calls
+    assert f"moved outside this tool (v{v1} -> v{v2})" in registry.status("ps-m")["warning"]
+    assert history("ps-m")[-1].to_version == v1  # status only reads
+    capsys.readouterr()
+    data = write_csv(make_candles(300, seed=1), store / "candles.csv")
+    assert monitor(["--model-uri", "models:/ps-m@production", "--data", data]) == 1
+    err = capsys.readouterr().err
+    assert f"moved outside this tool (v{v1} -> v{v2}); recorded in the history as move #2" in err
+    assert [(m.action, m.from_version, m.to_version) for m in history("ps-m")] == [
+        ("promote", None, v1),
+        ("outside", v1, v2),
+    ]
+    assert history("ps-m")[-1].by == "unknown" and "found on" in history("ps-m")[-1].note
+    assert registry.status("ps-m")["unrecorded"] == []
+    assert not MlflowClient().search_registered_models(f"name = 'ps-m{registry.LOCK_SUFFIX}'")  # released
+    # a second monitor finds nothing more to record
+    monitor(["--model-uri", "models:/ps-m@production", "--data", data])
+    assert "outside this tool" not in capsys.readouterr().err and len(history("ps-m")) == 2
+
+
 def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, capsys, monkeypatch):
     """The gate passes, but a live process holds the promotion lock: the version is registered, production
     does not move, and the last line, the summary and the exit code say so."""

@@ -100,7 +100,7 @@ def test_too_few_candles_are_marked_not_guessed(served):
 def test_wrong_bar_size_is_refused(served):
     model, candles, _ = served
     hourly = candles.iloc[::2]
-    with pytest.raises(InvalidCandles, match="trained on 0 days 00:30:00 bars"):
+    with pytest.raises(InvalidCandles, match="trained on 30min bars"):
         model.predict(None, _bot_frame(hourly))
 
 

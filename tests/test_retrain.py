@@ -74,7 +74,8 @@ def test_options_are_the_pipeline_options_plus_three_and_the_mlproject_entry_pas
 
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["retrain"]
     pipeline_options = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    assert set(entry["parameters"]) == pipeline_options | {"min_new_candles", "lock_timeout", "refresh"}
+    own = {"min_new_candles", "lock_timeout", "refresh", "on_degraded"}
+    assert set(entry["parameters"]) == pipeline_options | own
     assert entry["command"].startswith("python -m train.retrain")
     for param in entry["parameters"]:  # MLflow substitutes these; each must reach its CLI option
         assert f"--{param.replace('_', '-')} {{{param}}}" in entry["command"]

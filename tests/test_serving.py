@@ -199,7 +199,7 @@ def test_wrong_bar_size_is_refused_with_the_reason(served):
     error = response.json()
     assert error["error_code"] == "INVALID_PARAMETER_VALUE"
     # the model's own reason reaches the client (models.pyfunc.InvalidCandles is an MlflowException)
-    assert "trained on 0 days 00:30:00 bars" in error["message"]
+    assert "trained on 30min bars" in error["message"]
 
 
 def test_malformed_json_is_refused(served):

@@ -56,7 +56,15 @@ from models.notify import notify
 from models.policy import ACTION_CODES, DecisionPolicy, policy_grid
 from models.pyfunc import SignalModel, as_model_input, input_schema
 from models.redaction import install, redact, redact_obj
-from models.registry import PRODUCTION, RegistryError, get_production, promote, register_candidate
+from models.registry import (
+    CHALLENGER,
+    PRODUCTION,
+    RegistryError,
+    get_production,
+    mark_challenger,
+    promote,
+    register_candidate,
+)
 from train import tracking
 from train.config import PipelineConfig, build_parser, configure_logging, parse_args
 from train.prepare import Prepared, prepare
@@ -831,6 +839,30 @@ def serving_model(cfg: PipelineConfig, data: Prepared, fitted: Fitted) -> Signal
     )
 
 
+def model_metrics(ev: Evaluation) -> dict[str, float]:
+    """The holdout numbers versions are compared by, as the ensemble run logged them (same names): macro-F1,
+    the policy's after-cost return, Sharpe ratio, deflated Sharpe ratio and drawdown, and the gate's
+    decision (1 passed, 0 failed)."""
+    bt = ev.backtest.metrics
+    return {
+        "holdout_macro_f1": ev.results["ensemble"]["macro_f1"],
+        "backtest_total_return": bt["total_return"],
+        "backtest_sharpe": bt["sharpe"],
+        "backtest_dsr": ev.deflated_sharpe["dsr"],
+        "backtest_max_drawdown": bt["max_drawdown"],
+        "gate_passed": float(ev.gate.passed),
+    }
+
+
+def log_model_metrics(model_id: str, ev: Evaluation) -> None:
+    """:func:`model_metrics` on the LoggedModel itself, linked to the holdout dataset the ensemble run
+    logged, so the Models page and ``mlflow.search_logged_models`` rank versions without reading tags."""
+    run_id = mlflow.active_run().info.run_id
+    inputs = MlflowClient().get_run(run_id).inputs
+    holdout = next((i.dataset for i in inputs.dataset_inputs if i.dataset.name == "holdout"), None)
+    mlflow.log_metrics(model_metrics(ev), model_id=model_id, dataset=holdout, run_id=run_id)
+
+
 def register(
     cfg: PipelineConfig,
     data: Prepared,
@@ -839,9 +871,10 @@ def register(
     pipeline_run_id: str,
     data_digest: str,
 ) -> tuple[str, bool, str | None]:
-    """Log the served model, register it as a new version with its gate tags, promote if it passed.
-    Returns the version, whether it was promoted, and why not when it passed the gate but was not (the
-    promotion lock stayed busy, production moved meanwhile, the version does not load)."""
+    """Log the served model (its holdout numbers as LoggedModel metrics), register it as a new version
+    with its gate tags, promote if it passed. Returns the version, whether it was promoted, and why not
+    when it passed the gate but was not (the promotion lock stayed busy, production moved meanwhile, the
+    version does not load); such a version, if it loads, gets the ``challenger`` alias."""
     info = data.info
     signal_model = serving_model(cfg, data, fitted)
     example = as_model_input(data.candles.iloc[-(signal_model.min_history + 5) :])
@@ -860,6 +893,7 @@ def register(
             pip_requirements=[f"{d}=={dist_version(d)}" for d in MODEL_REQUIREMENTS],
             metadata={"min_history_bars": signal_model.min_history} | signal_model.metadata,
         )
+    log_model_metrics(logged.model_id, ev)
     gate = ev.gate
     tags = {
         "gate": gate.result,
@@ -915,6 +949,15 @@ def register(
     except RegistryError as exc:  # production moved meanwhile, the lock stayed busy, it does not load
         log.warning("not promoted: %s", exc)
         mlflow.set_tag("promotion_refused", redact(str(exc))[:500])
+        # A version that loads stays at hand as @challenger (one that does not load is no challenger).
+        try:
+            if not isinstance(exc.__cause__, ModelUnavailable) and mark_challenger(
+                cfg.model_name, version, redact(str(exc))
+            ):
+                mlflow.set_tag(CHALLENGER, version)
+                log.info(f"challenger {cfg.model_name}@{CHALLENGER} -> v{version} (passed, not promoted)")
+        except MlflowException as alias_exc:  # the version is registered; the alias is a convenience
+            log.warning("could not set @%s: %s", CHALLENGER, redact(str(alias_exc)))
         return version, False, redact(str(exc))
     return version, True, None
 

@@ -1,7 +1,7 @@
 """The weekly job in one command: refresh the candles, skip or train, notify; one retrain per model at a time.
 
 ``python -m train.retrain`` (or ``mlflow run . -e retrain``) takes every pipeline option plus
-``--min-new-candles``, ``--lock-timeout`` and ``--refresh``, and:
+``--min-new-candles``, ``--lock-timeout``, ``--refresh`` and ``--on-degraded``, and:
 
 1. takes the retrain lock of the model name, ``<model_name>.retrain-lock`` in the model registry (the
    tracking server, so it holds across machines): a second retrain waits up to ``--lock-timeout`` seconds,
@@ -12,6 +12,11 @@
    run read (its ``data_end`` tag). Fewer than ``--min-new-candles``: ``skipped: ...``, exit 0. The
    default ``auto`` asks for half a week of bars (84 hours), so that a weekly timer that fires a little
    early still trains while a source that did not grow (a fixed file, a stalled cache) skips;
+   Before deciding, the production version is monitored on those candles (``python -m
+   evaluation.monitor --on-degraded ...``, the same command and decision): with ``withdraw`` or
+   ``rollback`` a degraded production is withdrawn or rolled back first, and the decision is then taken
+   against what production is after that (a withdrawn one: train). A monitor that cannot judge (too few
+   new candles, no training snapshot ...) is logged and the retrain goes on;
 4. otherwise runs the pipeline (gate and promotion as usual) and posts a one-line summary.
 
 Every retrain is one MLflow run: the pipeline run, tagged ``retrain=true`` with the decision
@@ -74,6 +79,7 @@ class RetrainOptions:
     min_new_candles: int | None = None  # None: auto (half a week of bars)
     lock_timeout: float = 0.0
     refresh: bool = True
+    on_degraded: str = "alert"  # what the monitor run first does about a degraded production
 
 
 def _min_new(text: str) -> int | None:
@@ -133,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="update the exchange cache before deciding (exchange: data only); false = count on the cache "
         "as it is (default: true)",
     )
+    parser.add_argument(
+        "--on-degraded",
+        dest="on_degraded",
+        choices=("alert", "withdraw", "rollback"),
+        default="alert",
+        help="the production version is monitored first (python -m evaluation.monitor); when its live "
+        "numbers are degraded: alert only, withdraw production, or roll back (default: alert)",
+    )
     return parser
 
 
@@ -144,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[PipelineConfig, RetrainOp
         min_new_candles=args.pop("min_new_candles"),
         lock_timeout=args.pop("lock_timeout"),
         refresh=args.pop("refresh"),
+        on_degraded=args.pop("on_degraded"),
     )
     return PipelineConfig(**args), opts, level
 
@@ -307,13 +322,42 @@ def decide(cfg: PipelineConfig, opts: RetrainOptions, client: MlflowClient) -> D
     return replace(base, train=True, new_candles=new, reason=f"{span}, {where}; {needed:,} needed")
 
 
+# --------------------------------------------------------------------------------- the monitor first
+
+MONITOR_OUTCOMES = {0: "ok", 1: "not judged", 3: "degraded", 4: "drifted", 5: "no production", 6: "not acted"}
+
+
+def monitor_production(cfg: PipelineConfig, opts: RetrainOptions) -> int:
+    """Run ``python -m evaluation.monitor`` on ``models:/<name>@production`` with the retrain's candles
+    (an exchange source: its refreshed cache) and ``--on-degraded``; its own top-level run, even under
+    `mlflow run` (whose run is the pipeline's). Returns the monitor's exit code, never raises."""
+    from evaluation import monitor
+
+    data = cfg.data
+    if data.startswith(EXCHANGE_PREFIX):
+        data = str(cache_file(parse_spec(data)))
+    argv = ["--model-uri", f"models:/{cfg.model_name}@production", "--data", data]
+    argv += ["--timeframe", cfg.timeframe, "--days", str(int(cfg.days or 0)), "--seed", str(cfg.seed)]
+    argv += ["--fee-bps", str(cfg.fee_bps), "--slippage-bps", str(cfg.slippage_bps)]
+    argv += ["--on-degraded", opts.on_degraded]
+    launcher_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        code = monitor.main(argv)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the retrain goes on without a verdict
+        log.warning("monitor   failed: %s", _error_text(exc) if isinstance(exc, Exception) else exc)
+        code = monitor.EXIT_ERROR
+    finally:
+        if launcher_run is not None:
+            os.environ["MLFLOW_RUN_ID"] = launcher_run
+    log.info("monitor   production: %s (exit %s)", MONITOR_OUTCOMES.get(code, "?"), code)
+    return code
+
+
 # --------------------------------------------------------------------------------- records and runs
 
 
 def _experiment_id() -> str:
-    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice, as train.tracking
-
-    return _get_experiment_id()
+    return tracking.experiment_in_use()  # set_experiment's choice, as train.tracking
 
 
 def record(outcome: str, cfg: PipelineConfig, tags: dict, note: str, failed: bool = False) -> str | None:
@@ -465,7 +509,16 @@ def retrain(
             if hold.waited >= 1:
                 log.info("lock      waited %.0fs for another retrain of '%s'", hold.waited, name)
             decision = decide(cfg, opts, client)
+            monitored = None
+            if decision.production:
+                monitored = monitor_production(cfg, opts)
+                now = get_production(name, client)
+                if (str(now.version) if now else None) != decision.production:  # withdrawn or rolled back
+                    again = decide(cfg, replace(opts, refresh=False), client)
+                    decision = replace(again, refreshed=decision.refreshed)
             tags = _tags(decision, hold, opts)
+            if monitored is not None:
+                tags["retrain_monitor"] = f"{MONITOR_OUTCOMES.get(monitored, '?')} (exit {monitored})"
             if not decision.train:
                 message = f"skipped: {decision.reason}"
                 log.info("%s", message)

@@ -32,6 +32,7 @@ from models.tracking import (
     CandleSource,
     TrackingUnavailable,
     check_reachable,
+    experiment_in_use,
     log_dataset,
     log_metrics,
     log_params_once,
@@ -53,6 +54,7 @@ __all__ = [
     "check_reachable",
     "close_orphaned_runs",
     "environment",
+    "experiment_in_use",
     "git_commit",
     "holdout_looks",
     "log_candles_snapshot",
@@ -182,12 +184,30 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _active_run_ids() -> set[str]:
-    """Runs open in this process, in any thread (what the heartbeat refreshes)."""
-    from mlflow.tracking import fluent  # MLflow's own per-thread run stacks (pinned version)
+# The experiments this process started runs in (the heartbeat looks for its open runs there).
+_experiments: set[str] = set()
 
-    stacks = fluent._active_run_stack.get_all_thread_values().values()
-    return {run.info.run_id for stack in stacks for run in list(stack)}
+
+def _quoted(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def _own_open_runs() -> list:
+    """RUNNING runs that carry this process's owner tags, in the experiments it started runs in (what the
+    heartbeat refreshes). MLflow has no public list of the runs open in other threads
+    (``mlflow.active_run()`` sees the calling thread's only), so the store is asked."""
+    me = owner_tags()
+    where = " and ".join(
+        ["attributes.status = 'RUNNING'"] + [f"tags.{k} = {_quoted(v)}" for k, v in me.items()]
+    )
+    experiments = set(_experiments)
+    try:
+        experiments.add(_experiment_in_use())
+    except Exception as exc:  # an experiment that cannot be resolved now: the recorded ones still count
+        _log.debug("heartbeat: no experiment in use (%s)", exc)
+    if not experiments:
+        return []
+    return MlflowClient().search_runs(sorted(experiments), where, max_results=1000)
 
 
 try:  # the class MLflow's run-context plugins derive from
@@ -203,6 +223,10 @@ class _OwnerContext(RunContextProvider):
         return True
 
     def tags(self) -> dict[str, str]:
+        try:  # the experiment the run being started goes to, for the heartbeat to find it
+            _experiments.add(_experiment_in_use())
+        except Exception as exc:  # the run's own creation reports a store or experiment problem
+            _log.debug("run context: no experiment in use (%s)", exc)
         return owner_tags() | {HEARTBEAT_TAG: _now()}
 
 
@@ -215,10 +239,10 @@ def _beat() -> None:
         wake.wait(_heartbeat["interval"])  # woken early when track_liveness changes the interval
         wake.clear()
         try:
-            run_ids = _active_run_ids()
-        except Exception as exc:  # MLflow moved its internals: no heartbeat, runs are judged by pid
-            _log.warning("heartbeat stopped: %s", exc)
-            return
+            run_ids = [run.info.run_id for run in _own_open_runs()]
+        except Exception as exc:  # a store briefly unreachable: the next beat tries again
+            _log.debug("heartbeat: cannot list this process's runs: %s", exc)
+            continue
         for run_id in run_ids:
             try:
                 MlflowClient().set_tag(run_id, HEARTBEAT_TAG, _now())
@@ -232,14 +256,19 @@ def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
     pipeline can tell whether its process is alive (:func:`close_orphaned_runs`). Under `mlflow run` the
     launcher created the pipeline run: it is tagged here. Calling it again only changes the interval."""
     from mlflow.entities import RunTag
-    from mlflow.tracking.context.registry import _run_context_provider_registry as registry
+    from mlflow.tracking.context.registry import (
+        _run_context_provider_registry as registry,  # private-api: providers register only by entry point
+    )
 
-    # MLflow registers context providers from entry points only; this project is not an installed package.
+    # MLflow's only public way to add a run-context provider is an entry point of an installed package;
+    # this project is not installed, so the provider goes into MLflow's registry object.
     if not any(isinstance(p, _OwnerContext) for p in registry):
         registry.register(_OwnerContext)
     if os.environ.get("MLFLOW_RUN_ID"):
         tags = owner_tags() | {HEARTBEAT_TAG: _now()}
-        MlflowClient().log_batch(os.environ["MLFLOW_RUN_ID"], tags=[RunTag(k, v) for k, v in tags.items()])
+        run_id = os.environ["MLFLOW_RUN_ID"]
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        _experiments.add(MlflowClient().get_run(run_id).info.experiment_id)
     _heartbeat["interval"] = interval
     thread = _heartbeat["thread"]
     if thread is None or not thread.is_alive():
@@ -253,9 +282,7 @@ def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
 def _experiment_in_use() -> str:
     if os.environ.get("MLFLOW_RUN_ID"):
         return MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
-    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice, else the env's
-
-    return _get_experiment_id()
+    return experiment_in_use()  # set_experiment's choice, else the env's
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -300,10 +327,10 @@ def close_orphaned_runs(
 
     client = MlflowClient()
     experiment_id = experiment_id or _experiment_in_use()
-    try:
-        skip = _active_run_ids() | {os.environ.get("MLFLOW_RUN_ID")}
-    except AttributeError:  # MLflow moved its internals; runs open here are judged alive anyway (own pid)
-        skip = {os.environ.get("MLFLOW_RUN_ID")}
+    # Runs open in this process carry its owner tags (track_liveness) and are judged alive by them; the
+    # launcher's run and this thread's run are skipped even without them.
+    active = mlflow.active_run()
+    skip = {os.environ.get("MLFLOW_RUN_ID"), active.info.run_id if active else None}
     me = owner_tags()
     now = datetime.now(UTC).timestamp()
     closed, token = [], None

@@ -15,7 +15,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -380,30 +380,8 @@ def storage_url(url: str) -> str:
 
 
 class HeartbeatStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, also failing trials whose worker is known dead before the grace period.
-
-    Optuna only fails a RUNNING trial whose last heartbeat is older than the grace period. Two more
-    kinds of RUNNING trial are stale here:
-
-    * a trial whose process ran on this machine and is gone: each new trial records its process
-      (system attribute ``owner``: host, pid and the process's start time, so a reused pid is not
-      mistaken for it). A pipeline killed and rerun at once fails its killed trial at once, instead of
-      leaving it RUNNING for the grace period, or for good if the rerun finds the study full;
-    * a trial with no heartbeat at all (its worker was killed between creating it and the heartbeat
-      thread's first beat, while the sampler drew its parameters) once it started longer than the grace
-      period ago: a live worker has beaten by then. The start time is the creating worker's clock (in
-      UTC), as Optuna writes it.
-    """
-
-    def _create_new_trial(self, study_id: int, template_trial=None):
-        from train.tracking import owner_tags
-
-        trial = super()._create_new_trial(study_id, template_trial)
-        if trial.state == optuna.trial.TrialState.RUNNING:
-            owner = owner_tags()
-            self.set_trial_system_attr(trial._trial_id, OWNER, owner)
-            trial.system_attrs = {**trial.system_attrs, OWNER: owner}
-        return trial
+    """Optuna's RDB storage with its public heartbeat; a heartbeat lost to a dropped connection is logged
+    in one line instead of ending Optuna's heartbeat thread."""
 
     def record_heartbeat(self, trial_id: int) -> None:
         # Optuna's heartbeat thread ends at its first error, printing a traceback. A beat lost to a
@@ -420,37 +398,72 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
                 self.heartbeat_interval,
             )
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        import json
 
-        from optuna.storages._rdb import models  # Optuna's own table models (pinned version)
-        from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy import orm
+# A trial failed as stale (its worker died) is run again once with the same parameters, as a new trial
+# (Optuna's RetryHeartbeatStaleTrialCallback): the sampler's proposal is not lost with the worker. The
+# retry counts towards n_trials like any trial; a second death of the same parameters is not retried.
+MAX_RETRY = 1
 
-        from train.tracking import owner_alive
 
-        stale = super()._get_stale_trial_ids(study_id)
-        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
-        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace)  # stored as naive UTC
-        with _create_scoped_session(self.scoped_session, True) as session:
-            running = (
-                session.query(models.TrialModel)
-                .options(
-                    orm.selectinload(models.TrialModel.heartbeats),
-                    orm.selectinload(models.TrialModel.system_attributes),
-                )
-                .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
-                .filter(models.TrialModel.study_id == study_id)
-                .all()
-            )
-            for t in running:
-                if t.trial_id in stale:
-                    continue
-                owner = next((json.loads(a.value_json) for a in t.system_attributes if a.key == OWNER), {})
-                never_beaten = not t.heartbeats and t._datetime_start_utc < cutoff
-                if never_beaten or owner_alive(owner) is False:
-                    stale.append(t.trial_id)
-        return stale
+def record_owner(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record which process runs ``trial`` (system attribute :data:`OWNER`: host, pid and the process's
+    start time, so a reused pid is not mistaken for it): :func:`fail_stale_trials` fails the trial at once
+    when that process is gone. Called first thing in every trial, when Optuna's heartbeat also starts."""
+    from train.tracking import owner_tags
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.set_trial_system_attr(trial_id, OWNER, owner_tags())
+
+
+def _owner(trial: optuna.trial.FrozenTrial) -> dict:
+    return trial.system_attrs.get(OWNER) or {}
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Fail the RUNNING trials of ``study`` whose worker is dead, and hand each to the storage's stale-trial
+    callback (the retry of :func:`make_storage`); returns their numbers.
+
+    Optuna's own :func:`optuna.storages.fail_stale_trials` (run first) fails a trial whose last heartbeat
+    is older than the grace period. Two more kinds of RUNNING trial are stale here:
+
+    * a trial whose process ran on this machine and is gone (its :data:`OWNER`, :func:`record_owner`): a
+      pipeline killed and rerun at once fails its killed trial at once, instead of leaving it RUNNING for
+      the grace period, or for good if the rerun finds the study full (Optuna fails stale trials only
+      before starting one);
+    * a trial with no owner that started longer than the grace period ago: its worker was killed after
+      creating it and before running it (while the sampler drew its parameters); Optuna never fails it, as
+      it has no heartbeat. The start time is the creating worker's clock, as Optuna writes it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    from train.tracking import owner_alive
+
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if interval is None:  # no heartbeat: no grace period to judge by (an in-memory study)
+        return []
+    grace = storage.grace_period if storage.grace_period is not None else 2 * interval
+    # Optuna stores start times in UTC and reads them back in this machine's local time, as now() is.
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = _owner(trial)
+        never_ran = not owner and trial.datetime_start is not None and trial.datetime_start < cutoff
+        if not never_ran and owner_alive(owner) is not False:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed (or finished) it first
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:  # only the trials this call failed: a retry is never enqueued twice
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+    return [storage.get_trial(t).number for t in failed]
 
 
 def make_storage(
@@ -473,6 +486,9 @@ def make_storage(
                     engine_kwargs=options or None,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period or 4 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY
+                    ),
                 )
                 storage.shown_url = url  # what run_study names in its errors (redacted there)
                 return storage
@@ -637,7 +653,7 @@ def run_study(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([metric])
-            optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study, storage)
         _fail_own_running_trials(study)
         if warm_start and not study.trials:
             for params in warm_start[:n_trials]:
@@ -673,6 +689,14 @@ def run_study(
             side_column=side_column,
         )
         progress = TrialProgress(name, n_trials, timeout, objective)
+
+        def owned_score(trial: optuna.Trial) -> float:
+            record_owner(storage, study, trial)  # a worker that dies from here on is known dead at once
+            return score(trial)
+
+        def fail_dead_workers_trials(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            fail_stale_trials(study, storage)  # between trials, as Optuna fails heartbeat-stale ones
+
         failures, lost_since = 0, 0.0
         while remaining > 0:
             left = None if deadline is None else deadline - time.monotonic()
@@ -680,12 +704,16 @@ def run_study(
                 break
             try:
                 study.optimize(
-                    score,
+                    owned_score,
                     n_trials=remaining,
                     timeout=left,
                     catch=(),
                     # other workers' trials count too: stop once the study as a whole is full
-                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), progress],
+                    callbacks=[
+                        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                        progress,
+                        fail_dead_workers_trials,
+                    ],
                 )
                 break
             except Exception as exc:

@@ -14,7 +14,8 @@ then in production) on the candles that closed by the cut, and nothing later. Th
   (``evaluation.monitor``: live macro-F1 clearly below what the model was promoted with, or an
   after-cost loss beyond luck) is applied to what the production model did in it, on the rows whose
   outcome was known by then; a degraded model is withdrawn and the bot is flat until a candidate passes
-  (the weekly job acting on the monitor's verdict);
+  (the decision is :func:`evaluation.monitor.action_for`, the one ``monitor --on-degraded withdraw``
+  and ``retrain --on-degraded withdraw`` act on);
 - ``always_promote``: this window's candidate, gate or no gate;
 - ``never_retrain``: the first window's candidate, forever;
 - ``buy_and_hold``: long over the same periods.
@@ -45,20 +46,20 @@ import optuna
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from evaluation.monitor import MonitorConfig
+from evaluation.monitor import WITHDRAW, MonitorConfig, action_for
 from evaluation.walkforward import (
     STRATEGIES,
     STRATEGY_NAMES,
     LeakError,
     Window,
     check_known,
-    degraded_window,
     flat_trade,
     plot_walkforward,
     schedule,
     stitch,
     trade_window,
     training_candles,
+    window_live,
 )
 from features.candles import count_gaps, fmt_td
 from features.data import DataError, candles_sha256, load_candles
@@ -243,25 +244,21 @@ def run_window(
         if traders[track] is None:  # nothing in production: the bot stays out
             trades[track] = flat_trade(trades["always_promote"])
 
-    # The monitor, at the end of the window, on what it could know by then: a production model whose
+    # The monitor, at the end of the window, on what it could know by then, deciding as
+    # `monitor --on-degraded withdraw` does (evaluation.monitor.action_for): a production model whose
     # live numbers are degraded is withdrawn (flat) until a candidate passes the gate.
     after = dict(now)
     monitor_note = ""
     deployed = now["gated_monitored"]
     if deployed is not None:
-        reasons = degraded_window(
-            trades["gated_monitored"],
-            window,
-            info.bar,
-            cfg.horizon,
-            deployed.promised_f1,
-            MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps),
-        )
-        if reasons is None:
+        config = MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+        live = window_live(trades["gated_monitored"], window, info.bar, cfg.horizon, config)
+        action = action_for(live, deployed.promised_f1, config, WITHDRAW)
+        if not action.judged:
             monitor_note = "not judged (too few matured rows)"
-        elif reasons:
+        elif action.kind == WITHDRAW:
             after["gated_monitored"] = None
-            monitor_note = f"withdrew {deployed.label}: " + "; ".join(reasons)
+            monitor_note = f"withdrew {deployed.label}: " + "; ".join(action.reasons)
         else:
             monitor_note = "ok"
 

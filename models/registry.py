@@ -692,11 +692,7 @@ def rollback(
     def choose(current: str | None, moves: list[AliasMove]) -> tuple[str, str]:
         if current is None:
             raise RegistryError(f"'{name}' has no production version; there is nothing to roll back")
-        if expect_current is not _ANY and current != expect_current:
-            raise RegistryError(
-                f"production of '{name}' moved to v{current} after v{expect_current or '-'} was judged; "
-                "nothing changed"
-            )
+        _check_unmoved(name, current, expect_current)
         if version is None:
             # The version production held before the current one: moves made outside this tool count
             # (recover has recorded them), so after a hand move this goes back to where it was moved from.
@@ -718,6 +714,15 @@ def rollback(
         return version, "rollback"
 
     return _move(name, choose, reason or "rollback", run_id, client, lock_timeout)
+
+
+def _check_unmoved(name: str, current: str | None, expect_current: str | None | object) -> None:
+    """RegistryError (nothing changed) when production is no longer the version a decision judged."""
+    if expect_current is not _ANY and current != expect_current:
+        raise RegistryError(
+            f"production of '{name}' moved to v{current} after v{expect_current or '-'} was judged; "
+            "nothing changed"
+        )
 
 
 def withdraw(
@@ -742,11 +747,7 @@ def withdraw(
         current_version = str(current.version) if current else None
         if current_version is None:
             raise RegistryError(f"'{name}' has no production version; there is nothing to withdraw")
-        if expect_current is not _ANY and current_version != expect_current:
-            raise RegistryError(
-                f"production of '{name}' moved to v{current_version} after v{expect_current or '-'} was "
-                "judged; nothing changed"
-            )
+        _check_unmoved(name, current_version, expect_current)
         moves = history(name, client)
         move = AliasMove(
             seq=(moves[-1].seq if moves else 0) + 1,

@@ -139,7 +139,7 @@ def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
 def test_every_non_path_source_load_candles_accepts_is_logged_as_a_candles_dataset(
     tmp_path, monkeypatch, source
 ):
-    from train.tracking import log_dataset
+    from models.tracking import log_dataset
 
     for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import make_flow_signal_candles, write_csv
-from train import tracking
+from models import tracking
 from train.tune import OWNER, fail_stale_trials, make_storage, record_owner
 
 REPO = Path(__file__).resolve().parents[1]

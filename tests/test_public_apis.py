@@ -184,18 +184,18 @@ def test_source_folders_use_no_private_mlflow_or_optuna_api():
 
 # ------------------------------------------------------- guards: what the allowed uses rely on, by version
 def test_guard_run_context_provider_registry(store):
-    """train.tracking.track_liveness adds its provider to MLflow's run-context registry (MLflow's public
+    """models.tracking.track_liveness adds its provider to MLflow's run-context registry (MLflow's public
     route is an entry point, which needs an installed package): the object must still exist, take a
     provider class, and its providers' tags must still reach every run ``mlflow.start_run`` creates."""
     from mlflow.tracking.context import registry as context_registry
 
-    from train import tracking
+    from models import tracking
 
     registry = getattr(context_registry, "_run_context_provider_registry", None)
     assert registry is not None, "mlflow.tracking.context.registry._run_context_provider_registry is gone"
     assert callable(getattr(registry, "register", None)) and iter(registry) is not None
     tracking.track_liveness()
-    assert any(isinstance(p, tracking._OwnerContext) for p in registry)
+    assert any(isinstance(p, tracking.runs._OwnerContext) for p in registry)
     with mlflow.start_run() as run:
         tags = MlflowClient().get_run(run.info.run_id).data.tags
     assert {k: tags.get(k) for k in ("host", "pid", "pid_start")} == tracking.owner_tags(), (

@@ -26,7 +26,7 @@ from models.registry import HEARTBEAT_TAG, PRODUCTION, LockBusy
 from tests.helpers import make_flow_signal_candles, make_regime_candles, tiny_config, write_csv
 from tests.replay import ReplayServer
 from train import retrain as rt
-from train import tracking
+from models import tracking
 from train.config import PipelineConfig, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ WORKER = textwrap.dedent("""
         return {"model_version": "1", "promoted": False, "production_version": None}
 
     retrain.run_pipeline = slow_pipeline
-    retrain.tracking.check_reachable()  # the store's first look before the start line, not after
+    remodels.tracking.check_reachable()  # the store's first look before the start line, not after
     ready.touch()
     while not go.exists():  # all workers start at once
         time.sleep(0.01)

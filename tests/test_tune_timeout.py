@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 import train.tune
 from tests.helpers import tiny_config
-from train import tracking
+from models import tracking
 from train.split import PurgedWalkForward
 from train.tune import TuningError, describe_trials, run_study, trial_counts
 

@@ -65,7 +65,7 @@ from models.registry import (
     promote,
     register_candidate,
 )
-from train import tracking
+from models import tracking
 from train.config import PipelineConfig, build_parser, configure_logging, parse_args
 from train.prepare import Prepared, prepare
 from train.tune import (

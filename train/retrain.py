@@ -55,7 +55,7 @@ from models.redaction import install, redact, redact_obj
 from models.registry import HEARTBEAT_TAG, LockBusy, LockHold, get_production, registry_lock
 from models.registry import lock_stale as registry_lock_stale
 from models.tracking import env_vars, error_message, one_line, parse_bool, warn_logged_credentials
-from train import tracking
+from models import tracking
 from train.config import PipelineConfig, configure_logging
 from train.config import build_parser as pipeline_parser
 from train.pipeline import print_summary, run_pipeline, terminate_as_interrupt
@@ -357,7 +357,7 @@ def monitor_production(cfg: PipelineConfig, opts: RetrainOptions) -> int:
 
 
 def _experiment_id() -> str:
-    return tracking.experiment_in_use()  # set_experiment's choice, as train.tracking
+    return tracking.experiment_in_use()  # set_experiment's choice, as models.tracking
 
 
 def record(outcome: str, cfg: PipelineConfig, tags: dict, note: str, failed: bool = False) -> str | None:

@@ -40,7 +40,7 @@ OBJECTIVE_LABELS: dict[str, str] = {"macro_f1": "macro-F1", "sharpe": "out-of-fo
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # User attribute of a trial the timeout stopped between two folds (a pruned trial, never the best).
 CUT_BY_TIMEOUT = "cut_by_timeout"
-# System attribute of a trial: the process running it (train.tracking.owner_tags: host, pid, pid_start).
+# System attribute of a trial: the process running it (models.tracking.owner_tags: host, pid, pid_start).
 OWNER = "owner"
 
 
@@ -409,7 +409,7 @@ def record_owner(storage: optuna.storages.BaseStorage, study: optuna.Study, tria
     """Record which process runs ``trial`` (system attribute :data:`OWNER`: host, pid and the process's
     start time, so a reused pid is not mistaken for it): :func:`fail_stale_trials` fails the trial at once
     when that process is gone. Called first thing in every trial, when Optuna's heartbeat also starts."""
-    from train.tracking import owner_tags
+    from models.tracking import owner_tags
 
     study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
@@ -438,7 +438,7 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    from train.tracking import owner_alive
+    from models.tracking import owner_alive
 
     interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
     if interval is None:  # no heartbeat: no grace period to judge by (an in-memory study)
@@ -759,7 +759,7 @@ def run_study(
 def _fail_own_running_trials(study: optuna.Study) -> None:
     """Fail the trials this process left RUNNING (one a dropped connection interrupted): this process
     runs one trial of a study at a time, and none while the study is being opened."""
-    from train.tracking import owner_tags
+    from models.tracking import owner_tags
 
     me = owner_tags()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

@@ -69,7 +69,7 @@ from models.base import default_n_jobs
 from models.pyfunc import SignalModel
 from models.redaction import install, redact, redact_obj
 from models.tracking import parse_bool, parse_int
-from train import tracking
+from models import tracking
 from train.config import PipelineConfig, build_parser, configure_logging
 from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model, study_for
 from train.prepare import prepare_candles, with_pair

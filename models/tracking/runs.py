@@ -1,8 +1,4 @@
-"""The small seam to MLflow tracking used by the pipeline entry point.
-
-The generic helpers (reachability check, experiment choice, dataset and metric logging) live in
-:mod:`models.tracking`, where the ``models`` and ``evaluation`` command-line steps use them without
-importing ``train``; they are re-exported here. This module adds what only the pipeline logs: the code
+"""What the training runs log beyond the generic helpers of :mod:`models.tracking` (this package): the code
 version and environment, the candle snapshot, and the liveness of its runs: who runs them (host, pid),
 a heartbeat, and closing the runs a dead process left RUNNING.
 """
@@ -69,7 +65,7 @@ __all__ = [
     "use_experiment",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str:

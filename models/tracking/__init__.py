@@ -1,5 +1,5 @@
 """MLflow tracking helpers shared by the command-line steps (``models.lifecycle``, ``evaluation.evaluate``)
-and the training pipeline (``train.tracking`` re-exports them).
+and the training pipeline; :mod:`models.tracking.runs` adds what the training runs log.
 
 It imports only the standard library, pandas and mlflow at import time (``features.data`` only inside
 :class:`CandleSource`, when MLflow asks it to load or resolve a source), never ``train``, so the CLIs in
@@ -564,3 +564,21 @@ class RetryingClient:
         if not callable(attr):
             return attr
         return lambda *args, **kwargs: retry_store(attr, *args, **kwargs)
+
+
+# What the training runs log (code version, environment, candle snapshot, liveness, looks): one package,
+# imported last because it uses the helpers above.
+from models.tracking.runs import (  # noqa: E402
+    HOST_TAG,
+    PID_START_TAG,
+    PID_TAG,
+    REPO_ROOT,
+    SNAPSHOT_PATH,
+    close_orphaned_runs,
+    environment,
+    git_commit,
+    holdout_looks,
+    log_candles_snapshot,
+    track_liveness,
+    tuning_notes,
+)

@@ -110,6 +110,8 @@ class BacktestResult:
 
     def traded(self) -> Traded:
         """What the strategy traded, for the gate's nulls (``evaluation.nulls``)."""
+        if self.market_returns is None:
+            raise ValueError("this backtest has no market returns to judge its positions against")
         return Traded(self.position.to_numpy(), self.market_returns.to_numpy(), self.config.cost)
 
 
@@ -127,7 +129,8 @@ def _signal_codes(signals: pd.Series) -> np.ndarray:
     else:
         # Object/string column: map names and integers; a bool hidden in an object column is refused
         # explicitly because True == 1 would silently pass as "hold".
-        mapping: dict[object, int] = {**SIGNAL_CODES, 0: 0, 1: 1, 2: 2}
+        mapping: dict[object, int] = {0: 0, 1: 1, 2: 2}
+        mapping.update((name, code) for name, code in SIGNAL_CODES.items())
         is_bool = signals.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
         mapped = signals.map(lambda v: mapping.get(v, -1) if isinstance(v, str | numbers.Real) else -1)
         values = mapped.to_numpy(dtype=float)
@@ -346,7 +349,7 @@ def _psr(sr: float, benchmark: float, skew: float, kurtosis: float, n_obs: int) 
     return _NORMAL.cdf(z)
 
 
-def _check_trials(n_obs: object, n_trials: object, sr_variance: object) -> None:
+def _check_trials(n_obs: int, n_trials: int, sr_variance: float | None) -> None:
     for name, value in (("T", n_obs), ("n_trials", n_trials)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")

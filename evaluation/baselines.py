@@ -121,10 +121,8 @@ def informed_baselines(
     thr = trailing_threshold(close, horizon, threshold, vol_window).to_numpy()[bars]
     past, thr = np.nan_to_num(past, nan=0.0), np.nan_to_num(thr, nan=np.inf)
     for name, sign in (("momentum", 1), ("reversal", -1)):
-        scale = max(
-            THRESHOLD_SCALES,
-            key=lambda s, sign=sign: macro_f1(y_dev, _momentum_calls(past[dev], thr[dev], s, sign)),
-        )
+        dev_f1 = {s: macro_f1(y_dev, _momentum_calls(past[dev], thr[dev], s, sign)) for s in THRESHOLD_SCALES}
+        scale = max(THRESHOLD_SCALES, key=lambda s: dev_f1[s])
         dev_calls = _momentum_calls(past[dev], thr[dev], scale, sign)
         calls = _momentum_calls(past[evaluate], thr[evaluate], scale, sign)
         out[name] = {

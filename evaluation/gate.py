@@ -204,17 +204,22 @@ def _champion_check(champion: ChampionComparison | None, config: GateConfig) -> 
             f"{config.min_champion_rows}), so it is not compared; rule: the candidate's own out-of-sample "
             f"checks decide. {champion.note}".strip(),
         )
-    f1_ok = champion.candidate_macro_f1 >= champion.champion_macro_f1 - config.champion_tolerance
-    money_ok = champion.candidate_return >= champion.champion_return
+    f1, f1_prod = champion.candidate_macro_f1, champion.champion_macro_f1
+    ret, ret_prod = champion.candidate_return, champion.champion_return
+    if f1 is None or f1_prod is None or ret is None or ret_prod is None:  # comparable ones have all four
+        return GateCheck(
+            name, False, None, None, f"production v{v} has no comparable numbers: {champion.note}"
+        )
+    f1_ok = f1 >= f1_prod - config.champion_tolerance
+    money_ok = ret >= ret_prod
     return GateCheck(
         name,
         bool(f1_ok and money_ok),
-        champion.candidate_macro_f1 - champion.champion_macro_f1,
+        f1 - f1_prod,
         -config.champion_tolerance,
         f"on the {champion.rows} holdout rows after production v{v}'s training window: macro-F1 "
-        f"{champion.candidate_macro_f1:.4f} vs {champion.champion_macro_f1:.4f} (tolerance "
-        f"{config.champion_tolerance:.4f}), after-cost return {champion.candidate_return:+.2%} vs "
-        f"{champion.champion_return:+.2%}; both must be at least production's. {champion.note}".strip(),
+        f"{f1:.4f} vs {f1_prod:.4f} (tolerance {config.champion_tolerance:.4f}), after-cost return "
+        f"{ret:+.2%} vs {ret_prod:+.2%}; both must be at least production's. {champion.note}".strip(),
     )
 
 
@@ -236,7 +241,7 @@ def _classification_checks(
 ) -> tuple[list[GateCheck], str, float, float, int]:
     candidate_f1 = macro_f1(y_true, candidate_pred)
     baseline_f1 = {k: macro_f1(y_true, p) for k, p in baseline_preds.items()}
-    best_name = max(baseline_f1, key=baseline_f1.get)
+    best_name = max(baseline_f1, key=lambda k: baseline_f1[k])
     best_f1 = baseline_f1[best_name]
     margin_blocks = config.min_margin > 0
     # Rows' labels overlap by the horizon, and right calls cluster: resample blocks at least that long.
@@ -435,14 +440,14 @@ def evaluate_gate(
     alpha = config.alpha / looks
     n_boot = resamples_for(alpha, config.n_boot)
     has_backtest = traded is not None and len(traded) >= 3
-    block = block_length(traded) if has_backtest else 1
+    block = block_length(traded) if traded is not None and has_backtest else 1
     checks, best_name, candidate_f1, best_f1, label_block = _classification_checks(
         y_true, candidate_pred, baseline_preds, config, alpha, block, horizon, n_boot, seed
     )
     if (direction := _direction_check(y_true, actions, label_block, n_boot, seed)) is not None:
         checks.append(direction)
     if config.economic:
-        if not has_backtest:
+        if traded is None or not has_backtest:
             checks.append(GateCheck("timing_skill", False, None, alpha, "no holdout backtest"))
             checks.append(GateCheck("beats_flat_after_costs", False, None, alpha, "no holdout backtest"))
         else:

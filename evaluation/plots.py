@@ -11,13 +11,19 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 
 from evaluation.metrics import macro_f1
 from features.labels import CLASS_NAMES
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +184,7 @@ def gain_importance(model, feature_names) -> pd.Series:
             raise ValueError(f"model has {n_model} features, {len(names)} feature names given")
         values = pd.Series(0.0, index=names)
         for key, gain in scores.items():
-            values[_xgb_feature(key, names)] += float(gain)
+            values[_xgb_feature(key, names)] += float(cast(float, gain))  # a scalar per feature here
     elif isinstance(model, RandomForestClassifier):
         raw = np.asarray(model.feature_importances_, dtype=float)
         if len(raw) != len(names):
@@ -311,6 +317,7 @@ def plot_optuna(study, out_dir: str | Path) -> list[Path]:
     if len(complete) < 2:
         log.info("study %s: %d completed trial(s), no optuna plots", study.study_name, len(complete))
         return []
+    from matplotlib.figure import Figure
     from optuna.visualization import matplotlib as ovm
 
     varied = any(
@@ -320,7 +327,7 @@ def plot_optuna(study, out_dir: str | Path) -> list[Path]:
     # The study's metric name says what its values are (train.tune.OBJECTIVES).
     names = study.metric_names or ["cv_macro_f1"]
     metric = "out-of-fold after-cost Sharpe" if names[0] == "cv_sharpe" else "CV macro-F1"
-    jobs = [
+    jobs: list[tuple[str, str, Callable[[optuna.Study], Axes]]] = [
         ("history", f"{model}: optimisation history (objective = {metric})", ovm.plot_optimization_history)
     ]
     if varied:
@@ -342,7 +349,8 @@ def plot_optuna(study, out_dir: str | Path) -> list[Path]:
                 for num in set(plt.get_fignums()) - before:
                     plt.close(num)
                 continue
-            fig = ax.figure
+            fig = ax.get_figure(root=True)
+            assert isinstance(fig, Figure)  # the root figure of optuna's axes
             fig.set_size_inches(7.0, 4.0)
             ax.set_title("", loc="left")  # optuna's own title, replaced by one naming the model
             ax.set_title(title, fontsize=11)

@@ -58,7 +58,7 @@ import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from features.labels import CLASS_NAMES
 from models.redaction import redact_obj
@@ -326,11 +326,11 @@ def dsr_reading(ds: dict) -> str:
     dsr = ds.get("dsr")
     n = ds.get("n_trials")
     trials = f"{fmt(n)} trials" if n is not None else "the number of trials tried"
-    if not _is_number(dsr) or math.isnan(float(dsr)):
+    if not _is_number(dsr) or math.isnan(float(cast(float, dsr))):
         return (
             "The deflated Sharpe ratio could not be computed: the Sharpe ratio has no significance reading."
         )
-    dsr = float(dsr)
+    dsr = float(cast(float, dsr))  # a number (checked above): a float or a numpy scalar
     if dsr < DSR_SIGNIFICANCE:
         return (
             f"Deflated Sharpe ratio {dsr:.2f} &lt; {DSR_SIGNIFICANCE:.2f}: the strategy&rsquo;s Sharpe ratio "

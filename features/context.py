@@ -258,6 +258,7 @@ def compute_model_features(
     """
     if primary_names(primary):
         primary_warmup(primary, horizon)  # a missing horizon fails before any feature is computed
+        assert horizon is not None
         out = compute_model_features(candles, feature_set, context_timeframe, bar, pair)
         return out.assign(**{primary_names(primary)[0]: _side(candles, bar, primary, horizon)})
     index = getattr(candles, "index", None)

@@ -148,6 +148,8 @@ def fit_weights(probas: list[np.ndarray], y: np.ndarray, step: float = 0.05) -> 
         key = (round(f1, 12), -loss)
         if best is None or key > best:
             best, best_w = key, w
+    if best is None or best_w is None:
+        raise ValueError("fit_weights needs the predictions of at least one model")
     return best_w, float(best[0])
 
 
@@ -258,6 +260,7 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
             return as_probabilities(self.voter_.predict_proba(X))
         # The blend of the members' masked probabilities, as the weights were chosen out of fold.
         side = side_of(X, self._side_column)
+        assert side is not None  # a side column was set, and side_of refuses X without it
         members = [mask_to_side(as_probabilities(e.predict_proba(X)), side) for e in self.voter_.estimators_]
         return mask_to_side(np.tensordot(self.weights_, np.stack(members), axes=1), side)
 

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.loading import ModelUnavailable, verify_loads
-from models.tracking import HOST_TAG, PID_TAG, RetryingClient, owner_alive, owner_tags
+from models.tracking import HOST_TAG, PID_TAG, owner_alive, owner_tags, retrying
 
 PRODUCTION = "production"
 # The newest version that passed its gate but was not promoted (production moved while it was being
@@ -162,7 +162,7 @@ def mark_challenger(name: str, version: str, reason: str, client: MlflowClient |
     """Point ``challenger`` at ``version`` (passed its gate, not promoted: ``reason``) unless it already
     points at a newer version (pipelines that finish out of order never move it back). The version gets
     the tag ``not_promoted`` (the reason). Returns whether the alias now points at ``version``."""
-    client = RetryingClient(client or MlflowClient())
+    client = retrying(client)
     version = str(version)
     client.set_model_version_tag(name, version, "not_promoted", reason[:MAX_REASON])
     try:
@@ -193,7 +193,7 @@ def _recorded(tags: dict[str, str]) -> list[AliasMove]:
 
 def history(name: str, client: MlflowClient | None = None) -> list[AliasMove]:
     """Every recorded move of ``production``, oldest first."""
-    return _recorded(_model_tags(name, RetryingClient(client or MlflowClient())))
+    return _recorded(_model_tags(name, retrying(client)))
 
 
 def holders(moves: list[AliasMove]) -> list[str]:
@@ -426,7 +426,7 @@ def unrecorded_moves(
     client: MlflowClient,
     moves: list[AliasMove] | None = None,
     tags: dict[str, str] | None = None,
-    current: str | None | object = None,
+    current: str | None = None,
 ) -> list[AliasMove]:
     """Moves of ``production`` the recorded history lacks, in order, numbered after it:
 
@@ -483,7 +483,7 @@ def unrecorded_moves(
 def full_history(name: str, client: MlflowClient | None = None) -> tuple[list[AliasMove], list[AliasMove]]:
     """The recorded moves of ``production`` and, after them, the ones the registry shows but nobody
     recorded yet (:func:`unrecorded_moves`): together, every move, none skipped."""
-    client = RetryingClient(client or MlflowClient())
+    client = retrying(client)
     moves = history(name, client)
     return moves, unrecorded_moves(name, client, moves)
 
@@ -568,7 +568,7 @@ def _move(
     record the move. A pending record written before the alias moves makes the two one recoverable
     step: a process killed in between leaves it, and the next command completes the record."""
     with production_lock(name, client, timeout=lock_timeout):
-        client = RetryingClient(client)  # a brief store hiccup is retried: every call below is idempotent
+        client = retrying(client)  # a brief store hiccup is retried: every call below is idempotent
         recover(name, client)
         current = get_production(name, client)
         current_version = str(current.version) if current else None
@@ -741,7 +741,7 @@ def withdraw(
     when production is no longer that version."""
     client = client or MlflowClient()
     with production_lock(name, client, timeout=lock_timeout):
-        client = RetryingClient(client)
+        client = retrying(client)
         recover(name, client)
         current = get_production(name, client)
         current_version = str(current.version) if current else None
@@ -799,7 +799,7 @@ def status(name: str, client: MlflowClient | None = None) -> dict:
     """The production version with its gate result and metrics, the ordered history of moves, and the
     moves nobody recorded yet (``unrecorded``, with a ``warning``; the next promote or rollback records
     them)."""
-    client = RetryingClient(client or MlflowClient())
+    client = retrying(client)
     moves, missing = full_history(name, client)
     current = get_production(name, client)
     out: dict = {
@@ -852,7 +852,7 @@ def record_unrecorded(name: str, client: MlflowClient | None = None, lock_timeou
     alias lock, as a promote would. Returns one line on what was found, "" when nothing was; the lock
     only when something was found. A busy lock or a store error records nothing (the line says the next
     promote or rollback will): the caller's own work never fails on it."""
-    client = RetryingClient(client or MlflowClient())
+    client = retrying(client)
     missing: list[AliasMove] = []
     try:
         missing = unrecorded_moves(name, client)

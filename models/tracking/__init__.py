@@ -20,10 +20,12 @@ import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import mlflow
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
 from models import redaction
@@ -198,7 +200,7 @@ def _probe_database(what: str, variable: str, store: str) -> None:
             f"cannot use the MLflow {what} at {shown!r}: the {server} driver {driver!r} (for "
             f"{url.drivername}://) is not installed; {alternative}pip install {package}, or fix {variable}."
         ) from exc
-    host = url.host or "localhost"
+    host: str | None = url.host or "localhost"
     if url.host is None and ("host" in url.query or "unix_socket" in url.query):
         host = None  # a Unix socket: no TCP to probe; the login below still has its timeout
     if host is not None:
@@ -345,9 +347,8 @@ def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> st
     with warnings.catch_warnings():
         # MLflow guesses a source type from the string and warns that a local path fits two of its kinds.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        if CandleSource._can_resolve(source):
-            source = CandleSource(source)
-        dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
+        where: str | DatasetSource = CandleSource(source) if CandleSource._can_resolve(source) else source
+        dataset = from_pandas(frame.reset_index(), source=where, name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
 
@@ -566,12 +567,15 @@ class RetryingClient:
         return lambda *args, **kwargs: retry_store(attr, *args, **kwargs)
 
 
-# What the training runs log (code version, environment, candle snapshot, liveness, looks): one package,
-# imported last because it uses the helpers above.
-from models.tracking.runs import (  # noqa: E402
-    HOST_TAG,
-    PID_START_TAG,
-    PID_TAG,
+def retrying(client: MlflowClient | None = None) -> MlflowClient:
+    """``client`` (a new one if None) with its calls retried on brief store hiccups (:class:`RetryingClient`),
+    typed as the client it stands in for."""
+    return cast(MlflowClient, RetryingClient(client or MlflowClient()))
+
+
+# What the training runs log (code version, environment, candle snapshot, liveness, looks), re-exported so
+# that `from models import tracking` is the one import; last, because it uses the helpers above.
+from models.tracking.runs import (  # noqa: E402, F401
     REPO_ROOT,
     SNAPSHOT_PATH,
     close_orphaned_runs,

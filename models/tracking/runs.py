@@ -19,6 +19,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.abstract_context import RunContextProvider
 
 from models.tracking import (
     DEFAULT_EXPERIMENT,
@@ -91,7 +92,7 @@ def environment() -> dict:
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         dirty = None
-    packages = {}
+    packages: dict[str, str | None] = {}
     for dist in ("mlflow", "optuna", "lightgbm", "xgboost-cpu", "scikit-learn", "pandas", "numpy"):
         try:
             packages[dist] = version(dist)
@@ -121,12 +122,12 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
 
     from features.data import EXCHANGE_PREFIX, candles_sha256
 
-    run = mlflow.active_run()
+    run_id = _active_run_id()
     digest = candles_sha256(candles)
     snapshot = {
         **info.to_dict(),
         "candles_sha256": digest,
-        "uri": f"runs:/{run.info.run_id}/{SNAPSHOT_PATH}",
+        "uri": f"runs:/{run_id}/{SNAPSHOT_PATH}",
     }
     if info.source.startswith(EXCHANGE_PREFIX):
         from features.exchange import parse_spec
@@ -206,12 +207,6 @@ def _own_open_runs() -> list:
     return MlflowClient().search_runs(sorted(experiments), where, max_results=1000)
 
 
-try:  # the class MLflow's run-context plugins derive from
-    from mlflow.tracking.context.abstract_context import RunContextProvider
-except ImportError:  # pragma: no cover - MLflow is pinned
-    RunContextProvider = object
-
-
 class _OwnerContext(RunContextProvider):
     """Adds the owner tags and a first heartbeat to every run ``mlflow.start_run`` creates."""
 
@@ -226,13 +221,21 @@ class _OwnerContext(RunContextProvider):
         return owner_tags() | {HEARTBEAT_TAG: _now()}
 
 
-_heartbeat = {"interval": HEARTBEAT_SECONDS, "thread": None, "wake": threading.Event()}
+class _Heartbeat:
+    """The one heartbeat thread of this process, how often it beats and the event that wakes it."""
+
+    interval: float = HEARTBEAT_SECONDS
+    thread: threading.Thread | None = None
+    wake: threading.Event = threading.Event()
+
+
+_heartbeat = _Heartbeat()
 
 
 def _beat() -> None:
-    wake = _heartbeat["wake"]
+    wake = _heartbeat.wake
     while True:
-        wake.wait(_heartbeat["interval"])  # woken early when track_liveness changes the interval
+        wake.wait(_heartbeat.interval)  # woken early when track_liveness changes the interval
         wake.clear()
         try:
             run_ids = [run.info.run_id for run in _own_open_runs()]
@@ -265,14 +268,14 @@ def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
         run_id = os.environ["MLFLOW_RUN_ID"]
         MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         _experiments.add(MlflowClient().get_run(run_id).info.experiment_id)
-    _heartbeat["interval"] = interval
-    thread = _heartbeat["thread"]
+    _heartbeat.interval = interval
+    thread = _heartbeat.thread
     if thread is None or not thread.is_alive():
-        _heartbeat["wake"] = threading.Event()
-        _heartbeat["thread"] = threading.Thread(target=_beat, name="mlflow-run-heartbeat", daemon=True)
-        _heartbeat["thread"].start()
+        _heartbeat.wake = threading.Event()
+        _heartbeat.thread = threading.Thread(target=_beat, name="mlflow-run-heartbeat", daemon=True)
+        _heartbeat.thread.start()
     else:
-        _heartbeat["wake"].set()  # a running thread may be asleep for the old interval
+        _heartbeat.wake.set()  # a running thread may be asleep for the old interval
 
 
 def _experiment_in_use() -> str:
@@ -391,6 +394,13 @@ def tuning_notes(pipeline_run_id: str) -> dict[str, str]:
 HOLDOUT_TAGS = ("holdout_data", "holdout_start", "holdout_end")
 
 
+def _active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: call this inside mlflow.start_run()")
+    return run.info.run_id
+
+
 def holdout_looks(source: str, bar: pd.Timedelta, start: pd.Timestamp, end: pd.Timestamp) -> int:
     """Tag the active run as a look at this holdout, and count the looks: this run and every earlier run
     (in any experiment of the tracking store) that scored at least half of the same holdout's time span
@@ -398,7 +408,7 @@ def holdout_looks(source: str, bar: pd.Timedelta, start: pd.Timestamp, end: pd.T
     its significance level by this count and the deflated Sharpe ratio counts it as trials."""
     key = hashlib.sha256(f"{source}|{pd.Timedelta(bar).isoformat()}".encode()).hexdigest()[:16]
     start, end = pd.Timestamp(start), pd.Timestamp(end)
-    run_id = mlflow.active_run().info.run_id
+    run_id = _active_run_id()
     mlflow.set_tags(dict(zip(HOLDOUT_TAGS, (key, start.isoformat(), end.isoformat()), strict=True)))
     earlier = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.holdout_data = '{key}'", output_format="list"

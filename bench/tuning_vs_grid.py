@@ -6,11 +6,12 @@ Both search LightGBM over learning_rate, num_leaves, max_depth, n_estimators and
 parameter stays at the same fixed default (``models.base.build_model`` with an empty search: LightGBM's
 own defaults). The grid has 3 x 3 x 3 x 3 x 2 = 162 points inside the ranges of
 ``train.tune.space_lightgbm``; Optuna samples those five parameters over the same ranges (continuous /
-integer), through ``train.tune.run_study`` (so with the pipeline's sampler, pruner and objective that
-reports the running fold mean) on an in-memory storage. Same development rows, the same
-``PurgedWalkForward`` folds (passed as ``cv=`` to GridSearchCV), the same scorer (macro-F1 with labels
-[0, 1, 2], zero_division=0: ``evaluation.metrics.macro_f1``), one fit at a time in both (GridSearchCV
-n_jobs=1) with 2 LightGBM threads per fit in both.
+integer), through the pipeline's stage `tune` (``train.stages.tune.study_for``: the pipeline's sampler,
+pruner and objective that reports the running fold mean, and that also records each completed trial's
+out-of-fold after-cost Sharpe ratios, as every pipeline trial does) on an in-memory storage. Same
+development rows, the same ``PurgedWalkForward`` folds (passed as ``cv=`` to GridSearchCV), the same
+scorer (macro-F1 with labels [0, 1, 2], zero_division=0: ``evaluation.metrics.macro_f1``), one fit at a
+time in both (GridSearchCV n_jobs=1) with 2 LightGBM threads per fit in both.
 
 The grid runs first; Optuna then runs ``--seeds`` times (seeds seed, seed+1, ...), each with the grid's
 wall time as its timeout: one search's time to a noisy maximum is luck as much as method. From each
@@ -67,6 +68,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "tuning_vs_grid.json"))
     args = parser.parse_args()
 
+    import dataclasses
+
     import numpy as np
     import optuna
     from sklearn.metrics import make_scorer
@@ -74,9 +77,9 @@ def main() -> int:
 
     from evaluation.metrics import macro_f1
     from models.base import build_model
-    from train import tune
     from train.config import PipelineConfig
     from train.prepare import prepare
+    from train.stages.tune import study_for
 
     cfg = PipelineConfig(timeframe=args.timeframe, days=args.days, models="lightgbm", seed=args.seed)
     data = prepare(cfg)
@@ -114,23 +117,17 @@ def main() -> int:
         f"{grid_best:.4f} {grid.best_params_}"
     )
 
-    # ---- Optuna (run_study with the five-parameter space), once per seed ----------------------------
-    tune.SPACES["lightgbm"] = space_five
-
+    # ---- Optuna (stage `tune` with the five-parameter space), once per seed --------------------------
     def search(seed: int) -> dict:
-        storage = optuna.storages.InMemoryStorage()
         start_wall = time.time()
-        study = tune.run_study(
+        study = study_for(
+            dataclasses.replace(cfg, seed=seed, n_trials=100_000, timeout=grid_wall),
+            data,
             "lightgbm",
-            X,
-            y,
-            data.cv,
-            n_trials=100_000,
-            timeout=grid_wall,
-            storage=storage,
+            N_JOBS,
+            storage=optuna.storages.InMemoryStorage(),
             study_name=f"bench-tuning-vs-grid-{seed}",
-            seed=seed,
-            n_jobs=N_JOBS,
+            space=space_five,
         )
         optuna_wall = time.time() - start_wall
         trace, best = [], float("-inf")

@@ -18,7 +18,7 @@ Expected ``ctx`` (keys marked optional may be absent or None; their section is t
                                             #    "candidate_macro_f1", "baseline_name", "baseline_macro_f1",
                                             #    "champion_version", "champion_macro_f1", "config"}
         "data": dict,                       # optional: {"source": str, "description": str, ...any scalars}
-        "plan": dict,                       # optional: train.pipeline.describe_plan() output, at least
+        "plan": dict,                       # optional: train.prepare.describe_plan() output, at least
                                             #   {"development": {"rows": int, "time": [start, end]},
                                             #    "holdout": {"rows": int, "time": [start, end]},
                                             #    "folds": [{"fold", "n_train", "n_validation",

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from evaluation.backtest import BacktestConfig, backtest, compute_metrics
-from evaluation.evaluate import MIN_SCORED_ROWS
 from evaluation.metrics import classification_metrics
-from evaluation.monitor import WITHDRAW, MonitorConfig, action_for, live_numbers
+from evaluation.monitoring import WITHDRAW, MonitorConfig, action_for, live_numbers
 from evaluation.plots import _pyplot, _save, drawdown
+from evaluation.scoring import MIN_SCORED_ROWS
 from features.candles import fmt_td
 from models.policy import ACTION_CODES, DecisionPolicy
 from models.pyfunc import as_model_input
@@ -193,10 +193,12 @@ def flat_trade(like: WindowTrade) -> WindowTrade:
 def window_live(
     trade: WindowTrade, window: Window, bar: pd.Timedelta, horizon: int, config: MonitorConfig
 ) -> dict:
-    """The monitor's live numbers (:func:`evaluation.monitor.live_numbers`, with ``enough`` and
-    ``rows_scored`` as :func:`evaluation.monitor.live_performance` gives them) of a window a model traded,
+    """The monitor's live numbers (:func:`evaluation.monitoring.live_numbers`, with ``enough`` and
+    ``rows_scored`` as :func:`evaluation.monitoring.live_performance` gives them) of a window a model traded,
     using only what was known at the window's end: rows whose label matured by then (the candle ``horizon``
     bars later had closed) and periods whose exit price had been seen."""
+    if trade.rows is None or trade.proba is None or trade.labels is None:
+        raise ValueError("window_live needs a model's trade_window: its rows, probabilities and labels")
     known = (trade.rows + (horizon + 1) * bar <= window.end) & np.isfinite(trade.labels)
     n = int(known.sum())
     if n < MIN_SCORED_ROWS:
@@ -222,7 +224,7 @@ def degraded_window(
     config: MonitorConfig,
 ) -> list[str] | None:
     """Why ``monitor --on-degraded withdraw`` would withdraw the model that traded this window, judging
-    what was known at its end (:func:`window_live`, :func:`evaluation.monitor.action_for`): None when too
+    what was known at its end (:func:`window_live`, :func:`evaluation.monitoring.action_for`): None when too
     few rows could be judged, an empty list when it would not."""
     action = action_for(window_live(trade, window, bar, horizon, config), promised_f1, config, WITHDRAW)
     return list(action.reasons) if action.judged else None

@@ -8,8 +8,9 @@ Nothing here ever fills, interpolates or re-sorts data: bad input raises :class:
 that names the problem, shows a few offending rows and says how to fix it.
 
 The base module of ``features``: it imports only numpy and pandas. The loaders (:mod:`features.data`),
-the exchange fetcher (:mod:`features.exchange`) and the context features (:mod:`features.context`) build on
-it; :mod:`features.data` imports :mod:`features.exchange`, never the reverse, and re-exports the names
+the exchange fetcher (:mod:`features.exchange_candles`) and the context features
+(:mod:`features.context`) build on it; :mod:`features.data` imports :mod:`features.exchange_candles`,
+never the reverse, and re-exports the names
 here that most callers use (``DataError``, ``OHLCV``, ``normalize_candles``, ``infer_bar``, ``count_gaps``).
 """
 

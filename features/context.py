@@ -309,7 +309,8 @@ def feature_function(
     primary: str = "none",
     horizon: int | None = None,
 ) -> Callable[[pd.DataFrame, str], pd.DataFrame]:
-    """``compute(candles, feature_set)`` with the context fixed, as ``evaluation.lookahead.analyse`` takes it.
+    """``compute(candles, feature_set)`` with the context fixed, as
+    ``evaluation.lookahead_analysis.analyse`` takes it.
 
     ``bar`` is fixed too, so a truncated history of one candle (where no bar can be inferred) works.
     With ``pair`` the candles carry the second instrument's ``pair_*`` columns, truncated with them.

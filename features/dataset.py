@@ -129,33 +129,92 @@ def build_dataset(
     )
     bar = infer_bar(candles.index) if len(candles) >= 2 else None
     parts = segments(candles.index, bar) if bar is not None else [slice(0, len(candles))]
-    # No label window spans a gap: each gap-free stretch is labelled on its own.
-    labelled = [
-        labels_and_ends(candles["close"].iloc[p], horizon, threshold, vol_window, label) for p in parts
-    ]
-    labels = pd.concat([lab for lab, _ in labelled])
-    ends = np.concatenate([t1.to_numpy() + p.start for p, (_, t1) in zip(parts, labelled, strict=True)])
+    labels, ends = _labels_by_segment(candles["close"], parts, horizon, threshold, vol_window, label)
     if primary != "none":
         labels = meta_labels(labels, features[PRIMARY_COLUMN])  # does acting on the side pay?
-    n = len(candles)
 
-    feature_ok = features.notna().all(axis=1).to_numpy()
+    positions, dropped_at_gaps = _usable_rows(features, labels, parts, pair)
+    if len(positions) < min_rows:
+        _raise_too_few(
+            candles,
+            positions,
+            dropped_at_gaps,
+            min_rows,
+            feature_set,
+            context_timeframe,
+            pair,
+            primary,
+            horizon,
+            vol_window,
+        )
+
+    bars = positions.astype(np.int64)
+    ids = segment_ids(candles.index, bar) if bar is not None else np.zeros(len(candles), dtype=np.int64)
+    row_ends = ends[bars].astype(np.int64)
+    dataset = Dataset(
+        X=features.iloc[bars],
+        y=labels.iloc[bars].astype("int64"),
+        bars=bars,
+        candles=candles,
+        gaps=int(ids[bars[-1]] - ids[bars[0]]),
+        rows_dropped_at_gaps=int(dropped_at_gaps),
+        label=label,
+        sample_weights=weighting,
+        ends=row_ends,
+        weights=_sample_weights(weighting, bars, row_ends, len(candles)),
+        primary=primary,
+    )
+    _check_every_class(dataset, threshold, horizon, vol_window)
+    return dataset
+
+
+def _labels_by_segment(
+    close: pd.Series, parts: list[slice], horizon: int, threshold: float, vol_window: int, label: str
+) -> tuple[pd.Series, np.ndarray]:
+    """Labels and the candle position that decided each (t1). No label window spans a gap: each gap-free
+    stretch is labelled on its own."""
+    labelled = [labels_and_ends(close.iloc[p], horizon, threshold, vol_window, label) for p in parts]
+    labels = pd.concat([lab for lab, _ in labelled])
+    ends = np.concatenate([t1.to_numpy() + p.start for p, (_, t1) in zip(parts, labelled, strict=True)])
+    return labels, ends
+
+
+def _usable_rows(
+    features: pd.DataFrame, labels: pd.Series, parts: list[slice], pair: bool
+) -> tuple[np.ndarray, int]:
+    """Candle positions whose features and label are all defined, and how many rows between the first and
+    the last of them were dropped next to gaps. Raises ValueError for a NaN inside a gap-free stretch."""
     label_ok = labels.notna().to_numpy()
-    usable = feature_ok & label_ok
+    usable = features.notna().all(axis=1).to_numpy() & label_ok
     # Holes left by missing pair candles may fall anywhere; any other NaN must not (checked below).
     pair_cols = features.columns.isin(PAIR_FEATURE_NAMES)
     contiguous = (features.loc[:, ~pair_cols].notna().all(axis=1).to_numpy() & label_ok) if pair else usable
     positions = np.flatnonzero(usable)
-    dropped_at_gaps = 0
+    if not len(positions):
+        return positions, 0
+    for p in parts:  # inside a gap-free stretch the usable rows must be one block
+        inside = np.flatnonzero(contiguous[p])
+        if len(inside) and inside[-1] - inside[0] + 1 != len(inside):
+            _raise_gap(features, labels, p.start + inside[0], p.start + inside[-1], contiguous)
+    return positions, int(positions[-1] - positions[0] + 1) - len(positions)
 
-    if len(positions) > 0:
-        first, last = int(positions[0]), int(positions[-1])
-        for p in parts:  # inside a gap-free stretch the usable rows must be one block
-            inside = np.flatnonzero(contiguous[p])
-            if len(inside) and inside[-1] - inside[0] + 1 != len(inside):
-                _raise_gap(features, labels, p.start + inside[0], p.start + inside[-1], contiguous)
-        dropped_at_gaps = (last - first + 1) - len(positions)
-        lost_head, lost_tail = first, n - 1 - last
+
+def _raise_too_few(
+    candles: pd.DataFrame,
+    positions: np.ndarray,
+    dropped_at_gaps: int,
+    min_rows: int,
+    feature_set: str,
+    context_timeframe: str | None,
+    pair: bool,
+    primary: str,
+    horizon: int,
+    vol_window: int,
+) -> NoReturn:
+    """Say how many rows the warm-up, the label horizon and the gaps cost, and what would give more."""
+    n = len(candles)
+    if len(positions):
+        lost_head, lost_tail = int(positions[0]), n - 1 - int(positions[-1])
     else:
         # Nothing usable: report what warm-up and horizon would cost (the label's volatility window
         # needs vol_window past returns, which can exceed the indicator warm-up).
@@ -163,59 +222,46 @@ def build_dataset(
         warmup = min_history_bars(feature_set, context_timeframe, bar, pair, primary, horizon) - 1
         lost_head = min(n, max(warmup, vol_window))
         lost_tail = n - lost_head
-
-    if len(positions) < min_rows:
-        context = context_label(context_timeframe)
-        raise InsufficientDataError(
-            f"only {len(positions)} usable rows from {n} candles, need at least {min_rows}: "
-            f"{lost_head} rows were lost to indicator warm-up (feature_set={feature_set!r}"
-            f"{f', context_timeframe={context!r}' if context else ''}"
-            f"{f', vol_window={vol_window}' if vol_window else ''}) and {lost_tail} to the label horizon "
-            f"(horizon={horizon})"
-            + (f", and {dropped_at_gaps} next to gaps in the candles" if dropped_at_gaps else "")
-            + f". Load more history (a larger `days`), use a smaller `timeframe`"
-            f"{', a shorter `context_timeframe`' if context else ''}, or use a different data file."
-        )
-
-    bars = positions.astype(np.int64)
-    X = features.iloc[bars]
-    y = labels.iloc[bars].astype("int64")
-    ids = segment_ids(candles.index, bar) if bar is not None else np.zeros(n, dtype=np.int64)
-    row_ends = ends[bars].astype(np.int64)
-    weights = np.ones(len(bars))
-    if weighting == "uniqueness":
-        uniqueness = average_uniqueness(bars, row_ends, n)
-        weights = uniqueness / uniqueness.mean()
-    dataset = Dataset(
-        X=X,
-        y=y,
-        bars=bars,
-        candles=candles,
-        gaps=int(ids[last] - ids[first]),
-        rows_dropped_at_gaps=int(dropped_at_gaps),
-        label=label,
-        sample_weights=weighting,
-        ends=row_ends,
-        weights=weights,
-        primary=primary,
+    context = context_label(context_timeframe)
+    raise InsufficientDataError(
+        f"only {len(positions)} usable rows from {n} candles, need at least {min_rows}: "
+        f"{lost_head} rows were lost to indicator warm-up (feature_set={feature_set!r}"
+        f"{f', context_timeframe={context!r}' if context else ''}"
+        f"{f', vol_window={vol_window}' if vol_window else ''}) and {lost_tail} to the label horizon "
+        f"(horizon={horizon})"
+        + (f", and {dropped_at_gaps} next to gaps in the candles" if dropped_at_gaps else "")
+        + f". Load more history (a larger `days`), use a smaller `timeframe`"
+        f"{', a shorter `context_timeframe`' if context else ''}, or use a different data file."
     )
 
+
+def _sample_weights(weighting: str, bars: np.ndarray, ends: np.ndarray, n_candles: int) -> np.ndarray:
+    """Per-row weights with mean 1: the labels' average uniqueness, or all ones."""
+    if weighting != "uniqueness":
+        return np.ones(len(bars))
+    uniqueness = average_uniqueness(bars, ends, n_candles)
+    return uniqueness / uniqueness.mean()
+
+
+def _check_every_class(dataset: Dataset, threshold: float, horizon: int, vol_window: int) -> None:
+    """A classifier needs every class: name the absent ones and what would bring them back."""
     counts = dataset.class_counts
     absent = [name for name, count in counts.items() if count == 0]
-    if absent:
-        advice = []
-        if "hold" in absent:
-            advice.append("a larger threshold (no row stays within +-threshold)")
-        if "buy" in absent or "sell" in absent:
-            advice.append("a smaller threshold (or a longer horizon / more data)")
-        raise ValueError(
-            f"class(es) {absent} have no rows (class counts {counts}, label={label}, threshold={threshold}, "
-            f"horizon={horizon}, vol_window={vol_window}"
-            f"{f', primary={primary}' if primary != 'none' else ''}); a classifier needs every class. Try "
-            + " or ".join(advice)
-            + "."
-        )
-    return dataset
+    if not absent:
+        return
+    advice = []
+    if "hold" in absent:
+        advice.append("a larger threshold (no row stays within +-threshold)")
+    if "buy" in absent or "sell" in absent:
+        advice.append("a smaller threshold (or a longer horizon / more data)")
+    label, primary = dataset.label, dataset.primary
+    raise ValueError(
+        f"class(es) {absent} have no rows (class counts {counts}, label={label}, threshold={threshold}, "
+        f"horizon={horizon}, vol_window={vol_window}"
+        f"{f', primary={primary}' if primary != 'none' else ''}); a classifier needs every class. Try "
+        + " or ".join(advice)
+        + "."
+    )
 
 
 def _raise_gap(

@@ -345,12 +345,30 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
     c = _validate_candles(candles)
     high, low, close, volume = c["high"], c["low"], c["close"], c["volume"]
     wilder = feature_set in ("default", "extended")
+    columns = {
+        "close": close,
+        "volume": volume,
+        **_strength(high, low, close, wilder),
+        **_averages(close),
+        "bb_position": _bb_position(close, wilder),
+        "volume_ratio": _safe_ratio(volume, _sma_nonneg(volume, _VOLUME_RATIO_PERIOD), 1.0),
+        **_donchian(high, low, close),
+    }
+    if wilder:
+        columns |= _scale_free(columns, close, volume)
+    if feature_set == "extended":
+        columns |= _extended_columns(candles, close, volume)
+    out = pd.DataFrame(columns, index=candles.index).astype("float64")
+    return out.loc[:, list(set_feature_names(feature_set))]
 
+
+def _strength(high: pd.Series, low: pd.Series, close: pd.Series, wilder: bool) -> dict[str, pd.Series]:
+    """RSI, ATR, +DI/-DI and ADX: Wilder smoothing (TA-Lib's definitions) or, for ``seed15``, simple
+    moving averages."""
     delta = close.diff()
     gains, losses = delta.clip(lower=0.0), (-delta).clip(lower=0.0)  # clip keeps the row-0 NaN
     tr = _true_range(high, low, close)
     plus_dm, minus_dm = _directional_movement(high, low)
-
     if wilder:
         avg_gain, avg_loss = _wilder(gains, _RSI_PERIOD), _wilder(losses, _RSI_PERIOD)
         atr = _wilder(tr, _ATR_PERIOD)
@@ -361,19 +379,31 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
         atr = _sma_nonneg(tr, _ATR_PERIOD)
         # DI is a ratio of 14-bar sums; the ratio of 14-bar means is the same number.
         tr_s, plus_s, minus_s = (_sma_nonneg(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
-
-    rsi = _rsi_from_averages(avg_gain, avg_loss)
     plus_di = _safe_ratio(100.0 * plus_s, tr_s, 0.0)
     minus_di = _safe_ratio(100.0 * minus_s, tr_s, 0.0)
     dx = _dx(plus_di, minus_di)
-    adx = _wilder(dx, _ADX_PERIOD) if wilder else _sma_nonneg(dx, _ADX_PERIOD)
+    return {
+        "rsi_14": _rsi_from_averages(avg_gain, avg_loss),
+        "atr_14": atr,
+        "adx_14": _wilder(dx, _ADX_PERIOD) if wilder else _sma_nonneg(dx, _ADX_PERIOD),
+        "plus_di_14": plus_di,
+        "minus_di_14": minus_di,
+    }
 
+
+def _averages(close: pd.Series) -> dict[str, pd.Series]:
+    """The MACD line and the 20- and 50-bar EMAs (pandas ``ewm``, started at the first close)."""
     ema_fast = close.ewm(span=_MACD_FAST, adjust=False).mean()
     ema_slow = close.ewm(span=_MACD_SLOW, adjust=False, min_periods=_MACD_SLOW).mean()
-    macd = ema_fast - ema_slow
-    ema_20 = close.ewm(span=20, adjust=False, min_periods=20).mean()
-    ema_50 = close.ewm(span=50, adjust=False, min_periods=50).mean()
+    return {
+        "macd": ema_fast - ema_slow,
+        "ema_20": close.ewm(span=20, adjust=False, min_periods=20).mean(),
+        "ema_50": close.ewm(span=50, adjust=False, min_periods=50).mean(),
+    }
 
+
+def _bb_position(close: pd.Series, wilder: bool) -> pd.Series:
+    """Position of the close within the Bollinger bands (std ddof=0 as TA-Lib; ddof=1 for ``seed15``)."""
     bb_mid = close.rolling(_BB_PERIOD).mean()
     bb_std = close.rolling(_BB_PERIOD).std(ddof=0 if wilder else 1)
     # The online rolling std of a constant window can come out as ~1e-6 instead of 0, which would make
@@ -382,41 +412,31 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
     bb_std = bb_std.mask(flat, 0.0)
     bb_lower = bb_mid - _BB_K * bb_std
     # (upper - lower) == 2 * k * std; a flat window has zero width -> the middle of the band.
-    bb_position = _safe_ratio(close - bb_lower, 2.0 * _BB_K * bb_std, 0.5)
+    return _safe_ratio(close - bb_lower, 2.0 * _BB_K * bb_std, 0.5)
 
-    volume_ratio = _safe_ratio(volume, _sma_nonneg(volume, _VOLUME_RATIO_PERIOD), 1.0)
+
+def _donchian(high: pd.Series, low: pd.Series, close: pd.Series) -> dict[str, pd.Series]:
+    """The Donchian channel's high and low and the close's position within it."""
     dc_high = high.rolling(_DONCHIAN_PERIOD).max()
     dc_low = low.rolling(_DONCHIAN_PERIOD).min()
-    channel_position = _safe_ratio(close - dc_low, dc_high - dc_low, 0.5)
-
-    if wilder:
-        close_f = np.log(close / close.shift(1))
-        # A ratio to its own 50-bar mean makes volume exactly scale-free; log1p keeps zero volume finite.
-        volume_f = np.log1p(_safe_ratio(volume, _sma_nonneg(volume, _VOLUME_LOG_PERIOD), 1.0))
-        macd, atr = macd / close, atr / close
-        ema_20, ema_50 = ema_20 / close - 1.0, ema_50 / close - 1.0
-        dc_high, dc_low = dc_high / close - 1.0, dc_low / close - 1.0
-    else:
-        close_f, volume_f = close, volume
-
-    columns = {
-        "close": close_f,
-        "volume": volume_f,
-        "rsi_14": rsi,
-        "macd": macd,
-        "atr_14": atr,
-        "bb_position": bb_position,
-        "ema_20": ema_20,
-        "ema_50": ema_50,
-        "volume_ratio": volume_ratio,
+    return {
         "donchian_high_20": dc_high,
         "donchian_low_20": dc_low,
-        "channel_position": channel_position,
-        "adx_14": adx,
-        "plus_di_14": plus_di,
-        "minus_di_14": minus_di,
+        "channel_position": _safe_ratio(close - dc_low, dc_high - dc_low, 0.5),
     }
-    if feature_set == "extended":
-        columns |= _extended_columns(candles, close, volume)
-    out = pd.DataFrame(columns, index=candles.index).astype("float64")
-    return out.loc[:, list(set_feature_names(feature_set))]
+
+
+def _scale_free(columns: dict[str, pd.Series], close: pd.Series, volume: pd.Series) -> dict[str, pd.Series]:
+    """The ``default`` set's versions of the price-level columns: relative to the close, the close as its
+    1-bar log return, and volume as a log ratio to its own 50-bar mean."""
+    return {
+        "close": np.log(close / close.shift(1)),
+        # A ratio to its own 50-bar mean makes volume exactly scale-free; log1p keeps zero volume finite.
+        "volume": np.log1p(_safe_ratio(volume, _sma_nonneg(volume, _VOLUME_LOG_PERIOD), 1.0)),
+        "macd": columns["macd"] / close,
+        "atr_14": columns["atr_14"] / close,
+        "ema_20": columns["ema_20"] / close - 1.0,
+        "ema_50": columns["ema_50"] / close - 1.0,
+        "donchian_high_20": columns["donchian_high_20"] / close - 1.0,
+        "donchian_low_20": columns["donchian_low_20"] / close - 1.0,
+    }

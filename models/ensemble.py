@@ -14,7 +14,7 @@ so the class opposite to the side is exactly impossible everywhere.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -87,7 +87,7 @@ def fit_predict_fold(
     return to_side(out, _take(X, test_idx), side_column)
 
 
-def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Iterator:
+def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, None, None]:
     """``fn(train_idx, test_idx)`` for each fold, yielded in fold order, with up to ``n_parallel`` folds
     running at once (threads: the libraries release the GIL while they fit).
 

@@ -21,11 +21,10 @@ import sys
 from dataclasses import asdict
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from models import tracking
+from models import cli, tracking
 from models.registry import (
     OUTSIDE,
     WITHDRAW,
@@ -38,9 +37,6 @@ from models.registry import (
     status,
     unrecorded_warning,
 )
-from models.tracking import parse_bool
-
-DEFAULT_MODEL = "crypto-signal-ensemble"
 
 
 def move_run_name(move: AliasMove) -> str:
@@ -68,6 +64,8 @@ def _move(kind: str, args: argparse.Namespace) -> int:
         )
         try:
             if kind == "promote":
+                if version is None:  # --version is required, but may be given empty
+                    raise RegistryError("promote needs a version number (--version N)")
                 move = promote(
                     args.model_name, version, args.reason, force=args.force, run_id=run.info.run_id
                 )
@@ -164,24 +162,28 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models.lifecycle", description=__doc__.splitlines()[0])
+COMMANDS = {
+    "promote": "point production at a version",
+    "rollback": "move production back to the version that held it before",
+    "status": "the production version, its numbers and the history",
+    "history": "the ordered moves of production",
+}
+
+
+def build_parser() -> cli.Parser:
+    """One sub-parser per command (each takes ``--config``; ``--version`` of the program is the top's)."""
+    parser = cli.Parser("python -m models.lifecycle", __doc__.splitlines()[0], config=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("promote", "point production at a version"),
-        ("rollback", "move production back to the version that held it before"),
-        ("status", "the production version, its numbers and the history"),
-        ("history", "the ordered moves of production"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--model-name", default=DEFAULT_MODEL)
+    for name, help_text in COMMANDS.items():
+        p = parser.add_subcommand(sub, name, help_text)
+        p.add_argument("--model-name", default=cli.MODEL_NAME, help=cli.COMMON_HELP["model_name"])
         if name in ("promote", "rollback"):
             p.add_argument(
                 "--version",
                 default="",
                 required=name == "promote",
                 help="version number"
-                + (" (default: the previous production version)" if name == "rollback" else ""),
+                + (" ('' = the previous production version)" if name == "rollback" else ""),
             )
             p.add_argument(
                 "--reason", default="", help="why; recorded in the history (required with --force)"
@@ -189,32 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "promote":
             p.add_argument(
                 "--force",
-                type=parse_bool,
+                type=cli.parse_bool,
                 default=False,
                 help="promote a version that failed its gate (needs --reason)",
             )
         if name in ("status", "history"):
-            p.add_argument("--json", type=parse_bool, default=False)
+            p.add_argument("--json", type=cli.parse_bool, default=False, help="print JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
-    args = build_parser().parse_args(argv)
-    try:
-        tracking.check_reachable()
-        if args.command in ("promote", "rollback"):
-            tracking.use_experiment()
-            return _move(args.command, args)
-        _name_launcher_run(args.command, args.model_name)
-        return _status(args) if args.command == "status" else _history(args)
-    except (RegistryError, tracking.TrackingUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except MlflowException as exc:  # one line naming the store, not the SQL statement it refused
-        print(f"error: {tracking.error_message(exc)}", file=sys.stderr)
-        return 1
+    return cli.main(build_parser(), argv, _main, (RegistryError, tracking.TrackingUnavailable))
+
+
+def _main(args: argparse.Namespace) -> int:
+    tracking.check_reachable()
+    if args.command in ("promote", "rollback"):
+        tracking.use_experiment()
+        return _move(args.command, args)
+    _name_launcher_run(args.command, args.model_name)
+    return _status(args) if args.command == "status" else _history(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

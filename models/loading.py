@@ -159,6 +159,19 @@ def load_model(model_uri: str):
         ) from exc
 
 
+def candles_for(model, data: str, timeframe: str = "", days: int = 0):
+    """The candles at ``data`` (``features.data.load_candles``) at ``model``'s bar: finer candles, with no
+    ``timeframe`` asked for, are aggregated to it and a line on stdout says so. Returns (candles, info)."""
+    from features.data import load_candles, match_bar
+    from models.pyfunc import model_bar
+
+    candles, info = load_candles(data, timeframe or None, days or None)
+    candles, info, resampled = match_bar(candles, info, model_bar(model), timeframe)
+    if resampled:
+        print(resampled)
+    return candles, info
+
+
 def _missing(what: str, version, exc: BaseException) -> str:
     location = _location(version) if version is not None else ""
     folder = _local_path(location) if location else None

@@ -13,51 +13,53 @@ by whom and which run, and why); the model is loaded first (:func:`models.loadin
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
-from features.data import SNAPSHOT_PREFIXES, DataError, load_candles, match_bar
-from models import tracking
-from models.loading import ModelUnavailable, load_model
-from models.pyfunc import FUTURE, as_model_input, model_bar
+from features.data import SNAPSHOT_PREFIXES
+from models import cli, tracking
+from models.loading import ModelUnavailable, candles_for, load_model
+from models.pyfunc import FUTURE, as_model_input
 
 # Model URIs resolved through the tracking server / model registry (a local path or s3:// is not).
 TRACKED_URIS = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
+@dataclass(frozen=True)
+class PredictOptions(cli.ModelCandles):
+    """The predict command's options and their defaults."""
+
+    output: str = "signals.csv"
+
+
+HELP = cli.COMMON_HELP | {
+    "timeframe": "resample first ('' = to the model's own bar size)",
+    "output": "output file (.csv or .parquet)",
+}
+
+
+def build_parser() -> cli.Parser:
+    parser = cli.Parser("python -m models.predict", __doc__.splitlines()[0])
+    cli.add_options(parser, PredictOptions, HELP)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    tracking.redaction.install()  # credentials masked in all output from here on (models.redaction)
-    parser = argparse.ArgumentParser(prog="python -m models.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", default="models:/crypto-signal-ensemble@production")
-    parser.add_argument("--data", default="builtin", help="'builtin' or a CSV/Parquet candle file")
-    parser.add_argument(
-        "--timeframe", default="", help="resample first (default: to the model's own bar size)"
-    )
-    parser.add_argument("--days", type=tracking.parse_int, default=0, help="only the last N days (0 = all)")
-    parser.add_argument("--output", default="signals.csv", help="output file (.csv or .parquet)")
-    args = parser.parse_args(argv)
+    errors = (ValueError, tracking.TrackingUnavailable, ModelUnavailable, OSError)
+    return cli.main(build_parser(), argv, predict, errors)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Signals for the candles, written to ``--output``; a summary on stdout."""
     output = Path(args.output)
     if output.suffix not in (".csv", ".parquet"):
-        print(f"error: --output must end in .csv or .parquet, got {args.output!r}", file=sys.stderr)
-        return 1
-    try:
-        # In seconds, before any work: a dead server would otherwise take MLflow's minutes of retries.
-        if args.model_uri.startswith(TRACKED_URIS) or args.data.startswith(SNAPSHOT_PREFIXES):
-            tracking.check_reachable()
-        model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
-        candles, info = load_candles(args.data, args.timeframe or None, args.days or None)
-        candles, info, resampled = match_bar(candles, info, model_bar(model), args.timeframe)
-        if resampled:  # finer candles and no --timeframe: aggregated to the model's bars
-            print(resampled)
-        signals = model.predict(as_model_input(candles))
-    except (DataError, ValueError, tracking.TrackingUnavailable, ModelUnavailable, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except MlflowException as exc:
-        print(f"error: {tracking.error_message(exc)}", file=sys.stderr)
-        return 1
+        raise ValueError(f"--output must end in .csv or .parquet, got {args.output!r}")
+    # In seconds, before any work: a dead server would otherwise take MLflow's minutes of retries.
+    if args.model_uri.startswith(TRACKED_URIS) or args.data.startswith(SNAPSHOT_PREFIXES):
+        tracking.check_reachable()
+    model = load_model(args.model_uri)  # missing or corrupt model files: one line, before any download
+    candles, info = candles_for(model, args.data, args.timeframe, args.days)
+    signals = model.predict(as_model_input(candles))
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":
         signals.to_parquet(output, index=False)
@@ -84,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -1,9 +1,9 @@
 """The model a trading bot loads: candles in, per-candle signal and class probabilities out.
 
-The logged model carries its own feature code (the project's modules are pickled by value into it, see
-``train.pipeline.model_code_by_value``), so the bot computes exactly the features the ensemble was trained
-on, in a process that has never seen this repository and whose own ``features`` or ``models`` packages
-are left alone.
+The logged model carries its own feature code (the project's modules are pickled by value into it,
+see ``train.stages.register.model_code_by_value``), so the bot computes exactly the features the
+ensemble was trained on, in a process that has never seen this repository and whose own ``features``
+or ``models`` packages are left alone.
 
 Input schema: the logged signature declares the six candle columns with MLflow's ``Any`` type, optional
 (:func:`input_schema`), so MLflow's schema enforcement passes every timestamp form a bot sends (naive or
@@ -50,6 +50,7 @@ from features.labels import CLASS_NAMES
 from features.pair import PAIR_INPUT_COLUMNS, pair_input
 from features.primary import check_primary
 from models.policy import DecisionPolicy
+from models.version import version_tags
 
 NOT_READY = "insufficient_history"
 AFTER_GAP = "after_gap"  # not ready because a gap in the candles restarted the indicators' warm-up
@@ -165,7 +166,8 @@ class SignalModel(PythonModel):
         self.policy = policy or DecisionPolicy()
         self.feature_set = feature_set
         self.bar = pd.Timedelta(bar)
-        self.metadata = dict(metadata or {})
+        # What it was trained on, and which version of this code built it (models.version).
+        self.metadata = dict(metadata or {}) | version_tags()
         self.context_timeframe = context_timeframe or None
         if self.context_timeframe:
             check_context(self.context_timeframe, self.bar)  # refuse a model it could never serve
@@ -264,9 +266,8 @@ class SignalModel(PythonModel):
         policy = getattr(self, "policy", None)
         action = label if policy is None else policy.actions(proba)
         sized = policy is not None and getattr(policy, "sizing", "full") != "full"
-        position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(
-            action, policy.sizes(proba) if sized else None
-        )
+        sizes = None if policy is None or not sized else policy.sizes(proba)
+        position = (policy or DecisionPolicy(on_hold="flat")).positions_from_actions(action, sizes)
         return pd.DataFrame(
             {
                 # Naive UTC out, whatever the input form (MLflow serializes naive datetimes as ISO strings).

@@ -37,7 +37,7 @@ def _restore_experiment(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    """An entry point's main() called in-process configures logging (train.config.configure_logging):
+    """An entry point's main() called in-process configures logging (models.cli.configure_logging):
     undo it after the test, so the next one sees logging as a fresh process would."""
     root = logging.getLogger()
     handlers = list(root.handlers)
@@ -45,7 +45,7 @@ def _restore_logging():
     levels = {name: logging.getLogger(name).level for name in names}
     yield
     for handler in [h for h in root.handlers if h not in handlers]:
-        if type(handler).__module__ == "train.config":  # only ours: pytest's capture handlers stay
+        if type(handler).__module__ == "models.cli":  # only ours: pytest's capture handlers stay
             root.removeHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)

@@ -43,7 +43,7 @@ from tests.helpers import (
     write_csv,
 )
 from train.config import PipelineConfig
-from train.pipeline import score_champion
+from train.stages.assess import score_champion
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "clean-model"

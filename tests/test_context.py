@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.lookahead import analyse
+from evaluation.lookahead_analysis import analyse
 from features.context import (
     align_to_base,
     check_context,

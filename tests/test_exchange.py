@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from features.data import DataError
-from features.exchange import (
+from features.exchange import main
+from features.exchange_candles import (
     DEFAULT_TIMEOUT_MS,
     ExchangeSpec,
     FetchResult,
@@ -18,7 +19,6 @@ from features.exchange import (
     cache_file,
     default_cache_dir,
     fetch_candles,
-    main,
     make_exchange,
     parse_spec,
     read_cache,
@@ -73,7 +73,7 @@ def server(truth):
 
 
 def connect(server: ReplayServer, **config) -> object:
-    """A ccxt bitbank built by features.exchange.make_exchange, pointed at the replay server."""
+    """A ccxt bitbank built by features.exchange_candles.make_exchange, pointed at the replay server."""
     return server.point(make_exchange(SPEC, {"rateLimit": 1, "timeout": 2000} | config))
 
 
@@ -256,7 +256,7 @@ def test_revised_candle_keeps_the_new_values_and_warns(server, truth, tmp_path, 
     when = T0 + 3 * DAY + pd.Timedelta("12h")
     revised.loc[when, "volume"] += 1.0
     server.add_series("btc_jpy", "15min", revised)
-    with caplog.at_level(logging.WARNING, logger="features.exchange"):
+    with caplog.at_level(logging.WARNING, logger="features.exchange_candles"):
         result = fetch(server, tmp_path, days=4)  # the head's last page (Jan 4) overlaps the cache
     assert result.updated_rows == 1
     assert "different values for 1 cached candle(s) (first 2024-01-04 12:00 UTC)" in caplog.text

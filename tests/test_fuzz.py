@@ -675,8 +675,8 @@ class Window:
 
 
 def _segment_positions(us: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: which gap-free stretch it is in, and its position in it (the README's gap rule: more
-    than GAP_TOLERANCE_BARS missing bars is a gap)."""
+    """Per row: which gap-free stretch it is in, and its position in it (the gap rule of
+    docs/data-and-features.md: more than GAP_TOLERANCE_BARS missing bars is a gap)."""
     spacing = np.diff(np.asarray(us, dtype=np.int64))
     starts_segment = np.concatenate(([True], spacing > (GAP_TOLERANCE_BARS + 1) * BAR_US))
     segment = np.cumsum(starts_segment) - 1

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.lookahead import analyse
+from evaluation.lookahead_analysis import analyse
 from features.candles import GAP_TOLERANCE_BARS, segment_ids
 from features.context import feature_function, min_history_bars
 from features.data import DataError, load_candles

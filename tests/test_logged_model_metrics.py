@@ -22,8 +22,10 @@ from tests.helpers import (
     tiny_config,
     write_csv,
 )
-from train import pipeline
-from train.pipeline import model_metrics, run_pipeline
+from train.pipeline import run_pipeline
+from train.stages import register as register_stage
+from train.stages.assess import Evaluation
+from train.stages.register import model_metrics
 
 NAME = "lm-compare"
 SHARPE = "backtest_sharpe"  # the after-cost Sharpe ratio of the holdout backtest
@@ -52,13 +54,13 @@ def raced(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("logged_model_metrics")
     with throwaway_store(tmp) as (mp, _):
         other = _constant_version(NAME)
-        real = pipeline.promote
+        real = register_stage.promote
 
         def promote_after_a_race(name, version, **kwargs):
             registry.promote(name, other, "moved by someone else while the candidate was compared")
             return real(name, version, **kwargs)
 
-        mp.setattr(pipeline, "promote", promote_after_a_race)
+        mp.setattr(register_stage, "promote", promote_after_a_race)
         outs = []
         for seed in (11, 12):
             data = write_csv(make_flow_signal_candles(3000, seed=seed), tmp / f"flow{seed}.csv")
@@ -85,7 +87,7 @@ def test_search_logged_models_ranks_versions_by_after_cost_sharpe_on_the_holdout
     sharpes = [o["backtest"]["sharpe"] for o in outs]
     assert sharpes[0] != sharpes[1], "two versions with the same Sharpe cannot show an order"
     experiment = mlflow.get_experiment_by_name("tests").experiment_id
-    # As the README shows: the gate's decision and the Sharpe ratio, read on the holdout dataset.
+    # As docs/mlflow-ui.md shows: the gate's decision and the Sharpe ratio, read on the holdout dataset.
     found = mlflow.search_logged_models(
         experiment_ids=[experiment],
         filter_string="metrics.gate_passed >= 0",
@@ -173,9 +175,7 @@ def test_model_metrics_names_the_gate_decision_as_0_or_1():
     class Backtest:
         metrics = {"total_return": 0.1, "sharpe": 1.5, "max_drawdown": -0.2, "n_trades": 3}
 
-    ev = pipeline.Evaluation(
-        {"ensemble": {"macro_f1": 0.4}}, {}, Gate(), None, None, Backtest(), {"dsr": 0.9}, {}
-    )
+    ev = Evaluation({"ensemble": {"macro_f1": 0.4}}, {}, Gate(), None, None, Backtest(), {"dsr": 0.9}, {})
     assert model_metrics(ev) == {
         "holdout_macro_f1": 0.4,
         "backtest_total_return": 0.1,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from evaluation.economics import fit_policy
-from evaluation.lookahead import analyse
+from evaluation.lookahead_analysis import analyse
 from features.context import compute_model_features, feature_function, feature_names, min_history_bars
 from features.dataset import build_dataset
 from features.indicators import FEATURE_NAMES
@@ -215,8 +215,8 @@ def test_a_pipeline_with_a_momentum_primary_serves_positions_on_the_side_only(st
     assert (p[side == 1, 0] == 0).all() and (p[side == -1, 2] == 0).all()
     assert np.allclose(position / SIZE_STEP, np.round(position / SIZE_STEP)) and (np.abs(position) <= 1).all()
     # `evaluate` scores it on its own meta-labels, `monitor` computes its side feature
-    from evaluation.evaluate import prepare_scoring
-    from evaluation.monitor import model_features
+    from evaluation.monitoring import model_features
+    from evaluation.scoring import prepare_scoring
 
     scoring = prepare_scoring(model, candles)
     plain = label_function("threshold")(candles["close"], 3, 0.005)

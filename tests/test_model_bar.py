@@ -16,6 +16,7 @@ import pytest
 
 from evaluation import evaluate as ev
 from evaluation import monitor as mon
+from evaluation import monitoring
 from features.candles import resample
 from features.data import DataError, load_candles, match_bar, resample_to
 from models import predict as pr
@@ -131,7 +132,7 @@ def test_evaluate_resamples_to_the_model_bar(trained, capsys):
 
 def test_monitor_resamples_to_the_model_bar(trained, capsys):
     fine = _run(mon.main, ["--model-uri", trained["model_uri"], "--data", trained["fine"]], capsys)
-    assert fine[0] in (mon.EXIT_OK, mon.EXIT_DEGRADED, mon.EXIT_DRIFTED), fine[2]
+    assert fine[0] in (monitoring.EXIT_OK, monitoring.EXIT_DEGRADED, monitoring.EXIT_DRIFTED), fine[2]
     assert NOTE in fine[1]
     hand = _run(mon.main, ["--model-uri", trained["model_uri"], "--data", trained["hand"]], capsys)
     assert hand[0] == fine[0], hand[2]

@@ -17,9 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluation import monitor as mon
+from evaluation import monitoring
 from evaluation.drift import DriftConfig, DriftReport, feature_drift, psi
-from evaluation.evaluate import MIN_SCORED_ROWS, prepare_scoring
 from evaluation.metrics import macro_f1
+from evaluation.scoring import MIN_SCORED_ROWS, prepare_scoring
 from features.labels import make_labels
 from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
 from tests.webhook import Hook
@@ -120,7 +121,7 @@ def test_matching_candles_are_ok_exit_0_tag_the_version_and_log_one_run(trained,
 
 def test_planted_distribution_change_is_drifted_exit_4_and_alerts(trained, hook: Hook, capsys):
     code = mon.main(["--model-uri", trained["model_uri"], "--data", trained["drifted"]])
-    assert code == mon.EXIT_DRIFTED == 4
+    assert code == monitoring.EXIT_DRIFTED == 4
     out = capsys.readouterr().out
     assert "verdict DRIFTED" in out and "features drifted" in out
     tags = _tags(trained)
@@ -149,7 +150,7 @@ def test_labels_that_have_not_matured_are_never_scored(trained):
     meta = trained["model"].metadata.metadata
     later = make_labels(candles["close"], HORIZON, float(meta["threshold"]), int(meta["vol_window"]))
     np.testing.assert_array_equal(scoring.y, later.to_numpy()[rows].astype(int))
-    live = mon.live_performance(scoring, window, mon.MonitorConfig(n_boot=200))
+    live = monitoring.live_performance(scoring, window, monitoring.MonitorConfig(n_boot=200))
     calls = scoring.proba.argmax(axis=1)
     assert live["rows_scored"] == len(rows)
     assert live["macro_f1"] == pytest.approx(macro_f1(later.to_numpy()[rows].astype(int), calls))
@@ -159,7 +160,7 @@ def test_labels_that_have_not_matured_are_never_scored(trained):
 def test_too_few_matured_candles_is_not_an_error_and_not_degraded(trained, capsys):
     tmp, cut = trained["tmp"], trained["cut"]
     short = write_csv(trained["candles"].iloc[: cut + 40], tmp / "short.csv")
-    assert mon.main(["--model-uri", trained["model_uri"], "--data", short]) in (0, mon.EXIT_DRIFTED)
+    assert mon.main(["--model-uri", trained["model_uri"], "--data", short]) in (0, monitoring.EXIT_DRIFTED)
     out = capsys.readouterr().out
     assert f"not enough matured candles yet ({40 - HORIZON}, need {MIN_SCORED_ROWS})" in out
     assert "degraded" not in out.lower()
@@ -257,7 +258,7 @@ def _drift(drifted: bool) -> DriftReport:
 )
 def test_verdict_rule(live, drifted, verdict):
     promise = {"holdout_macro_f1": 0.52, "baseline_macro_f1": 0.41}
-    got, reasons = mon.decide(live, _drift(drifted), promise, mon.MonitorConfig())
+    got, reasons = monitoring.decide(live, _drift(drifted), promise, monitoring.MonitorConfig())
     assert got == verdict
     assert bool(reasons) == (verdict != "ok")
 

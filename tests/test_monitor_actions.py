@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluation import monitor as mon
+from evaluation import monitor_step, monitoring
 from evaluation import walkforward as ewf
 from models import registry
 from models.lifecycle import main as lifecycle_main
@@ -108,7 +109,8 @@ def run_monitor(name: str, data: str, on_degraded: str | None = None) -> int:
     return mon.main(argv + (["--on-degraded", on_degraded] if on_degraded else []))
 
 
-ACTED = (mon.EXIT_DEGRADED, mon.EXIT_DRIFTED)  # drifted wins the verdict; the degraded rule still acts
+# drifted wins the verdict; the degraded rule still acts
+ACTED = (monitoring.EXIT_DEGRADED, monitoring.EXIT_DRIFTED)
 
 
 # ---------------------------------------------------------------------------------- withdraw
@@ -148,7 +150,7 @@ def test_withdraw_removes_production_records_and_notifies_and_a_second_run_chang
 
     # the same state again: nothing to monitor, nothing changes, and the exit code says so
     moves, sent = registry.history(name), len(hook.requests)
-    assert run_monitor(name, models["live"], "withdraw") == mon.EXIT_NO_PRODUCTION == 5
+    assert run_monitor(name, models["live"], "withdraw") == monitoring.EXIT_NO_PRODUCTION == 5
     out = capsys.readouterr().out
     assert out.startswith(f"no production model: '{name}'@production was withdrawn on {move.at}")
     assert registry.history(name) == moves and len(hook.requests) == sent
@@ -186,7 +188,7 @@ def test_rollback_skips_a_degraded_earlier_version_and_picks_the_good_one(models
 
     # the same state again: the rolled-back version is not degraded on these candles; nothing moves
     moves = registry.history(name)
-    assert run_monitor(name, models["live"], "rollback") in (mon.EXIT_OK, mon.EXIT_DRIFTED)
+    assert run_monitor(name, models["live"], "rollback") in (monitoring.EXIT_OK, monitoring.EXIT_DRIFTED)
     assert registry.history(name) == moves and production(name) == good
 
 
@@ -194,7 +196,7 @@ def test_rollback_with_no_version_that_qualifies_leaves_production_and_exits_6(m
     name = "act-rollback-none"
     stale, current = register(name, [models["normal"], models["normal"]])
     moves = registry.history(name)
-    assert run_monitor(name, models["live"], "rollback") == mon.EXIT_NOT_ACTED == 6
+    assert run_monitor(name, models["live"], "rollback") == monitoring.EXIT_NOT_ACTED == 6
     out = capsys.readouterr().out
     assert f"rollback: no earlier version qualifies (v{stale} skipped: also degraded" in out
     assert f"production stays v{current}" in out
@@ -259,20 +261,21 @@ def test_withdraw_is_recorded_refused_twice_and_drops_the_version_from_the_rollb
 
 
 def test_the_walkforward_decides_with_the_monitors_own_function():
-    """The monitored track calls evaluation.monitor.action_for itself (not a copy of the rule)."""
-    assert twf.action_for is mon.action_for and ewf.action_for is mon.action_for
-    assert twf.WITHDRAW == mon.WITHDRAW == "withdraw"
-    config = mon.MonitorConfig(n_boot=200)
+    """The monitored track calls evaluation.monitoring.action_for itself (not a copy of the rule)."""
+    assert twf.action_for is monitoring.action_for and ewf.action_for is monitoring.action_for
+    assert twf.WITHDRAW == monitoring.WITHDRAW == "withdraw"
+    config = monitoring.MonitorConfig(n_boot=200)
     losing = {"enough": True, "macro_f1": 0.5, "macro_f1_ci": [0.45, 0.55], "return": -0.1}
     losing["return_ci"] = [-0.2, -0.05]
-    action = mon.action_for(losing, 0.5, config, mon.WITHDRAW)
+    action = monitoring.action_for(losing, 0.5, config, monitoring.WITHDRAW)
     assert action.kind == "withdraw" and "lost money" in action.reasons[0]
-    assert mon.action_for(losing, 0.5, config, mon.ALERT).kind == "alert"
-    assert mon.action_for({"enough": False}, 0.5, config, mon.WITHDRAW) == mon.Action("none", (), False)
+    assert monitoring.action_for(losing, 0.5, config, monitoring.ALERT).kind == "alert"
+    not_judged = monitoring.action_for({"enough": False}, 0.5, config, monitoring.WITHDRAW)
+    assert not_judged == monitoring.Action("none", (), False)
     fine = losing | {"return_ci": [-0.01, 0.3]}
-    assert mon.action_for(fine, 0.5, config, mon.ROLLBACK).kind == "none"
+    assert monitoring.action_for(fine, 0.5, config, monitoring.ROLLBACK).kind == "none"
     with pytest.raises(ValueError, match="on_degraded"):
-        mon.action_for(fine, 0.5, config, "sell everything")
+        monitoring.action_for(fine, 0.5, config, "sell everything")
 
 
 # ---------------------------------------------------------------------------------- retrain
@@ -309,8 +312,8 @@ def test_act_rolls_back_past_degraded_and_ungated_versions_and_refuses_when_none
     v1, v2, v3, v4 = (str(mlflow.register_model(uri, name, tags={"gate": g}).version) for g in gates)
     for v in (v1, v2, v3, v4):
         promote(name, v, f"v{v}", force=True)
-    fine = ({"enough": True, "macro_f1": 0.6, "return": 0.05}, mon.Action("none"))
-    bad = ({"enough": True}, mon.Action("rollback", ("lost money",)))
+    fine = ({"enough": True, "macro_f1": 0.6, "return": 0.05}, monitoring.Action("none"))
+    bad = ({"enough": True}, monitoring.Action("rollback", ("lost money",)))
     judged = {v1: fine, v3: bad}
     looked = []
 
@@ -319,13 +322,13 @@ def test_act_rolls_back_past_degraded_and_ungated_versions_and_refuses_when_none
         live, action = judged[str(mv.version)]
         return action, live
 
-    monkeypatch.setattr(mon, "judge_version", judge)
+    monkeypatch.setattr(monitor_step, "judge_version", judge)
     live = {"rows_scored": 150, "window": ["2024-03-01 00:00:00", "2024-03-04 02:30:00"]}
     result = SimpleNamespace(model_name=name, version=v4, live=live)
-    action = mon.Action("rollback", ("the decision policy lost money after costs: -9.00% (CI ...)",))
+    action = monitoring.Action("rollback", ("the decision policy lost money after costs: -9.00% (CI ...)",))
     with mlflow.start_run() as run:
         pass
-    acted = mon.act(action, result, run.info.run_id, None, mon.MonitorConfig(), client)
+    acted = monitor_step.act(action, result, run.info.run_id, None, monitoring.MonitorConfig(), client)
     assert acted.moved and not acted.refused and production(name) == v1
     assert looked == [v3, v1]  # newest first; v2 never judged (it failed its gate)
     move = registry.history(name)[-1]
@@ -342,23 +345,24 @@ def test_act_rolls_back_past_degraded_and_ungated_versions_and_refuses_when_none
 
     # the same verdict on v4 again: v4 is not production any more, nothing moves
     moves = registry.history(name)
-    again = mon.act(action, result, run.info.run_id, None, mon.MonitorConfig(), client)
+    again = monitor_step.act(action, result, run.info.run_id, None, monitoring.MonitorConfig(), client)
     assert not again.moved and not again.refused and "is not production" in again.message
     assert registry.history(name) == moves
 
     # v1 degraded too, and nothing earlier qualifies: refused, production stays
     judged[v1] = bad
     result = SimpleNamespace(model_name=name, version=v1, live=live)
-    refused = mon.act(action, result, run.info.run_id, None, mon.MonitorConfig(), client)
+    refused = monitor_step.act(action, result, run.info.run_id, None, monitoring.MonitorConfig(), client)
     assert refused.refused and not refused.moved and production(name) == v1
     assert "no earlier version qualifies" in refused.message and registry.history(name) == moves
 
     # withdraw, then the same again: nothing to do
-    withdrawn = mon.act(
-        mon.Action("withdraw", ("x",)), result, run.info.run_id, None, mon.MonitorConfig(), client
+    withdraw_action = monitoring.Action("withdraw", ("x",))
+    withdrawn = monitor_step.act(
+        withdraw_action, result, run.info.run_id, None, monitoring.MonitorConfig(), client
     )
     assert withdrawn.moved and production(name) is None
-    twice = mon.act(
-        mon.Action("withdraw", ("x",)), result, run.info.run_id, None, mon.MonitorConfig(), client
+    twice = monitor_step.act(
+        withdraw_action, result, run.info.run_id, None, monitoring.MonitorConfig(), client
     )
     assert not twice.moved and registry.history(name)[-1] == withdrawn.move

@@ -21,8 +21,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import make_flow_signal_candles, write_csv
 from models import tracking
+from tests.helpers import make_flow_signal_candles, write_csv
 from train.tune import OWNER, fail_stale_trials, make_storage, record_owner
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.lookahead import analyse
+from evaluation.lookahead_analysis import analyse
 from features.context import compute_model_features, feature_function, feature_names, min_history_bars
 from features.data import DataError
 from features.dataset import build_dataset

@@ -259,9 +259,11 @@ def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, c
 
     from tests.helpers import make_flow_signal_candles, owner_lock_tags, write_csv
     from train import pipeline
+    from train.stages import register as register_stage
 
     data = write_csv(make_flow_signal_candles(3000, seed=11), store / "flow.csv")
-    monkeypatch.setattr(pipeline, "promote", functools.partial(pipeline.promote, lock_timeout=0.5))
+    quick = functools.partial(register_stage.promote, lock_timeout=0.5)
+    monkeypatch.setattr(register_stage, "promote", quick)
     MlflowClient().create_registered_model(f"ps-p{registry.LOCK_SUFFIX}", tags=owner_lock_tags())
     argv = ["--data", data, "--n-trials", "2", "--models", "lightgbm", "--n-folds", "3", "--horizon", "3"]
     argv += ["--model-name", "ps-p", "--optuna-storage", f"sqlite:///{store}/optuna.db", "--n-jobs", "1"]

@@ -129,7 +129,7 @@ def test_an_extended_feature_model_round_trips_through_mlflow(tmp_path):
     from features.indicators import set_feature_names
     from models.pyfunc import input_schema
     from tests.helpers import throwaway_store
-    from train.pipeline import model_code_by_value
+    from train.stages.register import model_code_by_value
 
     candles = make_regime_candles(600, seed=5)
     X = compute_features(candles, "extended").dropna()

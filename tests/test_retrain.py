@@ -20,13 +20,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from features.data import DataError
-from features.exchange import read_cache
-from models import tracking as mtracking
+from features.exchange_candles import read_cache
+from models import tracking
 from models.registry import HEARTBEAT_TAG, PRODUCTION, LockBusy
 from tests.helpers import make_flow_signal_candles, make_regime_candles, tiny_config, write_csv
 from tests.replay import ReplayServer
 from train import retrain as rt
-from models import tracking
 from train.config import PipelineConfig, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +72,8 @@ def test_options_are_the_pipeline_options_plus_three_and_the_mlproject_entry_pas
         rt.parse_args(["--min-new-candles", "-1"])
 
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["retrain"]
-    pipeline_options = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    own = {"min_new_candles", "lock_timeout", "refresh", "on_degraded"}
+    pipeline_options = {a.dest for a in build_parser().options}  # --help, --version, --config aside
+    own = {"min_new_candles", "lock_timeout", "refresh", "on_degraded", "config"}
     assert set(entry["parameters"]) == pipeline_options | own
     assert entry["command"].startswith("python -m train.retrain")
     for param in entry["parameters"]:  # MLflow substitutes these; each must reach its CLI option
@@ -154,7 +153,7 @@ WORKER = textwrap.dedent("""
         return {"model_version": "1", "promoted": False, "production_version": None}
 
     retrain.run_pipeline = slow_pipeline
-    remodels.tracking.check_reachable()  # the store's first look before the start line, not after
+    retrain.tracking.check_reachable()  # the store's first look before the start line, not after
     ready.touch()
     while not go.exists():  # all workers start at once
         time.sleep(0.01)
@@ -226,7 +225,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(store, monkeypatch):
     dead = {
         tracking.HOST_TAG: socket.gethostname(),
         tracking.PID_TAG: str(_dead_pid()),
-        tracking.PID_START_TAG: f"{mtracking._machine()}/1",
+        tracking.PID_START_TAG: f"{tracking._machine()}/1",
         HEARTBEAT_TAG: pd.Timestamp.now(tz="UTC").isoformat(),  # fresh: the dead pid decides
         "owner": "someone pid 1",
     }
@@ -381,8 +380,12 @@ def test_deployment_examples_parse_and_run_the_retrain():
     timer = (deploy / "crypto-signals-retrain.timer").read_text()
     assert "OnCalendar=" in timer and "Persistent=true" in timer
 
+    # The retrain and its schedules are documented in docs/operations.md, which the README links to
+    # (before the page on tuning with several workers).
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## The weekly job: retrain", 1)[1].split("\n## ", 1)[0]
-    assert readme.index("## The weekly job: retrain") < readme.index("## Tuning on several workers")
+    assert readme.index("(docs/operations.md)") < readme.index("(docs/distributed-tuning.md)")
+    page = (REPO / "docs" / "operations.md").read_text()
+    section = page.split("## The weekly job: retrain", 1)[1].split("\n## ", 1)[0]
     for needle in ("crontab", "OnCalendar", "schedule:", "MLFLOW_TRACKING_URI", "postgresql", "75"):
         assert needle in section, needle
+    assert "python -m train.retrain --config docs/deploy/retrain.toml" in section

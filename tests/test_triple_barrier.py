@@ -10,7 +10,7 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from xgboost import XGBClassifier
 
-from evaluation.lookahead import analyse
+from evaluation.lookahead_analysis import analyse
 from features.candles import segment_ids
 from features.dataset import build_dataset
 from features.labels import (
@@ -362,7 +362,7 @@ def test_a_pipeline_run_with_triple_barrier_labels(store):
     meta = model.metadata.metadata
     assert meta["label"] == "triple_barrier" and meta["sample_weights"] == "uniqueness"
     # `evaluate` and `monitor` label candles with the model's own label kind
-    from evaluation.evaluate import prepare_scoring
+    from evaluation.scoring import prepare_scoring
 
     candles = make_candles(2600, seed=3, vol=0.004)
     scoring = prepare_scoring(model, candles)

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import train.tune
-from tests.helpers import tiny_config
 from models import tracking
+from tests.helpers import tiny_config
 from train.split import PurgedWalkForward
 from train.tune import TuningError, describe_trials, run_study, trial_counts
 
@@ -105,7 +105,7 @@ def test_no_trial_completed_within_the_timeout_is_an_error_saying_why(tmp_path, 
 def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeypatch, slow_folds):
     """The tune child run logs how many of the requested trials finished within the timeout and how many
     were cut short; ``tracking.tuning_notes`` (the pipeline summary's ``trials`` line) reports it."""
-    from train.pipeline import tune
+    from train.stages.tune import tune
 
     slow_folds.fast = 3
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ visible text of three pages and save a screenshot of each:
 * the Model Registry: ``ui-model`` version 1 with the ``production`` alias (``registered-model.png``).
 
 Screenshots go to a temporary directory; with ``UPDATE_SCREENSHOTS=1`` they replace the ones in
-``docs/screenshots/`` that the README shows.
+``docs/screenshots/`` that docs/mlflow-ui.md shows.
 
 The browser: Selenium is given ``/usr/bin/chromedriver`` and ``/usr/bin/chromium`` explicitly, so Selenium
 Manager (which would look for, and download, a driver and a browser) never runs; the test makes that a

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import train.walkforward as wfmod
-from evaluation.monitor import MonitorConfig
+from evaluation.monitoring import MonitorConfig
 from evaluation.walkforward import (
     LeakError,
     Window,

@@ -1,29 +1,53 @@
-"""Pipeline configuration: one dataclass, one CLI parser, the same names as the MLproject parameters."""
+"""Pipeline configuration: one dataclass, one CLI parser, the same names as the MLproject parameters.
+
+Each default is written once, as a :class:`PipelineConfig` field (the gate's and the costs' from
+``evaluation.gate.GateConfig`` and ``evaluation.backtest.BacktestConfig``); the parser, ``--help``,
+``docs/parameters.md`` and the MLproject are tested against it (``tests/test_config.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import logging
 import math
-import sys
-import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
-from evaluation.gate import BENCHMARKS
+from evaluation.backtest import BacktestConfig
+from evaluation.gate import BENCHMARKS, GateConfig
 from features.context import context_label, parse_context_timeframe
 from features.data import DataError
 from features.indicators import FEATURE_SETS
 from features.labels import LABELS, SAMPLE_WEIGHTS, resolve_sample_weights
 from features.primary import PRIMARIES, PRIMARY_COLUMN
+from models import cli, tracking
 from models.base import MODEL_NAMES, check_model_names
+from models.cli import LOG_LEVELS, PROJECT_LOGGERS, configure_logging, quiet_library_noise
 from models.policy import MODES, ON_HOLD, SIZINGS
-from models.redaction import install
-from models.tracking import parse_bool, parse_int
-from train.tune import OBJECTIVES
+from train.tune import OBJECTIVES, TuningError
+
+# The console set-up of every entry point lives in models.cli; these names stay importable from here.
+__all__ = [
+    "ERRORS",
+    "HELP",
+    "LOG_LEVELS",
+    "MAX_FOLDS",
+    "PROJECT_LOGGERS",
+    "PipelineConfig",
+    "build_parser",
+    "configure_logging",
+    "parse_args",
+    "pipeline_config",
+    "pipeline_parser",
+    "quiet_library_noise",
+]
 
 MAX_FOLDS = 20
+# What the pipeline's commands report in one ``error: ...`` line (exit 1): bad settings or candles
+# (ValueError, TypeError: DataError and InsufficientDataError among them), a store out of reach, a study
+# that cannot be used. MLflow's own errors too (models.cli.main).
+ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, tracking.TrackingUnavailable, TuningError)
 
 
 @dataclass(frozen=True)
@@ -48,20 +72,21 @@ class PipelineConfig:
     dry_run: bool = False
     n_folds: int = 5
     holdout_frac: float = 0.2
-    gate_min_f1: float = 0.0
-    gate_margin: float = 0.0
-    gate_confidence: float = 0.95
-    gate_min_dsr: float = 0.95
-    gate_economic: bool = True
-    gate_benchmark: str = "none"
+    # The gate's and the backtest's own defaults (evaluation.gate, evaluation.backtest): written once.
+    gate_min_f1: float = GateConfig.min_macro_f1
+    gate_margin: float = GateConfig.min_margin
+    gate_confidence: float = GateConfig.min_confidence
+    gate_min_dsr: float = GateConfig.min_dsr
+    gate_economic: bool = GateConfig.economic
+    gate_benchmark: str = GateConfig.benchmark
     optuna_storage: str = "sqlite:///optuna.db"
     n_jobs: int = 0
     backtest_mode: str = "long_short"
     on_hold: str = "auto"
     sizing: str = "full"
     primary: str = "none"
-    fee_bps: float = 10.0
-    slippage_bps: float = 5.0
+    fee_bps: float = BacktestConfig.fee_bps
+    slippage_bps: float = BacktestConfig.slippage_bps
 
     def __post_init__(self):
         for f in fields(self):
@@ -192,7 +217,8 @@ class PipelineConfig:
 
 
 HELP = {
-    "data": "'builtin' (BTC/USD 30m, 2017-10..2019-10) or a path to a CSV/Parquet OHLCV file",
+    "data": "'builtin' (BTC/USD 30m, 2017-10..2019-10), 'demo' (synthetic, with a planted edge), a "
+    "CSV/Parquet OHLCV file, exchange:<exchange>:<symbol>:<timeframe> or runs:/<run id>/...",
     "timeframe": "resample to this bar size, e.g. 1h or 4h ('' = keep the native bars)",
     "days": "keep only the last N days (0 = all)",
     "horizon": "label horizon in bars (forward return over this many bars)",
@@ -229,7 +255,7 @@ HELP = {
     "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
     "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat; "
-    "auto (default): flat with a primary, else keep",
+    "auto: flat with a primary, else keep",
     "primary": "meta-labeling: none, or momentum (a primary side, the sign of the trailing horizon-bar "
     "return, is a feature; the models learn whether acting on it pays, and probability sizing sizes "
     "against 1/2)",
@@ -240,116 +266,28 @@ HELP = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.pipeline",
-        description="Tune, ensemble, evaluate, gate and register a buy/sell/hold classifier.",
-    )
-    for f in fields(PipelineConfig):
-        kind = {"int": parse_int, "float": float, "bool": parse_bool, "str": str}[f.type]
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=kind,
-            default=f.default,
-            help=f"{HELP[f.name]} (default: {f.default!r})",
-        )
+def pipeline_parser(
+    prog: str = "python -m train.pipeline",
+    description: str = "Tune, ensemble, evaluate, gate and register a buy/sell/hold classifier.",
+    **defaults: Any,
+) -> cli.Parser:
+    """The pipeline's options, one per :class:`PipelineConfig` field (its defaults, or ``defaults`` for a
+    command that runs the pipeline cheaper, e.g. the walk-forward), and ``--log-level``."""
+    parser = cli.Parser(prog, description)
+    cli.add_options(parser, replace(PipelineConfig(), **defaults) if defaults else PipelineConfig, HELP)
     # How much the command says; not a PipelineConfig field (not a run parameter, not in the fingerprint).
-    parser.add_argument(
-        "--log-level",
-        dest="log_level",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        default="INFO",
-        help="INFO: progress and results; DEBUG: also detail; WARNING: only warnings and errors "
-        "(default: 'INFO')",
-    )
+    cli.add_log_level(parser)
     return parser
 
 
+# `python -m train.pipeline`'s parser under the name the tests know (the entry points import pipeline_parser).
+build_parser = pipeline_parser
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The :class:`PipelineConfig` of parsed options (a command's other options are left out)."""
+    return PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig)})
+
+
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
-    args = vars(build_parser().parse_args(argv))
-    args.pop("log_level")
-    return PipelineConfig(**args)
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# Loggers of this project (``logging.getLogger(__name__)`` in each module): they get the chosen level.
-# "__main__" is the entry point module itself under `python -m train.tune` and the like.
-PROJECT_LOGGERS = ("train", "features", "models", "evaluation", "__main__")
-
-
-class _ConsoleHandler(logging.Handler):
-    """Progress and results (INFO, DEBUG) on stdout, where the plan and the summary always were;
-    warnings and errors on stderr. The streams are looked up at each line (a test may swap them)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-class _ConsoleFormat(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno < logging.WARNING:
-            return text
-        ours = record.name.split(".")[0] in PROJECT_LOGGERS
-        return (
-            f"{record.levelname.lower()}: {text}"
-            if ours
-            else f"{record.levelname.lower()} {record.name}: {text}"
-        )
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Set up the console once per entry point (``main``): our loggers at ``level``, every library
-    at WARNING (MLflow's INFO lines, e.g. "Creating initial MLflow database tables", only at DEBUG),
-    and the library warnings a user cannot act on silenced (``quiet_library_noise``). Credentials are
-    masked in every log record and in stdout and stderr (``models.redaction.install``; the entry points
-    call it first, a spawned worker process here)."""
-    install()
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
-        root.removeHandler(handler)  # a second main() in one process (tests) replaces, never doubles
-    handler = _ConsoleHandler()
-    handler.setFormatter(_ConsoleFormat("%(message)s"))
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.WARNING:
-        root.setLevel(logging.WARNING)
-    for name in PROJECT_LOGGERS:
-        logging.getLogger(name).setLevel(level)
-    # MLflow logs through its own handler (it does not propagate): INFO from it only when asked for DEBUG.
-    logging.getLogger("mlflow").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
-    quiet_library_noise()
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-def quiet_library_noise() -> None:
-    """Silence, narrowly (by message, category and module), library warnings that are benign here and
-    that a user cannot act on. Any other warning still shows."""
-    # MLflow infers a schema for every logged dataset and for the model's output: our `label` columns
-    # are integers by design (class codes, -1 for rows without history) and never missing, which is
-    # all the hint warns about.
-    warnings.filterwarnings(
-        "ignore",
-        message="Hint: Inferred schema contains integer column",
-        category=UserWarning,
-        module="mlflow",
-    )
-    # MLflow warns that a python_model object is pickled (CloudPickle) rather than logged as code: that
-    # is how the served model is built on purpose, and only our own runs' models are ever loaded.
-    pyfunc = logging.getLogger("mlflow.pyfunc")
-    if not any(isinstance(f, _DropMessage) for f in pyfunc.filters):
-        pyfunc.addFilter(_DropMessage("Passing a Python object as `python_model`"))
+    return pipeline_config(pipeline_parser().parse_args(argv))

@@ -33,12 +33,10 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import mlflow
 import pandas as pd
@@ -47,18 +45,20 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from evaluation.monitoring import ON_DEGRADED
 from features.candles import fmt_td, fmt_ts
 from features.data import EXCHANGE_PREFIX, DataError, DataInfo, load_candles
-from features.exchange import cache_file, fetch_candles, parse_spec
+from features.exchange_candles import cache_file, fetch_candles, parse_spec
+from models import cli, tracking
 from models.notify import notify
-from models.redaction import install, redact, redact_obj
+from models.redaction import redact, redact_obj
 from models.registry import HEARTBEAT_TAG, LockBusy, LockHold, get_production, registry_lock
 from models.registry import lock_stale as registry_lock_stale
-from models.tracking import env_vars, error_message, one_line, parse_bool, warn_logged_credentials
-from models import tracking
-from train.config import PipelineConfig, configure_logging
-from train.config import build_parser as pipeline_parser
-from train.pipeline import print_summary, run_pipeline, terminate_as_interrupt
+from models.tracking import env_vars, error_message, one_line, warn_logged_credentials
+from models.version import version_tags
+from train.config import PipelineConfig, pipeline_config, pipeline_parser
+from train.pipeline import run_pipeline
+from train.stages.report import print_summary
 
 log = logging.getLogger(__name__)
 
@@ -104,63 +104,61 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The pipeline's options (``train.config``) and the retrain's own three."""
-    parser = pipeline_parser()
-    parser.prog = "python -m train.retrain"
-    parser.description = (
+def build_parser() -> cli.Parser:
+    """The pipeline's options (``train.config``) and :class:`RetrainOptions`'."""
+    parser = pipeline_parser(
+        "python -m train.retrain",
         "The weekly job: refresh exchange candles, skip if too few new candles arrived since the "
         "production version's data ended, else run the pipeline (gate, promotion) and notify. "
         f"Exit 0 trained or skipped, 1 failed, 2 bad arguments, {EXIT_BUSY} another retrain of the "
-        "model holds the lock, or the new version passed its gate but production could not move to it."
+        "model holds the lock, or the new version passed its gate but production could not move to it.",
     )
     parser.add_argument(
         "--min-new-candles",
         dest="min_new_candles",
         type=_min_new,
-        default=AUTO,
+        default=AUTO if RetrainOptions.min_new_candles is None else RetrainOptions.min_new_candles,
         help="train only if at least this many candles (at the pipeline's bar size) arrived after the "
         "last candle the production version's run read; 'auto' = half a week of bars (168 of 30m, "
-        "84 of 1h, 21 of 4h), 0 = always train (default: 'auto')",
+        "84 of 1h, 21 of 4h), 0 = always train",
     )
     parser.add_argument(
         "--lock-timeout",
         dest="lock_timeout",
         type=_seconds,
-        default=0.0,
+        default=RetrainOptions.lock_timeout,
         help="seconds to wait while another retrain of the same model name runs (anywhere sharing the "
-        f"tracking server) before exiting with code {EXIT_BUSY}; 0 = exit at once (default: 0.0)",
+        f"tracking server) before exiting with code {EXIT_BUSY}; 0 = exit at once",
     )
     parser.add_argument(
         "--refresh",
         dest="refresh",
-        type=parse_bool,
-        default=True,
+        type=cli.parse_bool,
+        default=RetrainOptions.refresh,
         help="update the exchange cache before deciding (exchange: data only); false = count on the cache "
-        "as it is (default: true)",
+        "as it is",
     )
     parser.add_argument(
         "--on-degraded",
         dest="on_degraded",
-        choices=("alert", "withdraw", "rollback"),
-        default="alert",
+        choices=ON_DEGRADED,
+        default=RetrainOptions.on_degraded,
         help="the production version is monitored first (python -m evaluation.monitor); when its live "
-        "numbers are degraded: alert only, withdraw production, or roll back (default: alert)",
+        "numbers are degraded: alert only, withdraw production, or roll back",
     )
     return parser
 
 
+def options(args: argparse.Namespace) -> tuple[PipelineConfig, RetrainOptions]:
+    """The pipeline configuration and the retrain options of parsed arguments."""
+    names = [f.name for f in fields(RetrainOptions)]
+    return pipeline_config(args), RetrainOptions(**{k: getattr(args, k) for k in names})
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[PipelineConfig, RetrainOptions, str]:
     """The pipeline configuration, the retrain options and the log level."""
-    args = vars(build_parser().parse_args(argv))
-    level = args.pop("log_level")
-    opts = RetrainOptions(
-        min_new_candles=args.pop("min_new_candles"),
-        lock_timeout=args.pop("lock_timeout"),
-        refresh=args.pop("refresh"),
-        on_degraded=args.pop("on_degraded"),
-    )
-    return PipelineConfig(**args), opts, level
+    args = build_parser().parse_args(argv)
+    return (*options(args), args.log_level)
 
 
 # ---------------------------------------------------------------------------------------- the lock
@@ -328,24 +326,24 @@ MONITOR_OUTCOMES = {0: "ok", 1: "not judged", 3: "degraded", 4: "drifted", 5: "n
 
 
 def monitor_production(cfg: PipelineConfig, opts: RetrainOptions) -> int:
-    """Run ``python -m evaluation.monitor`` on ``models:/<name>@production`` with the retrain's candles
-    (an exchange source: its refreshed cache) and ``--on-degraded``; its own top-level run, even under
-    `mlflow run` (whose run is the pipeline's). Returns the monitor's exit code, never raises."""
-    from evaluation import monitor
+    """Run the monitor step (:func:`evaluation.monitor_step.run_monitor`, what ``python -m
+    evaluation.monitor`` runs) on ``models:/<name>@production`` with the retrain's candles (an exchange
+    source: its refreshed cache) and ``--on-degraded``; its own top-level run, even under `mlflow run`
+    (whose run is the pipeline's). Returns the monitor's exit code, never raises."""
+    from evaluation.monitor_step import run_monitor
+    from evaluation.monitoring import EXIT_ERROR, MonitorConfig
 
     data = cfg.data
     if data.startswith(EXCHANGE_PREFIX):
         data = str(cache_file(parse_spec(data)))
-    argv = ["--model-uri", f"models:/{cfg.model_name}@production", "--data", data]
-    argv += ["--timeframe", cfg.timeframe, "--days", str(int(cfg.days or 0)), "--seed", str(cfg.seed)]
-    argv += ["--fee-bps", str(cfg.fee_bps), "--slippage-bps", str(cfg.slippage_bps)]
-    argv += ["--on-degraded", opts.on_degraded]
+    model_uri = f"models:/{cfg.model_name}@production"
     launcher_run = os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        code = monitor.main(argv)
+        config = MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+        code = run_monitor(model_uri, data, cfg.timeframe, int(cfg.days or 0), config, opts.on_degraded)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the retrain goes on without a verdict
         log.warning("monitor   failed: %s", _error_text(exc) if isinstance(exc, Exception) else exc)
-        code = monitor.EXIT_ERROR
+        code = EXIT_ERROR
     finally:
         if launcher_run is not None:
             os.environ["MLFLOW_RUN_ID"] = launcher_run
@@ -370,6 +368,7 @@ def record(outcome: str, cfg: PipelineConfig, tags: dict, note: str, failed: boo
         "retrain_outcome": outcome,
         "model_name": cfg.model_name,
         "mlflow.note.content": note,
+        **version_tags(),  # created by the client: no run-context provider adds it
         **{k: str(v) for k, v in tags.items() if v is not None},
     }
     all_tags = redact_obj(all_tags)  # an error or reason may quote a store URI with its password
@@ -415,13 +414,14 @@ def train(cfg: PipelineConfig, tags: dict, pipeline: Callable[[PipelineConfig], 
     run_tags = {"retrain": "true", "retrain_outcome": "training", "model_name": cfg.model_name} | {
         k: redact(str(v)) for k, v in tags.items() if v is not None
     }
+    run_tags |= version_tags()  # created by the client: no run-context provider adds it
     if launcher_run:
         run_id = launcher_run
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
     else:
         run_tags |= tracking.owner_tags() | {"step": "pipeline"}  # a dead retrain's run is closed later
-        run_id = client.create_run(_experiment_id(), run_name=f"retrain {cfg.model_name}", tags=run_tags)
-        run_id = run_id.info.run_id
+        run = client.create_run(_experiment_id(), run_name=f"retrain {cfg.model_name}", tags=run_tags)
+        run_id = run.info.run_id
         os.environ["MLFLOW_RUN_ID"] = run_id
     try:
         summary = pipeline(cfg)
@@ -509,27 +509,12 @@ def retrain(
             if hold.waited >= 1:
                 log.info("lock      waited %.0fs for another retrain of '%s'", hold.waited, name)
             decision = decide(cfg, opts, client)
-            monitored = None
-            if decision.production:
-                monitored = monitor_production(cfg, opts)
-                now = get_production(name, client)
-                if (str(now.version) if now else None) != decision.production:  # withdrawn or rolled back
-                    again = decide(cfg, replace(opts, refresh=False), client)
-                    decision = replace(again, refreshed=decision.refreshed)
+            decision, monitored = _monitor_first(cfg, opts, client, decision)
             tags = _tags(decision, hold, opts)
             if monitored is not None:
                 tags["retrain_monitor"] = f"{MONITOR_OUTCOMES.get(monitored, '?')} (exit {monitored})"
             if not decision.train:
-                message = f"skipped: {decision.reason}"
-                log.info("%s", message)
-                run_id = record("skipped", cfg, tags, f"**retrain skipped**: {decision.reason}")
-                notify(
-                    "retrain_skipped",
-                    f"{name}: retrain {message}",
-                    {"new_candles": decision.new_candles, "needed": decision.needed, "run_id": run_id},
-                )
-                summary = {"new_candles": decision.new_candles, "production_version": decision.production}
-                return Outcome("skipped", EXIT_OK, message, summary)
+                return _skipped(cfg, decision, tags)
             log.info("decision  train: %s", decision.reason)
             summary = train(cfg, tags, pipeline)
             if hold.lost.is_set():
@@ -537,14 +522,55 @@ def retrain(
     except LockBusy as exc:
         if hold is not None:  # not our lock (the pipeline's own promotion lock): a failure
             return _failed(cfg, decision, exc)
-        message = f"busy: {exc}"
-        log.warning("%s", message)
-        record("busy", cfg, {"retrain_reason": str(exc)[:500]}, f"**retrain not started**: {exc}")
-        notify("retrain_busy", f"{name}: retrain not started, another one is running", {"detail": str(exc)})
-        return Outcome("busy", EXIT_BUSY, message)
+        return _busy(cfg, exc)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure: one line, exit 1, a message
         return _failed(cfg, decision, exc)
+    return _trained(cfg, decision, summary, started)
 
+
+def _monitor_first(
+    cfg: PipelineConfig, opts: RetrainOptions, client: MlflowClient, decision: Decision
+) -> tuple[Decision, int | None]:
+    """Monitor production (if any) before training; when the monitor withdrew or rolled it back, decide
+    again against what production is now. Returns the decision and the monitor's exit code."""
+    if not decision.production:
+        return decision, None
+    monitored = monitor_production(cfg, opts)
+    now = get_production(cfg.model_name, client)
+    if (str(now.version) if now else None) != decision.production:  # withdrawn or rolled back
+        again = decide(cfg, replace(opts, refresh=False), client)
+        decision = replace(again, refreshed=decision.refreshed)
+    return decision, monitored
+
+
+def _skipped(cfg: PipelineConfig, decision: Decision, tags: dict) -> Outcome:
+    """Too few new candles: recorded and announced, exit 0."""
+    message = f"skipped: {decision.reason}"
+    log.info("%s", message)
+    run_id = record("skipped", cfg, tags, f"**retrain skipped**: {decision.reason}")
+    notify(
+        "retrain_skipped",
+        f"{cfg.model_name}: retrain {message}",
+        {"new_candles": decision.new_candles, "needed": decision.needed, "run_id": run_id},
+    )
+    summary = {"new_candles": decision.new_candles, "production_version": decision.production}
+    return Outcome("skipped", EXIT_OK, message, summary)
+
+
+def _busy(cfg: PipelineConfig, exc: LockBusy) -> Outcome:
+    """Another retrain of the model holds the lock: recorded and announced, exit :data:`EXIT_BUSY`."""
+    message = f"busy: {exc}"
+    log.warning("%s", message)
+    record("busy", cfg, {"retrain_reason": str(exc)[:500]}, f"**retrain not started**: {exc}")
+    notify(
+        "retrain_busy", f"{cfg.model_name}: retrain not started, another one is running", {"detail": str(exc)}
+    )
+    return Outcome("busy", EXIT_BUSY, message)
+
+
+def _trained(cfg: PipelineConfig, decision: Decision, summary: dict, started: float) -> Outcome:
+    """The pipeline ran: its result in one line, announced; exit 0, or :data:`EXIT_BUSY` when the new
+    version passed its gate but production could not be moved to it."""
     minutes = (time.monotonic() - started) / 60
     version, production = summary.get("model_version"), summary.get("production_version")
     gate = (summary.get("gate") or {}).get("result", "?")
@@ -560,7 +586,7 @@ def retrain(
     log.info("retrain   %s", message)
     notify(
         "retrain_done",
-        f"{name}: retrained v{version}, gate {gate}, {moved}",
+        f"{cfg.model_name}: retrained v{version}, gate {gate}, {moved}",
         {"new_candles": decision.new_candles, "minutes": round(minutes, 1), "run_id": summary.get("run_id")},
     )
     # A version that passed its gate but did not become production: "try again later", like a busy lock.
@@ -580,14 +606,15 @@ def _failed(cfg: PipelineConfig, decision: Decision | None, exc: BaseException) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    install()  # credentials masked in every line printed or logged from here on (models.redaction)
-    configure_logging(build_parser().parse_args(argv).log_level)  # bad arguments exit 2 here
+    return cli.main(build_parser(), argv, _main)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
-        cfg, opts, _ = parse_args(argv)
-    except (ValueError, TypeError) as exc:  # PipelineConfig's checks
-        log.error("%s", redact(str(exc)))
+        cfg, opts = options(args)
+    except (ValueError, TypeError) as exc:  # PipelineConfig's checks: said in one line by cli.main
         notify("retrain_failed", f"retrain failed: {redact(str(exc))}", {"host": socket.gethostname()})
-        return EXIT_FAILED
+        raise
     outcome = retrain(cfg, opts)
     if outcome.status == "trained" and "models" in outcome.summary:  # the pipeline's full summary
         print_summary(outcome.summary)
@@ -597,5 +624,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, terminate_as_interrupt)
-    sys.exit(main())
+    cli.run(main)

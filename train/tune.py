@@ -9,12 +9,14 @@ pruner can stop a bad trial early. No tracking calls here: the pipeline logs wha
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import random
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ import optuna
 
 from evaluation.economics import TradingCosts
 from evaluation.metrics import macro_f1
+from models import cli
 from models.base import build_model, default_n_jobs
 from models.ensemble import fit_predict_fold, map_folds
 from models.redaction import redact
@@ -107,6 +110,7 @@ def make_objective(
     objective: str = "macro_f1",
     sample_weight=None,
     side_column: str | None = None,
+    space: Callable[[optuna.Trial], dict[str, Any]] | None = None,
 ):
     """The trial's score over the purged folds, reported after each fold so the pruner can stop it.
 
@@ -139,64 +143,92 @@ def make_objective(
 
     ``side_column`` (meta-labeling: the primary side's feature column) masks every fold's probabilities
     to the side (``models.policy.mask_to_side``), as the ensemble and the served model do.
+
+    ``space`` replaces the model family's search space (:data:`SPACES`), e.g. for a benchmark.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-    if objective == "sharpe" and costs is None:
-        raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
+    _check_objective(objective, costs)
     y = np.asarray(y)
     classes = np.unique(y)
-    space = SPACES[name]
+    space = space or SPACES[name]
 
     def objective_fn(trial: optuna.Trial) -> float:
         # One thread per fit and up to n_jobs folds at once (models.ensemble.map_folds): on a busy
         # machine that degrades gracefully, where one fit spread over every core does not.
         estimator = build_model(name, space(trial), seed=seed, n_jobs=1)
-        scores: list[float] = []
-        running: list[float] = []  # objective "sharpe": pooled out-of-fold Sharpe after each fold
-        rows, probas = [], []
         folds = list(cv.split(X, y))
+        scores = _FoldScores(trial, y, classes, objective, costs)
 
         def fit(train_idx, test_idx):
             return fit_predict_fold(estimator, X, y, train_idx, test_idx, classes, sample_weight, side_column)
 
-        def record_partial() -> None:
-            with_retries(trial.set_user_attr, "fold_macro_f1", scores)
-            if running:
-                with_retries(trial.set_user_attr, "running_oof_sharpe", running)
-
         with contextlib.closing(map_folds(fit, folds, n_jobs or default_n_jobs())) as results:
             for step, ((_, test_idx), proba) in enumerate(zip(folds, results, strict=True)):
-                rows.append(test_idx)
-                probas.append(proba)
-                scores.append(macro_f1(y[test_idx], classes[proba.argmax(axis=1)]))
-                if objective == "sharpe":
-                    running.append(costs.chosen_sharpe(np.concatenate(rows), np.vstack(probas))[1])
-                    value = running[-1]
-                else:
-                    value = float(np.mean(scores))
                 # A dropped database connection is retried here: the folds already fitted are kept.
-                with_retries(trial.report, value, step)
+                with_retries(trial.report, scores.add(test_idx, proba), step)
                 if with_retries(trial.should_prune):
-                    record_partial()
+                    scores.record_partial()
                     raise optuna.TrialPruned()
                 if deadline is not None and step < len(folds) - 1 and time.monotonic() >= deadline:
-                    record_partial()
+                    scores.record_partial()
                     with_retries(trial.set_user_attr, CUT_BY_TIMEOUT, True)
                     raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
-        record_partial()
-        with_retries(trial.set_user_attr, "cv_macro_f1_mean", float(np.mean(scores)))
-        with_retries(trial.set_user_attr, "cv_macro_f1_std", float(np.std(scores)))
-        if costs is not None:
-            rule, sharpe, sharpes = costs.chosen_sharpe(np.concatenate(rows), np.vstack(probas))
-            with_retries(trial.set_user_attr, "oof_sharpe", sharpes)
-            with_retries(trial.set_user_attr, "oof_policy", rule)
-            with_retries(trial.set_user_attr, "cv_sharpe", sharpe)
-            if objective == "sharpe":
-                return sharpe  # == running[-1]: the same pooled rows
-        return float(np.mean(scores))
+        return scores.finish()
 
     return objective_fn
+
+
+def _check_objective(objective: str, costs: TradingCosts | None) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if objective == "sharpe" and costs is None:
+        raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
+
+
+class _FoldScores:
+    """A trial's scores, fold by fold (see :func:`make_objective`), and the user attributes recording
+    them on the trial."""
+
+    def __init__(self, trial: optuna.Trial, y, classes, objective: str, costs: TradingCosts | None):
+        self.trial, self.y, self.classes, self.objective, self.costs = trial, y, classes, objective, costs
+        self.scores: list[float] = []  # macro-F1 per fold
+        self.running: list[float] = []  # objective "sharpe": pooled out-of-fold Sharpe after each fold
+        self.rows: list[np.ndarray] = []  # each fold's validation rows
+        self.probas: list[np.ndarray] = []  # and its class probabilities
+
+    def add(self, test_idx, proba) -> float:
+        """Score one more fold (its validation rows and class probabilities); returns the value to report."""
+        self.rows.append(test_idx)
+        self.probas.append(proba)
+        self.scores.append(macro_f1(self.y[test_idx], self.classes[proba.argmax(axis=1)]))
+        if self.objective == "sharpe":
+            if self.costs is None:  # make_objective refuses it first (_check_objective)
+                raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
+            pooled = self.costs.chosen_sharpe(np.concatenate(self.rows), np.vstack(self.probas))
+            self.running.append(pooled[1])
+            return self.running[-1]
+        return float(np.mean(self.scores))
+
+    def record_partial(self) -> None:
+        """What a trial records also when it is pruned or cut."""
+        with_retries(self.trial.set_user_attr, "fold_macro_f1", self.scores)
+        if self.running:
+            with_retries(self.trial.set_user_attr, "running_oof_sharpe", self.running)
+
+    def finish(self) -> float:
+        """Record the completed trial's numbers; returns its value."""
+        self.record_partial()
+        with_retries(self.trial.set_user_attr, "cv_macro_f1_mean", float(np.mean(self.scores)))
+        with_retries(self.trial.set_user_attr, "cv_macro_f1_std", float(np.std(self.scores)))
+        if self.costs is not None:
+            rule, sharpe, sharpes = self.costs.chosen_sharpe(
+                np.concatenate(self.rows), np.vstack(self.probas)
+            )
+            with_retries(self.trial.set_user_attr, "oof_sharpe", sharpes)
+            with_retries(self.trial.set_user_attr, "oof_policy", rule)
+            with_retries(self.trial.set_user_attr, "cv_sharpe", sharpe)
+            if self.objective == "sharpe":
+                return sharpe  # == running[-1]: the same pooled rows
+        return float(np.mean(self.scores))
 
 
 def study_objective(study: optuna.Study) -> str:
@@ -383,6 +415,8 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage with its public heartbeat; a heartbeat lost to a dropped connection is logged
     in one line instead of ending Optuna's heartbeat thread."""
 
+    shown_url: str  # the URL as given (set by make_storage): what run_study names in its errors
+
     def record_heartbeat(self, trial_id: int) -> None:
         # Optuna's heartbeat thread ends at its first error, printing a traceback. A beat lost to a
         # dropped connection is logged in one line; the next beat, on a new connection, catches up.
@@ -440,8 +474,10 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage)
         optuna.storages.fail_stale_trials(study)
     from models.tracking import owner_alive
 
-    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
-    if interval is None:  # no heartbeat: no grace period to judge by (an in-memory study)
+    if not isinstance(storage, optuna.storages.RDBStorage):  # no heartbeat (an in-memory study)
+        return []
+    interval = storage.get_heartbeat_interval()
+    if interval is None:  # no heartbeat: no grace period to judge by
         return []
     grace = storage.grace_period if storage.grace_period is not None else 2 * interval
     # Optuna stores start times in UTC and reads them back in this machine's local time, as now() is.
@@ -563,7 +599,7 @@ class TrialProgress:
         else:
             outcome = trial.state.name.lower()
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        values = [t.value for t in trials if t.state == state.COMPLETE]
+        values = [t.value for t in trials if t.state == state.COMPLETE and t.value is not None]
         best = f"best {max(values):.4f}" if values else "no completed trial yet"
         left = ""
         if self.timeout:
@@ -597,6 +633,7 @@ def run_study(
     objective: str = "macro_f1",
     sample_weight=None,
     side_column: str | None = None,
+    space: Callable[[optuna.Trial], dict[str, Any]] | None = None,
 ) -> optuna.Study:
     """Create or join the study and run trials until it holds ``n_trials`` finished trials (or times out).
 
@@ -610,57 +647,19 @@ def run_study(
     study together. ``storage`` is a URL or an Optuna storage object. ``description`` (see
     :func:`study_description`) becomes the study's user attrs, so optuna-dashboard shows what it measured.
     ``warm_start``: parameter sets (e.g. an earlier study's best trials) a new study tries first; they
-    count towards ``n_trials`` like any trial. A study that already has trials ignores them.
+    count towards ``n_trials`` like any trial. A study that already has trials ignores them. ``space``:
+    see :func:`make_objective`.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-    if objective == "sharpe" and costs is None:
-        raise ValueError("objective 'sharpe' needs the trading costs (costs=TradingCosts(...))")
-    metric = OBJECTIVES[objective]
+    _check_objective(objective, costs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_transient_tracebacks()
     url = storage if isinstance(storage, str) else getattr(storage, "shown_url", "") or "(storage object)"
     # (check_storage, run first by the commands, fails at once on a storage that cannot be opened.)
     storage = with_retries(make_storage, storage) if isinstance(storage, str) else storage
-
-    def open_study() -> optuna.Study:
-        existing = _load_trials(storage, study_name)
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
-            # Seed offset by the trials already there and by the worker: a resumed or parallel sampler
-            # must not replay another's draws. The constant liar keeps parallel workers apart while
-            # trials run.
-            sampler=optuna.samplers.TPESampler(
-                seed=seed + len(existing) + 7919 * worker_id, multivariate=True, constant_liar=True
-            ),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-        )
-        if study.metric_names not in (None, [metric]):
-            raise TuningError(
-                f"study '{study_name}' maximises {study.metric_names[0]}, not {metric} (objective "
-                f"{objective!r}): give another --study-name, or the objective it was tuned for"
-            )
-        study.set_user_attr("model", name)
-        study.set_user_attr("space_version", SPACE_VERSION)
-        for key, value in (description or {}).items():
-            study.set_user_attr(key, value)
-        # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
-        # starts, which a full study never does): failed trials never count towards n_trials. So is a
-        # trial of this process that a dropped connection interrupted (when the study is re-opened).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([metric])
-        fail_stale_trials(study, storage)
-        _fail_own_running_trials(study)
-        if warm_start and not study.trials:
-            for params in warm_start[:n_trials]:
-                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
-        return study
-
-    study = with_retries(open_study, url=url)
+    opener = _StudyOpener(
+        storage, study_name, name, objective, seed, worker_id, description, warm_start, n_trials
+    )
+    study = with_retries(opener, url=url)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = n_trials - done
     log.info(
@@ -673,8 +672,7 @@ def run_study(
     )
     if remaining > 0:
         # Optuna checks its timeout only between trials; the objective also checks it between folds.
-        started = time.monotonic()
-        deadline = started + timeout if timeout else None
+        deadline = time.monotonic() + timeout if timeout else None
         score = make_objective(
             name,
             X,
@@ -687,73 +685,152 @@ def run_study(
             objective=objective,
             sample_weight=sample_weight,
             side_column=side_column,
+            space=space,
         )
         progress = TrialProgress(name, n_trials, timeout, objective)
-
-        def owned_score(trial: optuna.Trial) -> float:
-            record_owner(storage, study, trial)  # a worker that dies from here on is known dead at once
-            return score(trial)
-
-        def fail_dead_workers_trials(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            fail_stale_trials(study, storage)  # between trials, as Optuna fails heartbeat-stale ones
-
-        failures, lost_since = 0, 0.0
-        while remaining > 0:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            try:
-                study.optimize(
-                    owned_score,
-                    n_trials=remaining,
-                    timeout=left,
-                    catch=(),
-                    # other workers' trials count too: stop once the study as a whole is full
-                    callbacks=[
-                        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-                        progress,
-                        fail_dead_workers_trials,
-                    ],
-                )
-                break
-            except Exception as exc:
-                # A connection dropped between or during trials: re-open the study (on a new connection)
-                # and carry on towards n_trials; the interrupted trial is failed and does not count.
-                if not transient(exc):
-                    raise
-                lost_since = lost_since or time.monotonic()
-                if failures == len(RETRY_DELAYS):
-                    raise storage_lost(url, exc, time.monotonic() - lost_since) from exc
-                log.warning(
-                    "tuning    %s: lost the Optuna storage %s (%s); re-opening the study in %.1f s",
-                    name,
-                    redact(url),
-                    _reason(exc),
-                    RETRY_DELAYS[failures],
-                )
-                time.sleep(RETRY_DELAYS[failures])
-                failures += 1
-                study = with_retries(open_study, url=url)
-                now_done = sum(t.state in FINISHED for t in study.trials)
-                if now_done > done:  # progress since the last loss: the next loss starts a new count
-                    failures, lost_since = 0, 0.0
-                done, remaining = now_done, n_trials - now_done
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        cut = [t for t in study.trials if t.user_attrs.get(CUT_BY_TIMEOUT)]
-        if cut:
-            folds, seconds = len(cut[0].user_attrs["fold_macro_f1"]), cut[0].duration.total_seconds()
-            n_folds = cv.get_n_splits(X, y)
-            raise TuningError(
-                f"study '{study_name}' has no completed trial: the timeout of {timeout:g} s cut the first "
-                f"after {folds} of {n_folds} folds ({seconds:.0f} s; a whole trial takes about "
-                f"{seconds / folds * n_folds:.0f} s here); raise --timeout, or set it to 0 for no limit"
-            )
-        raise TuningError(
-            f"study '{study_name}' has no completed trial (timeout {timeout}s too short, or every trial "
-            "was pruned); raise --timeout or --n-trials"
-        )
+        study = _fill(study, opener, url, score, n_trials, done, deadline, progress)
+    _check_completed(study, timeout, lambda: cv.get_n_splits(X, y))
     log.debug("study %s: best %.4f", study_name, study.best_value)
     return study
+
+
+@dataclass(frozen=True)
+class _StudyOpener:
+    """Opens (creates, resumes or joins) a study; called again, on a new connection, after a lost one."""
+
+    storage: Any
+    study_name: str
+    model: str
+    objective: str
+    seed: int
+    worker_id: int
+    description: dict | None
+    warm_start: list[dict] | None
+    n_trials: int
+
+    def __call__(self) -> optuna.Study:
+        storage, study_name, metric = self.storage, self.study_name, OBJECTIVES[self.objective]
+        existing = _load_trials(storage, study_name)
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            # Seed offset by the trials already there and by the worker: a resumed or parallel sampler
+            # must not replay another's draws. The constant liar keeps parallel workers apart while
+            # trials run.
+            sampler=optuna.samplers.TPESampler(
+                seed=self.seed + len(existing) + 7919 * self.worker_id, multivariate=True, constant_liar=True
+            ),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        )
+        if study.metric_names not in (None, [metric]):
+            raise TuningError(
+                f"study '{study_name}' maximises {study.metric_names[0]}, not {metric} (objective "
+                f"{self.objective!r}): give another --study-name, or the objective it was tuned for"
+            )
+        study.set_user_attr("model", self.model)
+        study.set_user_attr("space_version", SPACE_VERSION)
+        for key, value in (self.description or {}).items():
+            study.set_user_attr(key, value)
+        # Trials a dead worker left RUNNING are failed before counting (Optuna does it only when a trial
+        # starts, which a full study never does): failed trials never count towards n_trials. So is a
+        # trial of this process that a dropped connection interrupted (when the study is re-opened).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
+        fail_stale_trials(study, storage)
+        _fail_own_running_trials(study)
+        if self.warm_start and not study.trials:
+            for params in self.warm_start[: self.n_trials]:
+                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        return study
+
+
+def _fill(
+    study: optuna.Study,
+    opener: _StudyOpener,
+    url: str,
+    score: Callable[[optuna.Trial], float],
+    n_trials: int,
+    done: int,
+    deadline: float | None,
+    progress: TrialProgress,
+) -> optuna.Study:
+    """Run trials until the study (``done`` finished trials so far) holds ``n_trials`` finished ones
+    (whoever ran them) or ``deadline`` passes. A connection dropped between or during trials re-opens the
+    study (on a new connection) and carries on; the interrupted trial is failed and does not count.
+    Returns the study as last opened."""
+    storage, name = opener.storage, opener.model
+
+    def owned_score(trial: optuna.Trial) -> float:
+        record_owner(storage, study, trial)  # a worker that dies from here on is known dead at once
+        return score(trial)
+
+    def fail_dead_workers_trials(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        fail_stale_trials(study, storage)  # between trials, as Optuna fails heartbeat-stale ones
+
+    remaining = n_trials - done
+    failures, lost_since = 0, 0.0
+    while remaining > 0:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        try:
+            study.optimize(
+                owned_score,
+                n_trials=remaining,
+                timeout=left,
+                catch=(),
+                # other workers' trials count too: stop once the study as a whole is full
+                callbacks=[
+                    optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                    progress,
+                    fail_dead_workers_trials,
+                ],
+            )
+            break
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            lost_since = lost_since or time.monotonic()
+            if failures == len(RETRY_DELAYS):
+                raise storage_lost(url, exc, time.monotonic() - lost_since) from exc
+            log.warning(
+                "tuning    %s: lost the Optuna storage %s (%s); re-opening the study in %.1f s",
+                name,
+                redact(url),
+                _reason(exc),
+                RETRY_DELAYS[failures],
+            )
+            time.sleep(RETRY_DELAYS[failures])
+            failures += 1
+            study = with_retries(opener, url=url)
+            now_done = sum(t.state in FINISHED for t in study.trials)
+            if now_done > done:  # progress since the last loss: the next loss starts a new count
+                failures, lost_since = 0, 0.0
+            done, remaining = now_done, n_trials - now_done
+    return study
+
+
+def _check_completed(study: optuna.Study, timeout: float | None, n_folds: Callable[[], int]) -> None:
+    """:class:`TuningError` saying what to change when the study has no completed trial."""
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        return
+    # (trial, duration) of the trials the timeout cut (finished: pruned, so their duration is known)
+    cut = [(t, d) for t in study.trials if t.user_attrs.get(CUT_BY_TIMEOUT) and (d := t.duration) is not None]
+    if cut:
+        folds, seconds = len(cut[0][0].user_attrs["fold_macro_f1"]), cut[0][1].total_seconds()
+        n = n_folds()
+        raise TuningError(
+            f"study '{study.study_name}' has no completed trial: the timeout of {timeout:g} s cut the first "
+            f"after {folds} of {n} folds ({seconds:.0f} s; a whole trial takes about "
+            f"{seconds / folds * n:.0f} s here); raise --timeout, or set it to 0 for no limit"
+        )
+    raise TuningError(
+        f"study '{study.study_name}' has no completed trial (timeout {timeout}s too short, or every trial "
+        "was pruned); raise --timeout or --n-trials"
+    )
 
 
 def _fail_own_running_trials(study: optuna.Study) -> None:
@@ -854,29 +931,20 @@ OBJECTIVE_TEXT: dict[str, str] = {
 def tune_worker(
     cfg, model: str, worker_id: int = 0, study_name: str | None = None, heartbeat: int = 30
 ) -> optuna.Study:
-    """One worker of the study the pipeline will use for ``model``: same data, folds and study name."""
-    from train.prepare import prepare  # the pipeline's own data preparation, so the folds are identical
+    """One worker of the study the pipeline will use for ``model``: same data, folds and study name (the
+    pipeline's own data preparation and stage `tune`, ``train.stages.tune.study_for``)."""
+    from train.prepare import prepare
+    from train.stages.tune import study_for
 
     data = prepare(cfg)
-    name = study_name or study_name_for(model, cfg.fingerprint(data.info.sha256, model, SPACE_VERSION))
-    X_dev, y_dev = data.dev
-    return run_study(
+    return study_for(
+        cfg,
+        data,
         model,
-        X_dev,
-        y_dev,
-        data.cv,
-        cfg.n_trials,
-        cfg.timeout or None,
-        with_retries(make_storage, cfg.optuna_storage, heartbeat_interval=heartbeat),
-        name,
-        seed=cfg.seed,
-        n_jobs=cfg.n_jobs or None,
+        cfg.n_jobs or None,
+        storage=with_retries(make_storage, cfg.optuna_storage, heartbeat_interval=heartbeat),
+        study_name=study_name,
         worker_id=worker_id,
-        costs=data.trading_costs(cfg),
-        description=study_description(cfg, data.info, model),
-        objective=cfg.objective,
-        sample_weight=data.dev_weights,
-        side_column=cfg.side_column,
     )
 
 
@@ -889,6 +957,29 @@ def _worker(args: tuple) -> tuple[int, int]:
     return worker_id, sum(t.state in FINISHED for t in study.trials)
 
 
+def build_parser() -> cli.Parser:
+    """The pipeline's options (``train.config``; no time limit by default: each worker fills its share of
+    the trials) and the tune command's own."""
+    from train.config import pipeline_parser  # train.config imports this module
+
+    doc = (main.__doc__ or "").split("\n\n")
+    parser = pipeline_parser("python -m train.tune", doc[0].strip(), timeout=0.0)
+    parser.epilog = " ".join(doc[1].split())
+    parser.add_argument("--model", required=True, choices=list(SPACES), help="model family to tune")
+    parser.add_argument("--processes", type=cli.parse_int, default=1, help="worker processes on this machine")
+    parser.add_argument(
+        "--worker-id", type=cli.parse_int, default=0, help="distinct per machine: seeds its samplers"
+    )
+    parser.add_argument("--study-name", default="", help="override the derived study name ('' = derived)")
+    parser.add_argument(
+        "--heartbeat",
+        type=cli.parse_int,
+        default=30,
+        help="seconds between heartbeats; a dead worker's trial fails after 4",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """`tune`: join (or create) a model's study and fill it, with one or more local worker processes.
 
@@ -896,62 +987,37 @@ def main(argv: list[str] | None = None) -> int:
     each machine its own ``--worker-id``) and they fill one study; the pipeline, run afterwards with
     the same data, label and fold options, finds the study full and uses it.
     """
-    import argparse
+    from train.config import ERRORS
+
+    return cli.main(build_parser(), argv, fill_study, (*ERRORS, argparse.ArgumentTypeError))
+
+
+def fill_study(args: argparse.Namespace) -> int:
+    """The tune command's work: check the stores, then run the worker processes."""
     import dataclasses
     import multiprocessing
     import os
 
     from features.data import SNAPSHOT_PREFIXES
-    from models.redaction import install
-    from models.tracking import TrackingUnavailable, check_reachable, parse_int
-    from train.config import build_parser, configure_logging
+    from models.tracking import check_reachable
+    from train.config import pipeline_config
 
-    install()  # credentials masked in every line printed or logged from here on (models.redaction)
-    parser = build_parser()
-    parser.prog = "python -m train.tune"
-    parser.description = main.__doc__.splitlines()[0]
-    parser.add_argument("--model", required=True, choices=list(SPACES), help="model family to tune")
-    parser.add_argument("--processes", type=parse_int, default=1, help="worker processes on this machine")
-    parser.add_argument(
-        "--worker-id", type=parse_int, default=0, help="distinct per machine: seeds its samplers"
-    )
-    parser.add_argument("--study-name", default="", help="override the derived study name")
-    parser.add_argument(
-        "--heartbeat",
-        type=parse_int,
-        default=30,
-        help="seconds between heartbeats; a dead worker's trial fails after 4",
-    )
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    extra = {
-        k: getattr(args, k)
-        for k in ("model", "processes", "worker_id", "study_name", "heartbeat", "log_level")
-    }
+    cfg = pipeline_config(args)
+    if args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
     try:
-        from train.config import PipelineConfig
-
-        cfg = PipelineConfig(**{k: v for k, v in vars(args).items() if k not in extra})
-        if extra["processes"] < 1:
-            raise ValueError(f"--processes must be >= 1, got {extra['processes']}")
         # Before any data is read: the storage every trial is written to, and the tracking store only
         # when the candles are a logged snapshot (runs:/...) to download from it.
         if cfg.data.startswith(SNAPSHOT_PREFIXES):
             check_reachable()
         check_storage(cfg.optuna_storage)
         # Threads per fit: the cores of this machine shared by its worker processes (no oversubscription).
-        n_jobs = cfg.n_jobs or max(1, (os.cpu_count() or 1) // extra["processes"])
+        n_jobs = cfg.n_jobs or max(1, (os.cpu_count() or 1) // args.processes)
         cfg = dataclasses.replace(cfg, n_jobs=n_jobs, optuna_storage=storage_url(cfg.optuna_storage))
+        study_name = args.study_name or None
         jobs = [
-            (
-                cfg,
-                extra["model"],
-                extra["worker_id"] * 1000 + k,
-                extra["study_name"] or None,
-                extra["heartbeat"],
-                extra["log_level"],
-            )
-            for k in range(extra["processes"])
+            (cfg, args.model, args.worker_id * 1000 + k, study_name, args.heartbeat, args.log_level)
+            for k in range(args.processes)
         ]
         if len(jobs) == 1:
             results = [_worker(jobs[0])]
@@ -960,23 +1026,13 @@ def main(argv: list[str] | None = None) -> int:
                 results = pool.map(_worker, jobs)
     except KeyboardInterrupt:
         log.warning("interrupted: finished trials are kept; rerun the same command to resume")
-        return 130
-    except (ValueError, TypeError, TuningError, TrackingUnavailable, argparse.ArgumentTypeError) as exc:
-        log.error("%s", exc)
-        return 1
+        return cli.EXIT_INTERRUPTED
     log.info(
-        f"study for {extra['model']}: {max(n for _, n in results)} finished trials "
+        f"study for {args.model}: {max(n for _, n in results)} finished trials "
         f"({len(results)} worker process(es), {cfg.n_jobs} thread(s) each) in {cfg.optuna_storage}"
     )
     return 0
 
 
 if __name__ == "__main__":
-    import signal
-    import sys
-
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    sys.exit(main())
+    cli.run(main)

@@ -14,7 +14,7 @@ then in production) on the candles that closed by the cut, and nothing later. Th
   (``evaluation.monitor``: live macro-F1 clearly below what the model was promoted with, or an
   after-cost loss beyond luck) is applied to what the production model did in it, on the rows whose
   outcome was known by then; a degraded model is withdrawn and the bot is flat until a candidate passes
-  (the decision is :func:`evaluation.monitor.action_for`, the one ``monitor --on-degraded withdraw``
+  (the decision is :func:`evaluation.monitoring.action_for`, the one ``monitor --on-degraded withdraw``
   and ``retrain --on-degraded withdraw`` act on);
 - ``always_promote``: this window's candidate, gate or no gate;
 - ``never_retrain``: the first window's candidate, forever;
@@ -33,20 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
 import optuna
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
-from evaluation.monitor import WITHDRAW, MonitorConfig, action_for
+from evaluation.monitoring import WITHDRAW, MonitorConfig, action_for
 from evaluation.walkforward import (
     STRATEGIES,
     STRATEGY_NAMES,
@@ -62,21 +59,19 @@ from evaluation.walkforward import (
     window_live,
 )
 from features.candles import count_gaps, fmt_td
-from features.data import DataError, candles_sha256, load_candles
+from features.data import DataInfo, candles_sha256, load_candles
 from features.dataset import InsufficientDataError
 from features.labels import label_function
+from models import cli, tracking
 from models.base import default_n_jobs
 from models.pyfunc import SignalModel
-from models.redaction import install, redact, redact_obj
-from models.tracking import parse_bool, parse_int
-from models import tracking
-from train.config import PipelineConfig, build_parser, configure_logging
-from train.pipeline import Tuned, assess, compare_champion, fit_candidate, serving_model, study_for
+from models.redaction import redact, redact_obj
+from train.config import ERRORS, PipelineConfig, pipeline_config, pipeline_parser
 from train.prepare import prepare_candles, with_pair
-from train.tune import (
-    TuningError,
-    check_storage,
-)
+from train.stages.assess import Evaluation, assess, compare_champion
+from train.stages.fit import fit_candidate, serving_model
+from train.stages.tune import Tuned, study_for
+from train.tune import check_storage
 
 log = logging.getLogger("train.walkforward")
 REPORT = "walkforward.html"
@@ -132,8 +127,13 @@ def _window_info(info, frame: pd.DataFrame):
 
 
 def _best_params(study: optuna.Study, k: int) -> list[dict]:
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return [t.params for t in sorted(done, key=lambda t: t.value, reverse=True)[:k]]
+    # (value, parameters) of the completed trials: a completed trial of a single-objective study has a value
+    done = [
+        (t.value, t.params)
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    ]
+    return [params for _, params in sorted(done, key=lambda d: d[0], reverse=True)[:k]]
 
 
 def trained_until(model: SignalModel) -> pd.Timestamp:
@@ -175,6 +175,32 @@ def run_window(
     """Train, gate and trade one window; returns its result, its candidate, and what each track has in
     production for the next window."""
     started = time.monotonic()
+    data = window_data(cfg, candles, info, window)
+    tuned, best = tune_window(cfg, wf, data, window, warm, n_jobs)
+    fitted = fit_candidate(cfg, data, tuned, n_jobs)
+    candidate = serving_model(cfg, data, fitted)
+    now, evs = gate_tracks(cfg, data, fitted, tuned, window, candidate, production)
+    traders: dict[str, SignalModel | None] = {
+        "gated": _model_of(now["gated"]),
+        "gated_monitored": _model_of(now["gated_monitored"]),
+        "always_promote": candidate,
+        "never_retrain": first or candidate,
+    }
+    check_traders(traders, window)
+    trades = trade_traders(cfg, traders, candles, info, labels, window)
+    after, monitor_note = monitor_window(cfg, trades, window, info, now)
+    row = window_row(window, data, evs, now, monitor_note, round(time.monotonic() - started, 1))
+    row |= strategy_columns(trades, candles)
+    return WindowResult(row, trades, best), candidate, after
+
+
+def _model_of(deployment: Deployment | None) -> SignalModel | None:
+    return None if deployment is None else deployment.model
+
+
+def window_data(cfg: PipelineConfig, candles: pd.DataFrame, info, window: Window):
+    """The window's dataset, prepared as the pipeline prepares it from the candles closed by its cut
+    (checked: nothing later)."""
     frame = training_candles(candles, window)
     check_known(frame.index, window.cut, f"{window.label}: its training candles")
     try:
@@ -185,7 +211,14 @@ def run_window(
             "raise --min-train-days (or --train-days) so that the first window has enough history."
         ) from None
     check_known(data.candles.index, window.cut, f"{window.label}: its training dataset")
+    return data
 
+
+def tune_window(
+    cfg: PipelineConfig, wf: WalkForwardConfig, data, window: Window, warm: dict, n_jobs: int
+) -> tuple[dict[str, Tuned], dict[str, list[dict]]]:
+    """Stage `tune` for the window (no runs logged): each model's best trial, and the best parameter sets
+    of its study (the next window's warm start)."""
     tuned, best = {}, {}
     for name in cfg.model_list:
         study = study_for(
@@ -198,43 +231,67 @@ def run_window(
         )
         tuned[name] = Tuned.from_study("", study)
         best[name] = _best_params(study, wf.warm_start_trials)
-    fitted = fit_candidate(cfg, data, tuned, n_jobs)
-    candidate = serving_model(cfg, data, fitted)
+    return tuned, best
 
-    # The gate, once per distinct champion (the two tracks usually hold the same one).
-    evaluations: dict[int | None, object] = {}
 
-    def gate_against(champion: Deployment | None):
-        key = None if champion is None else id(champion)
-        if key not in evaluations:
-            champion_of = None
-            if champion is not None:
-
-                def champion_of(pred, returns):
-                    return compare_champion(
-                        champion.label, {}, lambda: _Deployed(champion.model), data, cfg, pred, returns
-                    )
-
-            evaluations[key] = assess(cfg, data, fitted, tuned, champion_of)
-        return evaluations[key]
-
+def gate_tracks(
+    cfg: PipelineConfig,
+    data,
+    fitted,
+    tuned: dict[str, Tuned],
+    window: Window,
+    candidate: SignalModel,
+    production: dict[str, Deployment | None],
+) -> tuple[dict[str, Deployment | None], dict]:
+    """Each track's gate (stage `assess` against what it has in production) and what it has in production
+    after it: the candidate if it passed, else what it had. The gate runs once per distinct champion (the
+    two tracks usually hold the same one)."""
+    evaluations: dict[int | None, Evaluation] = {}
     now, evs = {}, {}
     for track in TRACKS:
-        evs[track] = ev = gate_against(production[track])
+        champion = production[track]
+        key = None if champion is None else id(champion)
+        if key not in evaluations:
+            evaluations[key] = assess(cfg, data, fitted, tuned, _champion_of(cfg, data, champion))
+        evs[track] = ev = evaluations[key]
         passed = Deployment(window.k, candidate, ev.gate.candidate_macro_f1)
-        now[track] = passed if ev.gate.passed else production[track]
-    traders = {
-        "gated": now["gated"] and now["gated"].model,
-        "gated_monitored": now["gated_monitored"] and now["gated_monitored"].model,
-        "always_promote": candidate,
-        "never_retrain": first or candidate,
-    }
+        now[track] = passed if ev.gate.passed else champion
+    return now, evs
+
+
+def _champion_of(cfg: PipelineConfig, data, champion: Deployment | None):
+    """The champion comparison stage `assess` asks for (None: nothing in production)."""
+    if champion is None:
+        return None
+
+    def champion_of(pred, returns):
+        return compare_champion(
+            champion.label, {}, lambda: _Deployed(champion.model), data, cfg, pred, returns
+        )
+
+    return champion_of
+
+
+def check_traders(traders: dict[str, SignalModel | None], window: Window) -> None:
+    """:class:`LeakError` when a model that trades the window trained on candles from after its cut."""
     for name, model in traders.items():
         if model is not None and trained_until(model) >= window.cut:
             raise LeakError(
                 f"{window.label}: the {name} model trained on candles up to {trained_until(model)}, "
                 f"not before the cut {window.cut}"
             )
+
+
+def trade_traders(
+    cfg: PipelineConfig,
+    traders: dict[str, SignalModel | None],
+    candles: pd.DataFrame,
+    info,
+    labels: pd.Series,
+    window: Window,
+) -> dict:
+    """Each strategy's trades over the window, after costs; a track with nothing in production stays out
+    (flat)."""
     trades = {
         name: trade_window(model, candles, window, info.bar, labels, cfg.fee_bps, cfg.slippage_bps)
         for name, model in traders.items()
@@ -243,27 +300,37 @@ def run_window(
     for track in TRACKS:
         if traders[track] is None:  # nothing in production: the bot stays out
             trades[track] = flat_trade(trades["always_promote"])
+    return trades
 
-    # The monitor, at the end of the window, on what it could know by then, deciding as
-    # `monitor --on-degraded withdraw` does (evaluation.monitor.action_for): a production model whose
-    # live numbers are degraded is withdrawn (flat) until a candidate passes the gate.
+
+def monitor_window(
+    cfg: PipelineConfig, trades: dict, window: Window, info, now: dict[str, Deployment | None]
+) -> tuple[dict[str, Deployment | None], str]:
+    """The monitor, at the end of the window, on what it could know by then, deciding as
+    `monitor --on-degraded withdraw` does (evaluation.monitoring.action_for): a production model whose
+    live numbers are degraded is withdrawn (flat) until a candidate passes the gate. Returns what each
+    track has in production for the next window, and what the monitor did."""
     after = dict(now)
-    monitor_note = ""
     deployed = now["gated_monitored"]
-    if deployed is not None:
-        config = MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-        live = window_live(trades["gated_monitored"], window, info.bar, cfg.horizon, config)
-        action = action_for(live, deployed.promised_f1, config, WITHDRAW)
-        if not action.judged:
-            monitor_note = "not judged (too few matured rows)"
-        elif action.kind == WITHDRAW:
-            after["gated_monitored"] = None
-            monitor_note = f"withdrew {deployed.label}: " + "; ".join(action.reasons)
-        else:
-            monitor_note = "ok"
+    if deployed is None:
+        return after, ""
+    config = MonitorConfig(seed=cfg.seed, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+    live = window_live(trades["gated_monitored"], window, info.bar, cfg.horizon, config)
+    action = action_for(live, deployed.promised_f1, config, WITHDRAW)
+    if not action.judged:
+        return after, "not judged (too few matured rows)"
+    if action.kind == WITHDRAW:
+        after["gated_monitored"] = None
+        return after, f"withdrew {deployed.label}: " + "; ".join(action.reasons)
+    return after, "ok"
 
+
+def window_row(
+    window: Window, data, evs: dict, now: dict[str, Deployment | None], monitor_note: str, seconds: float
+) -> dict:
+    """The window's line in the table: its candidate's gate (track ``gated``) and production."""
     ev = evs["gated"]
-    row = {
+    return {
         "window": window.k,
         "train_start": str(window.train_start),
         "cut": str(window.cut),
@@ -280,8 +347,14 @@ def run_window(
         "monitored_gate": evs["gated_monitored"].gate.result,
         "monitored_production": "" if now["gated_monitored"] is None else now["gated_monitored"].label,
         "monitor": monitor_note,
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
     }
+
+
+def strategy_columns(trades: dict, candles: pd.DataFrame) -> dict:
+    """The window's columns per strategy: return, trades and macro-F1 of the traded calls, and
+    buy-and-hold's return over the same periods."""
+    row = {}
     for name in STRATEGIES:
         t = trades[name]
         row[f"{name}_return"] = t.metrics["total_return"]
@@ -292,7 +365,7 @@ def run_window(
     if len(span):
         first_open, last_open = opens.index.get_loc(span[0]), opens.index.get_loc(span[-1]) + 1
         row["buy_and_hold_return"] = float(opens.iloc[last_open] / opens.iloc[first_open] - 1.0)
-    return WindowResult(row, trades, best), candidate, after
+    return row
 
 
 def log_window(result: WindowResult) -> None:
@@ -347,6 +420,34 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
     tracking.check_reachable()
     check_storage(cfg.optuna_storage)
     n_jobs = cfg.n_jobs or default_n_jobs()
+    candles, info, windows, labels = load_history(cfg, wf)
+    tracking.use_experiment()
+    tracking.track_liveness()
+    for closed in tracking.close_orphaned_runs():
+        log.info("orphan    %s", closed)
+    started = time.monotonic()
+    with mlflow.start_run(run_name=run_name(cfg, wf, info)) as parent:
+        mlflow.set_tags(
+            {"step": "walkforward", "git_commit": tracking.git_commit(), "data_source": info.source}
+        )
+        tracking.log_params_once(cfg.to_dict() | asdict(wf))
+        tracking.log_candles_snapshot(candles, info)
+        results = replay_windows(cfg, wf, candles, info, labels, windows, n_jobs)
+        returns, equity, metrics = stitch([r.trades for r in results], candles, info.bar, cfg.cost)
+        table = pd.DataFrame([r.row for r in results])
+        summary = summarise(cfg, wf, parent.info.run_id, info, windows, table, metrics, started)
+        log_walkforward(summary, table, returns, equity, info)
+    summary["table"] = table
+    summary["returns"] = returns
+    summary["trades"] = [r.trades for r in results]
+    return summary
+
+
+def load_history(
+    cfg: PipelineConfig, wf: WalkForwardConfig
+) -> tuple[pd.DataFrame, DataInfo, list[Window], pd.Series]:
+    """The candles (with the second instrument's pair_* columns), their info, the windows, and every
+    candle's label (for scoring the traded calls after the fact, never for a decision)."""
     candles, info = load_candles(cfg.data, cfg.timeframe or None, cfg.days or None)
     candles = with_pair(cfg, candles, info)  # the second instrument's pair_* columns ride along
     windows = schedule(
@@ -356,7 +457,6 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
         pd.Timedelta(days=wf.min_train_days),
         pd.Timedelta(days=wf.train_days) if wf.train_days else None,
     )
-    # Every candle's label, for scoring the traded calls after the fact (never for a decision).
     labels = label_function(cfg.label)(candles["close"], cfg.horizon, cfg.threshold, cfg.vol_window)
     log.info(
         "walk-forward %s: %d windows of %g days from %s, %s",
@@ -366,148 +466,150 @@ def run_walkforward(cfg: PipelineConfig, wf: WalkForwardConfig) -> dict:
         f"{windows[0].cut:%Y-%m-%d}",
         "expanding history" if not wf.train_days else f"last {wf.train_days:g} days of history",
     )
-    tracking.use_experiment()
-    tracking.track_liveness()
-    for closed in tracking.close_orphaned_runs():
-        log.info("orphan    %s", closed)
-    started = time.monotonic()
-    results: list[WindowResult] = []
-    with mlflow.start_run(
-        # builtin, a file's name, exchange:..., runs:/... (as the pipeline names its runs)
-        run_name=f"walkforward {info.describe().split(': ', 1)[0]} {cfg.timeframe or fmt_td(info.bar)} "
+    return candles, info, windows, labels
+
+
+def run_name(cfg: PipelineConfig, wf: WalkForwardConfig, info) -> str:
+    """The parent run's name, e.g. ``walkforward builtin 4h every 30d 2025-01-31 12:00``."""
+    # builtin, a file's name, exchange:..., runs:/... (as the pipeline names its runs)
+    return (
+        f"walkforward {info.describe().split(': ', 1)[0]} {cfg.timeframe or fmt_td(info.bar)} "
         f"every {wf.retrain_every:g}d "
         f"{time.strftime('%Y-%m-%d %H:%M')}"
-    ) as parent:
-        mlflow.set_tags(
-            {"step": "walkforward", "git_commit": tracking.git_commit(), "data_source": info.source}
-        )
-        tracking.log_params_once(cfg.to_dict() | asdict(wf))
-        tracking.log_candles_snapshot(candles, info)
-        production, first, warm = dict.fromkeys(TRACKS), None, {}
-        for window in windows:
-            with mlflow.start_run(run_name=window.label, nested=True):
-                result, candidate, production = run_window(
-                    cfg, wf, candles, info, labels, window, production, first, warm, n_jobs
-                )
-                log_window(result)
-            results.append(result)
-            first = first or candidate
-            warm = result.best
-            r = result.row
-            log.info(
-                "%s  %d rows, gate %s%s; production %s; traded: gated %+.1f%%, gated+monitor %+.1f%%, "
-                "always %+.1f%%, never %+.1f%%, buy-and-hold %+.1f%% (%.0fs)%s",
-                window.label,
-                r["train_rows"],
-                r["gate"],
-                f" ({r['failed_checks']})" if r["failed_checks"] else "",
-                r["production"] or "none",
-                100 * r["gated_return"],
-                100 * r["gated_monitored_return"],
-                100 * r["always_promote_return"],
-                100 * r["never_retrain_return"],
-                100 * r.get("buy_and_hold_return", float("nan")),
-                r["seconds"],
-                f"; monitor: {r['monitor']}" if r["monitor"].startswith("withdrew") else "",
+    )
+
+
+def replay_windows(
+    cfg: PipelineConfig,
+    wf: WalkForwardConfig,
+    candles: pd.DataFrame,
+    info,
+    labels: pd.Series,
+    windows: list[Window],
+    n_jobs: int,
+) -> list[WindowResult]:
+    """Every window in order, each in its child run, production carried from one to the next."""
+    results: list[WindowResult] = []
+    production: dict[str, Deployment | None] = dict.fromkeys(TRACKS)
+    first: SignalModel | None = None
+    warm: dict[str, list[dict]] = {}  # model -> the previous window's best parameter sets (warm start)
+    for window in windows:
+        with mlflow.start_run(run_name=window.label, nested=True):
+            result, candidate, production = run_window(
+                cfg, wf, candles, info, labels, window, production, first, warm, n_jobs
             )
-        returns, equity, metrics = stitch([r.trades for r in results], candles, info.bar, cfg.cost)
-        table = pd.DataFrame([r.row for r in results])
-        promoted = int(table["promoted"].sum())
-        g, m, a, n, b = (
-            metrics[k]["total_return"]
-            for k in ("gated", "gated_monitored", "always_promote", "never_retrain", "buy_and_hold")
-        )
-        withdrawn = int(table["monitor"].str.startswith("withdrew").sum())
-        description = (
-            f"{len(windows)} windows of {wf.retrain_every:g} days from {windows[0].cut:%Y-%m-%d} to "
-            f"{windows[-1].end:%Y-%m-%d}; the gate promoted {promoted} of {len(windows)} candidates. "
-            f"Stitched after costs: retrain + gate {g:+.1%}, retrain + gate + monitor {m:+.1%} "
-            f"({withdrawn} withdrawal(s)), always promote {a:+.1%}, never retrain {n:+.1%}, "
-            f"buy and hold {b:+.1%}."
-        )
-        summary = {
-            "run_id": parent.info.run_id,
-            "data": info.describe(),
-            "description": description,
-            "windows": len(windows),
-            "promoted": promoted,
-            "strategies": metrics,
-            "seconds": round(time.monotonic() - started, 1),
-            "config": redact_obj(cfg.to_dict() | asdict(wf)),  # a storage URI's password masked
+            log_window(result)
+        results.append(result)
+        first = first or candidate
+        warm = result.best
+        print_window(window, result.row)
+    return results
+
+
+def print_window(window: Window, r: dict) -> None:
+    log.info(
+        "%s  %d rows, gate %s%s; production %s; traded: gated %+.1f%%, gated+monitor %+.1f%%, "
+        "always %+.1f%%, never %+.1f%%, buy-and-hold %+.1f%% (%.0fs)%s",
+        window.label,
+        r["train_rows"],
+        r["gate"],
+        f" ({r['failed_checks']})" if r["failed_checks"] else "",
+        r["production"] or "none",
+        100 * r["gated_return"],
+        100 * r["gated_monitored_return"],
+        100 * r["always_promote_return"],
+        100 * r["never_retrain_return"],
+        100 * r.get("buy_and_hold_return", float("nan")),
+        r["seconds"],
+        f"; monitor: {r['monitor']}" if r["monitor"].startswith("withdrew") else "",
+    )
+
+
+def summarise(
+    cfg: PipelineConfig,
+    wf: WalkForwardConfig,
+    run_id: str,
+    info,
+    windows: list[Window],
+    table: pd.DataFrame,
+    metrics: dict,
+    started: float,
+) -> dict:
+    """The walk-forward's summary: the verdict in one paragraph and the stitched metrics per strategy."""
+    promoted = int(table["promoted"].sum())
+    g, m, a, n, b = (
+        metrics[k]["total_return"]
+        for k in ("gated", "gated_monitored", "always_promote", "never_retrain", "buy_and_hold")
+    )
+    withdrawn = int(table["monitor"].str.startswith("withdrew").sum())
+    description = (
+        f"{len(windows)} windows of {wf.retrain_every:g} days from {windows[0].cut:%Y-%m-%d} to "
+        f"{windows[-1].end:%Y-%m-%d}; the gate promoted {promoted} of {len(windows)} candidates. "
+        f"Stitched after costs: retrain + gate {g:+.1%}, retrain + gate + monitor {m:+.1%} "
+        f"({withdrawn} withdrawal(s)), always promote {a:+.1%}, never retrain {n:+.1%}, "
+        f"buy and hold {b:+.1%}."
+    )
+    return {
+        "run_id": run_id,
+        "data": info.describe(),
+        "description": description,
+        "windows": len(windows),
+        "promoted": promoted,
+        "strategies": metrics,
+        "seconds": round(time.monotonic() - started, 1),
+        "config": redact_obj(cfg.to_dict() | asdict(wf)),  # a storage URI's password masked
+    }
+
+
+def log_walkforward(
+    summary: dict, table: pd.DataFrame, returns: pd.DataFrame, equity: pd.DataFrame, info
+) -> None:
+    """The stitched metrics, the tables, the plot, the HTML report and the description, to the active
+    (parent) run."""
+    for name, m in summary["strategies"].items():
+        tracking.log_metrics(f"{name}_", m)
+    mlflow.log_metrics(
+        {
+            "n_windows": summary["windows"],
+            "n_promoted": summary["promoted"],
+            "total_seconds": summary["seconds"],
         }
-        for name, m in metrics.items():
-            tracking.log_metrics(f"{name}_", m)
-        mlflow.log_metrics(
-            {"n_windows": len(windows), "n_promoted": promoted, "total_seconds": summary["seconds"]}
+    )
+    mlflow.log_text(table.to_csv(index=False), "windows.csv")
+    mlflow.log_text(returns.to_csv(index_label="period_start"), "returns.csv")
+    mlflow.log_text(equity.to_csv(index_label="period_start"), "equity.csv")
+    mlflow.log_dict(summary, "walkforward.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_walkforward(
+            equity, table, Path(tmp) / "walkforward_equity.png", f"Walk-forward, {info.describe()}"
         )
-        mlflow.log_text(table.to_csv(index=False), "windows.csv")
-        mlflow.log_text(returns.to_csv(index_label="period_start"), "returns.csv")
-        mlflow.log_text(equity.to_csv(index_label="period_start"), "equity.csv")
-        mlflow.log_dict(summary, "walkforward.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_walkforward(
-                equity, table, Path(tmp) / "walkforward_equity.png", f"Walk-forward, {info.describe()}"
-            )
-            mlflow.log_artifact(str(png))
-            (Path(tmp) / REPORT).write_text(redact(report_html(summary, table, png.name)), encoding="utf-8")
-            mlflow.log_artifact(str(Path(tmp) / REPORT))
-        mlflow.set_tag(
-            "mlflow.note.content",
-            f"**walk-forward**: {description}\n\nPer window: `windows.csv` and the child runs; plot and "
-            f"table: `{REPORT}`.",
-        )
-    summary["table"] = table
-    summary["returns"] = returns
-    summary["trades"] = [r.trades for r in results]
-    return summary
+        mlflow.log_artifact(str(png))
+        (Path(tmp) / REPORT).write_text(redact(report_html(summary, table, png.name)), encoding="utf-8")
+        mlflow.log_artifact(str(Path(tmp) / REPORT))
+    mlflow.set_tag(
+        "mlflow.note.content",
+        f"**walk-forward**: {summary['description']}\n\nPer window: `windows.csv` and the child runs; plot "
+        f"and table: `{REPORT}`.",
+    )
 
 
-def build_walkforward_parser() -> argparse.ArgumentParser:
-    parser = build_parser()
-    parser.prog = "python -m train.walkforward"
-    parser.description = __doc__.splitlines()[0]
-    # Cheaper defaults than a single pipeline run: one study per model per window.
-    parser.set_defaults(n_trials=6, timeout=0.0)
-    parser.add_argument(
-        "--retrain-every", type=float, default=30.0, help="days between retrainings (default 30)"
-    )
-    parser.add_argument(
-        "--min-train-days",
-        type=float,
-        default=180.0,
-        help="history before the first cut, in days (default 180)",
-    )
-    parser.add_argument(
-        "--train-days",
-        type=float,
-        default=0.0,
-        help="days of history each window trains on (default 0: all history before its cut)",
-    )
-    parser.add_argument(
-        "--warm-start",
-        type=parse_bool,
-        default=True,
-        help="start each window's studies from the previous window's best parameter sets (default true)",
-    )
-    parser.add_argument(
-        "--warm-start-trials",
-        type=parse_int,
-        default=3,
-        help="how many of the previous window's best parameter sets to try first (default 3)",
-    )
+# Cheaper than a single pipeline run: one study per model per window, with no time limit (a time budget
+# would make the replay depend on the machine's load).
+PIPELINE_DEFAULTS = {"n_trials": 6, "timeout": 0.0}
+WALKFORWARD_HELP = {
+    "retrain_every": "days between retrainings",
+    "min_train_days": "history before the first cut, in days",
+    "train_days": "days of history each window trains on (0 = all history before its cut)",
+    "warm_start": "start each window's studies from the previous window's best parameter sets",
+    "warm_start_trials": "how many of the previous window's best parameter sets to try first",
+}
+
+
+def build_parser() -> cli.Parser:
+    """The pipeline's options (with :data:`PIPELINE_DEFAULTS`) and :class:`WalkForwardConfig`'s."""
+    parser = pipeline_parser("python -m train.walkforward", __doc__.splitlines()[0], **PIPELINE_DEFAULTS)
+    cli.add_options(parser, WalkForwardConfig, WALKFORWARD_HELP)
     return parser
-
-
-def parse(argv: list[str] | None = None) -> tuple[PipelineConfig, WalkForwardConfig, str]:
-    args = vars(build_walkforward_parser().parse_args(argv))
-    wf = WalkForwardConfig(
-        **{
-            k: args.pop(k)
-            for k in ("retrain_every", "min_train_days", "train_days", "warm_start", "warm_start_trials")
-        }
-    )
-    level = args.pop("log_level")
-    return PipelineConfig(**args), wf, level
 
 
 def print_summary(s: dict) -> None:
@@ -523,38 +625,18 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    install()  # credentials masked in every line printed or logged from here on (models.redaction)
-    configure_logging(build_walkforward_parser().parse_args(argv).log_level)
-    try:
-        cfg, wf, level = parse(argv)
-        if level == "INFO":  # a line per trial of every window's studies is too much; DEBUG shows them
-            logging.getLogger("train.tune").setLevel(logging.WARNING)
-        summary = run_walkforward(cfg, wf)
-    except (
-        DataError,
-        InsufficientDataError,
-        tracking.TrackingUnavailable,
-        TuningError,
-        LeakError,
-        ValueError,
-        TypeError,
-    ) as exc:
-        log.error("%s", exc)
-        return 1
-    except MlflowException as exc:
-        from models.tracking import error_message
+    return cli.main(build_parser(), argv, _main, (*ERRORS, LeakError))
 
-        log.error("%s", error_message(exc))
-        return 1
+
+def _main(args: argparse.Namespace) -> int:
+    wf = WalkForwardConfig(**{f.name: getattr(args, f.name) for f in fields(WalkForwardConfig)})
+    if args.log_level == "INFO":  # a line per trial of every window's studies is too much; DEBUG shows them
+        logging.getLogger("train.tune").setLevel(logging.WARNING)
+    summary = run_walkforward(pipeline_config(args), wf)
     print_summary(summary)
     print(json.dumps({k: summary["strategies"][k]["total_return"] for k in summary["strategies"]}))
     return 0
 
 
-def terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, terminate_as_interrupt)
-    sys.exit(main())
+    cli.run(main)

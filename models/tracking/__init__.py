@@ -8,11 +8,8 @@ It imports only the standard library, pandas and mlflow at import time (``featur
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import os
-import re
 import socket
 import sys
 import time
@@ -29,6 +26,7 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
 from models import redaction
+from models.cli import one_line, parse_bool, parse_int  # noqa: F401 - re-exported (stdlib-only home)
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -84,17 +82,6 @@ def new_sqlite_file(uri: str) -> Path | None:
         return None
     path = Path(raw).expanduser()
     return None if path.exists() else path
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line, without the SQL statement, bound parameters, link and autoflush
-    note that SQLAlchemy appends (a failed INSERT of a run prints dozens of lines otherwise)."""
-    text = str(exc)
-    for marker in ("\n[SQL: ", "\n[parameters: "):
-        text = text.split(marker, 1)[0]
-    text = re.sub(r"\(Background on this error at: [^)]*\)", "", text)
-    text = re.sub(r"\(raised as a result of Query-invoked autoflush;[^)]*\)", "", text)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -403,31 +390,6 @@ def warn_logged_credentials(run_id: str, params: Mapping[str, object]) -> list[s
     return leaked
 
 
-def parse_bool(text: str) -> bool:
-    """argparse ``type`` for true/false flags: true/1/yes/y and false/0/no/n/"" (any case)."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "y"):
-        return True
-    if value in ("false", "0", "no", "n", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_int(text: str) -> int:
-    """argparse ``type`` for whole numbers: "6", and "6.0" as `mlflow run` may pass it; not "6.5"."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
-
-
 # ------------------------------------------------------------------ which process holds a run or a lock
 # A run or a registry lock records the process that holds it (``host``, ``pid`` and ``pid_start``, so a later
 # process given the same pid is not mistaken for it); another process on the same machine can then tell at
@@ -583,6 +545,7 @@ from models.tracking.runs import (  # noqa: E402, F401
     git_commit,
     holdout_looks,
     log_candles_snapshot,
+    record_version,
     track_liveness,
     tuning_notes,
 )

@@ -29,6 +29,7 @@ from models.tracking import (
     CandleSource,
     TrackingUnavailable,
     check_reachable,
+    env_vars,
     experiment_in_use,
     log_dataset,
     log_metrics,
@@ -38,6 +39,7 @@ from models.tracking import (
     process_start,
     use_experiment,
 )
+from models.version import VERSION_TAG, __version__, version_tags
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -61,6 +63,7 @@ __all__ = [
     "owner_alive",
     "owner_tags",
     "process_start",
+    "record_version",
     "track_liveness",
     "tuning_notes",
     "use_experiment",
@@ -130,7 +133,7 @@ def log_candles_snapshot(candles: pd.DataFrame, info) -> str:
         "uri": f"runs:/{run_id}/{SNAPSHOT_PATH}",
     }
     if info.source.startswith(EXCHANGE_PREFIX):
-        from features.exchange import parse_spec
+        from features.exchange_candles import parse_spec
 
         spec = parse_spec(info.source)
         snapshot.update(exchange=spec.exchange, symbol=spec.symbol, exchange_timeframe=spec.timeframe)
@@ -221,6 +224,43 @@ class _OwnerContext(RunContextProvider):
         return owner_tags() | {HEARTBEAT_TAG: _now()}
 
 
+class _VersionContext(RunContextProvider):
+    """Adds the project's version (:data:`models.version.VERSION_TAG`) to every run ``mlflow.start_run``
+    creates."""
+
+    def in_context(self) -> bool:
+        return True
+
+    def tags(self) -> dict[str, str]:
+        return version_tags()
+
+
+def _register(provider: type[RunContextProvider]) -> None:
+    """Add ``provider`` to MLflow's run-context providers, once per process."""
+    from mlflow.tracking.context.registry import (
+        _run_context_provider_registry as registry,  # private-api: providers register only by entry point
+    )
+
+    # MLflow's only public way to add a run-context provider is an entry point of an installed package;
+    # this project is not installed, so the provider goes into MLflow's registry object.
+    if not any(isinstance(p, provider) for p in registry):
+        registry.register(provider)
+
+
+def record_version() -> None:
+    """From now on every run this process creates with ``mlflow.start_run`` is tagged with the project's
+    version; under `mlflow run` the launcher's run (resumed by id, so no provider sees it) is tagged now,
+    best effort (the command's own work reports a store that does not answer)."""
+    _register(_VersionContext)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        try:
+            with env_vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15"):
+                MlflowClient().set_tag(run_id, VERSION_TAG, __version__)
+        except Exception as exc:  # noqa: BLE001 - a tag is not worth failing the command for
+            _log.debug("could not tag run %s with the version: %s", run_id, exc)
+
+
 class _Heartbeat:
     """The one heartbeat thread of this process, how often it beats and the event that wakes it."""
 
@@ -255,16 +295,10 @@ def track_liveness(interval: float = HEARTBEAT_SECONDS) -> None:
     pipeline can tell whether its process is alive (:func:`close_orphaned_runs`). Under `mlflow run` the
     launcher created the pipeline run: it is tagged here. Calling it again only changes the interval."""
     from mlflow.entities import RunTag
-    from mlflow.tracking.context.registry import (
-        _run_context_provider_registry as registry,  # private-api: providers register only by entry point
-    )
 
-    # MLflow's only public way to add a run-context provider is an entry point of an installed package;
-    # this project is not installed, so the provider goes into MLflow's registry object.
-    if not any(isinstance(p, _OwnerContext) for p in registry):
-        registry.register(_OwnerContext)
+    _register(_OwnerContext)
     if os.environ.get("MLFLOW_RUN_ID"):
-        tags = owner_tags() | {HEARTBEAT_TAG: _now()}
+        tags = owner_tags() | {HEARTBEAT_TAG: _now()} | version_tags()  # a run resumed by id: no provider
         run_id = os.environ["MLFLOW_RUN_ID"]
         MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         _experiments.add(MlflowClient().get_run(run_id).info.experiment_id)

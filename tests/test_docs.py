@@ -131,3 +131,42 @@ def test_ci_runs_the_readmes_test_command():
     assert tests, "README: the command that runs the tests"
     command = tests[0]
     assert command.strip() in (REPO / ".ci" / "run").read_text()
+
+
+def _table_default(text: str) -> object:
+    """A default as docs/pipeline.md's table writes it (`""`, `false`, `0.005`) in the parser's type."""
+    if text == '""':
+        return ""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def test_the_pipeline_pages_parameter_table_shows_the_real_defaults():
+    """docs/pipeline.md's hand-written table (meanings at length) against the one source of defaults:
+    every parameter it names, with the default the parser really uses, and none missing."""
+    from train.config import pipeline_parser
+
+    defaults = {
+        a.dest: a.default for a in pipeline_parser()._actions if a.option_strings and a.dest != "help"
+    }
+    table = (REPO / "docs" / "pipeline.md").read_text().split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    seen = set()
+    for row in re.findall(r"^\| (`[^|]+) \| (`[^|]+) \|", table, re.M):
+        names = re.findall(r"`([^`]+)`", row[0])
+        values = re.findall(r"`([^`]*)`", row[1])
+        assert len(names) == len(values), f"docs/pipeline.md row {row}: one default per parameter"
+        for name, value in zip(names, values, strict=True):
+            expected = defaults[name]
+            if isinstance(expected, bool) or isinstance(expected, str):
+                assert _table_default(value if value else '""') == expected, (
+                    f"{name}: {value} vs {expected!r}"
+                )
+            else:
+                assert _table_default(value) == float(expected), f"{name}: docs {value}, parser {expected}"
+            seen.add(name)
+    missing = set(defaults) - seen - {"config", "version"}
+    assert not missing, f"docs/pipeline.md's table lacks {sorted(missing)}"

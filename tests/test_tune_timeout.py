@@ -104,8 +104,10 @@ def test_no_trial_completed_within_the_timeout_is_an_error_saying_why(tmp_path, 
 
 def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeypatch, slow_folds):
     """The tune child run logs how many of the requested trials finished within the timeout and how many
-    were cut short; ``tracking.tuning_notes`` (the pipeline summary's ``trials`` line) reports it."""
-    from train.stages.tune import tune
+    were cut short; ``tracking.tuning_notes`` (the pipeline summary's ``trials`` line) reports it, and
+    the pipeline run is tagged with it: that model depends on the machine's speed."""
+    from train.pipeline import tune_models
+    from train.stages.timing import Stages
 
     slow_folds.fast = 3
     monkeypatch.chdir(tmp_path)
@@ -124,7 +126,7 @@ def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeyp
         )
         cfg = tiny_config("unused.csv", tmp_path, "timeout-model", n_trials=12, timeout=2.5)
         with mlflow.start_run() as parent:
-            tuned = tune(cfg, data, "lightgbm", 1)
+            tuned = tune_models(cfg, data, Stages(), 1)["lightgbm"]
         run = MlflowClient().get_run(tuned.run_id)
         assert tuned.n_trials == run.data.metrics["n_trials_finished"] == 2
         assert run.data.metrics["n_trials_cut_by_timeout"] == 1
@@ -133,5 +135,7 @@ def test_pipeline_tune_run_says_the_timeout_cut_n_trials_short(tmp_path, monkeyp
         note += " folds)"
         assert run.data.tags["trials"] == note
         assert tracking.tuning_notes(parent.info.run_id) == {"lightgbm": note}
+        tags = MlflowClient().get_run(parent.info.run_id).data.tags
+        assert tags["tuning_cut_by_timeout"] == f"lightgbm: {note}"
     finally:
         mlflow.set_tracking_uri(None)

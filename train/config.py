@@ -64,7 +64,9 @@ class PipelineConfig:
     context_timeframe: str = ""
     pair_data: str = ""
     n_trials: int = 12
-    timeout: float = 90.0
+    # A safety net, not a budget: n_trials ends each study, so the same command gives the same model on
+    # any machine; a default run on 2 cores tunes each model in well under this.
+    timeout: float = 600.0
     objective: str = "macro_f1"
     models: str = ",".join(MODEL_NAMES)
     model_name: str = "crypto-signal-ensemble"
@@ -234,7 +236,8 @@ HELP = {
     "pair_data": "a second instrument's candles (same sources as data, e.g. a CSV of ETH/BTC), loaded at the "
     "same timeframe, whose pair_* features (returns, volatility, volume, correlation) are added ('' = none)",
     "n_trials": "finished Optuna trials per model study (an interrupted study resumes up to this)",
-    "timeout": "seconds of tuning per model (0 = no limit)",
+    "timeout": "seconds of tuning per model, a safety net: n_trials ends a study; when this cuts one short, "
+    "the run says so and its model depends on the machine's speed (0 = no limit)",
     "objective": "what tuning maximises: macro_f1 (mean over the folds) or sharpe (after-cost Sharpe of "
     "the decision policy chosen on the pooled out-of-fold predictions)",
     "models": f"comma list from {', '.join(MODEL_NAMES)}",

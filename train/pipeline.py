@@ -33,7 +33,7 @@ from train.stages.report import (
 )
 from train.stages.timing import Stages
 from train.stages.tune import Tuned, tune
-from train.tune import check_storage
+from train.tune import check_storage, describe_trials, trial_counts
 
 log = logging.getLogger("train.pipeline")
 
@@ -82,7 +82,9 @@ def open_experiment() -> None:
 
 
 def tune_models(cfg: PipelineConfig, data: Prepared, stages: Stages, n_jobs: int) -> dict[str, Tuned]:
-    """Stage `tune`: one study per model family, each in its child run."""
+    """Stage `tune`: one study per model family, each in its child run. The trial budget ends each study;
+    the timeout is a safety net: when it cuts one short, the model depends on the machine's speed and
+    load, and the run says so (tag ``tuning_cut_by_timeout``, a warning, the summary's ``trials`` line)."""
     tuned = {}
     for name in cfg.model_list:
         with stages(f"tune_{name}"):
@@ -90,6 +92,17 @@ def tune_models(cfg: PipelineConfig, data: Prepared, stages: Stages, n_jobs: int
         log.info(
             f"tuned     {name:<14} {tuned[name].describe()} "
             f"({tuned[name].n_trials} trials, {stages.seconds[f'tune_{name}']:.0f}s)"
+        )
+    counts = {n: trial_counts(t.study.trials) for n, t in tuned.items()}
+    short = {n: c for n, c in counts.items() if c["finished"] < cfg.n_trials or c["cut_by_timeout"]}
+    if short and cfg.timeout:
+        cut = "; ".join(f"{n}: {describe_trials(c, cfg.n_trials, cfg.timeout)}" for n, c in short.items())
+        mlflow.set_tag("tuning_cut_by_timeout", cut)
+        log.warning(
+            "the %gs tuning timeout cut studies short (%s): the same command on a faster or quieter machine "
+            "may give another model; raise --timeout (0 = no limit) for a repeatable run",
+            cfg.timeout,
+            cut,
         )
     return tuned
 

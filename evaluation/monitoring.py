@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from evaluation.backtest import BacktestConfig
 from evaluation.drift import DriftConfig, DriftReport, feature_drift, plot_histograms, plot_psi
 from evaluation.economics import directional_edge
 from evaluation.metrics import block_bootstrap_indices, bootstrap_macro_f1, classification_metrics
@@ -69,8 +70,8 @@ class MonitorConfig:
     confidence: float = CONFIDENCE
     n_boot: int = N_BOOT
     seed: int = 42
-    fee_bps: float = 10.0
-    slippage_bps: float = 5.0
+    fee_bps: float = BacktestConfig.fee_bps  # the pipeline's backtest costs: one definition
+    slippage_bps: float = BacktestConfig.slippage_bps
     drift: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self):

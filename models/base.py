@@ -46,6 +46,25 @@ def default_n_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+# Families whose fit spreads its trees over threads with no barrier between them (scikit-learn's forest:
+# one task per tree), so a core another process holds delays only the trees it runs. The others
+# (LightGBM, XGBoost) synchronise their OpenMP threads at every split and wait for the slowest.
+TREE_THREADED: frozenset[str] = frozenset({"random_forest"})
+
+
+def fit_threads(name: str, n_jobs: int) -> tuple[int, int]:
+    """(threads per fit, folds fitted at once) for model family ``name`` given ``n_jobs`` cores.
+
+    A tree-threaded family (:data:`TREE_THREADED`) fits one fold at a time on every core: the folds of a
+    purged walk-forward grow, so side by side the largest one would finish alone, and a trial the pruner
+    stops after an early fold never starts the later ones. Its result does not depend on the thread
+    count (each tree's seed is drawn from ``random_state`` before the fit). The others fit with one thread
+    each, ``n_jobs`` folds at once (see ``models.ensemble.map_folds``).
+    """
+    n_jobs = max(1, n_jobs)
+    return (n_jobs, 1) if name in TREE_THREADED else (1, n_jobs)
+
+
 def check_model_names(names: list[str] | tuple[str, ...]) -> list[str]:
     """Validate a list of model names, returning it; unknown or duplicate names raise ValueError."""
     names = list(names)

@@ -255,7 +255,8 @@ HELP = {
     "baselines traded the same way, after costs (false = classifier only)",
     "gate_benchmark": "gate: none (buy-and-hold reported only) or buy_and_hold (must beat it too)",
     "optuna_storage": "Optuna storage URL (sqlite:///optuna.db, or postgresql://... to share studies)",
-    "n_jobs": "cores to use: this many fold fits at once, one thread each (0 = all cores)",
+    "n_jobs": "cores to use: LightGBM and XGBoost fit this many folds at once, one thread each; the random "
+    "forest fits one fold at a time on this many threads (0 = all cores)",
     "backtest_mode": "decision policy and backtest: long_short (sell = short) or long_only (sell = flat)",
     "on_hold": "decision policy: on hold (no confident signal) keep the current position, or go flat; "
     "auto: flat with a primary, else keep",

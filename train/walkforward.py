@@ -221,6 +221,7 @@ def tune_window(
     of its study (the next window's warm start)."""
     tuned, best = {}, {}
     for name in cfg.model_list:
+        oof: dict = {}
         study = study_for(
             cfg,
             data,
@@ -228,8 +229,9 @@ def tune_window(
             n_jobs,
             description={"walkforward_cut": str(window.cut)},
             warm_start=warm.get(name) if wf.warm_start else None,
+            keep_oof=oof,
         )
-        tuned[name] = Tuned.from_study("", study)
+        tuned[name] = Tuned.from_study("", study, oof)
         best[name] = _best_params(study, wf.warm_start_trials)
     return tuned, best
 

@@ -32,6 +32,7 @@ from evaluation.report import write_report
 from features.context import feature_function
 from features.labels import label_function
 from models import tracking
+from models.base import default_n_jobs
 from models.registry import PRODUCTION
 from train.config import PipelineConfig
 from train.prepare import Prepared
@@ -78,7 +79,9 @@ def report_images(
     )
     ensemble = fitted.ensemble
     gain = {n: gain_importance(m, list(X_hold.columns)) for n, m in ensemble.named_estimators_.items()}
-    permutation = holdout_permutation_importance(ensemble, X_hold, y_hold, seed=cfg.seed, n_repeats=3)
+    permutation = holdout_permutation_importance(
+        ensemble, X_hold, y_hold, seed=cfg.seed, n_repeats=3, n_jobs=cfg.n_jobs or default_n_jobs()
+    )
     rows = permutation.attrs["rows"]
     where = (
         "the holdout" if rows == len(X_hold) else f"{rows:,} random rows of the {len(X_hold):,}-row holdout"

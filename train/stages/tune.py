@@ -19,6 +19,7 @@ from train.tune import (
     FINISHED,
     OBJECTIVE_LABELS,
     SPACE_VERSION,
+    OutOfFold,
     describe_trials,
     run_study,
     study_description,
@@ -40,12 +41,16 @@ class Tuned:
     objective: str = "macro_f1"  # what the study maximised (train.tune.OBJECTIVES)
     cv_objective: float = float("nan")  # the best trial's value: its objective's number
     cv_sharpe: float | None = None  # the best trial's out-of-fold after-cost Sharpe (chosen rule)
+    # The best trial's out-of-fold predictions, when this process ran it (None: another worker or an
+    # earlier run did): the ensemble's weights reuse them instead of fitting the same folds again.
+    oof: OutOfFold | None = None
 
     @classmethod
-    def from_study(cls, run_id: str, study: optuna.Study) -> Tuned:
+    def from_study(cls, run_id: str, study: optuna.Study, oof: dict[int, OutOfFold] | None = None) -> Tuned:
         """The best trial of ``study`` (``study.best_trial``: the completed trial with the highest value
         of the study's objective); ``n_trials`` counts finished trials (complete or pruned, as n_trials
-        counts them; failed ones are counted apart)."""
+        counts them; failed ones are counted apart). ``oof``: the out-of-fold predictions this process
+        kept (:func:`study_for`'s ``keep_oof``), of which the best trial's are kept."""
         best = study.best_trial
         if best.value is None:  # the best trial is a completed trial of a single-objective study
             raise ValueError(f"study {study.study_name!r}: its best trial {best.number} has no value")
@@ -59,6 +64,7 @@ class Tuned:
             objective=study_objective(study),
             cv_objective=best.value,
             cv_sharpe=best.user_attrs.get("cv_sharpe"),
+            oof=(oof or {}).get(best.number),
         )
 
     def describe(self) -> str:
@@ -87,11 +93,13 @@ def study_for(
     study_name: str | None = None,
     worker_id: int = 0,
     space: Callable[[optuna.Trial], dict] | None = None,
+    keep_oof: dict[int, OutOfFold] | None = None,
 ) -> optuna.Study:
     """Run (create, resume or join) model family ``name``'s Optuna study on the development rows, named
     by :func:`study_name_of` (or ``study_name``); ``description`` adds to the study's user attrs.
     ``storage`` (default ``cfg.optuna_storage``) and ``worker_id`` are for a `tune` worker, ``space``
-    for a benchmark (see :func:`train.tune.run_study`)."""
+    for a benchmark; ``keep_oof`` receives the out-of-fold predictions of the trials this process
+    completes (see :func:`train.tune.run_study`)."""
     X_dev, y_dev = data.dev
     return run_study(
         name,
@@ -112,6 +120,7 @@ def study_for(
         sample_weight=data.dev_weights,
         side_column=cfg.side_column,
         space=space,
+        keep_oof=keep_oof,
     )
 
 
@@ -134,7 +143,9 @@ def tune(cfg: PipelineConfig, data: Prepared, name: str, n_jobs: int) -> Tuned:
                 "objective": cfg.objective,
             }
         )
-        tuned = Tuned.from_study(child.info.run_id, study_for(cfg, data, name, n_jobs))
+        oof: dict[int, OutOfFold] = {}
+        study = study_for(cfg, data, name, n_jobs, keep_oof=oof)
+        tuned = Tuned.from_study(child.info.run_id, study, oof)
         log_tuned(cfg, study_name, tuned)
     return tuned
 

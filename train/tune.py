@@ -35,8 +35,8 @@ from models.tracking import new_sqlite_file, one_line
 # 2: trials record the after-cost Sharpe ratios of the decision-policy rules (oof_sharpe).
 # 3: cheaper shapes (issue 20): XGBoost max_depth 2-8 (was 3-15), LightGBM num_leaves 8-64 on a log scale
 #    and max_depth 3-12 (was 20-100, 3-15), random forest max_samples 0.05-0.5 and n_estimators 50-200
-#    (was 0.1-1.0, 50-300). On the default data the best CV macro-F1 stayed within 0.001 of the old spaces'
-#    while the studies cost half the CPU (XGBoost, LightGBM) and 40% (forest): docs/benchmarks.md.
+#    (was 0.1-1.0, 50-300). On the default data each study's best CV macro-F1 moved by at most 0.002 (two
+#    up, one down) while its CPU time fell to 85% (LightGBM), 53% (XGBoost), 38% (forest): docs/benchmarks.md.
 SPACE_VERSION = 3
 # What a study maximises (the ``objective`` option) -> the study's metric name (``set_metric_names``).
 # A study tuned for one is never resumed for another: the objective is part of the study's name

@@ -23,7 +23,9 @@ For each input, after a few warm-up rounds that are not counted, it times ``--*-
 * ``SignalModel.predict_candles``: the same without MLflow's schema enforcement;
 * ``compute_features``: the features alone (with the context features for a model trained with them);
 * ``ensemble.predict_proba``: the soft-voting ensemble alone, on the already computed feature rows,
-  and each of its models alone.
+  and each of its models alone: ``<model>.predict_proba`` (the library's own) and, for a model whose code
+  has it, ``<model>.fast_member_proba`` (the same numbers the way the ensemble asks for them,
+  ``models.ensemble.fast_member_proba``).
 
 p50 / p99 / mean are in milliseconds (the p99 of 200 or 30 calls is close to their maximum), rows per
 second is rows / mean; the shares of ``pyfunc.predict`` spent on each part are ratios of p50s.
@@ -38,6 +40,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -118,8 +121,9 @@ def bench(uri: str, args) -> dict:
     model = mlflow.pyfunc.load_model(uri)
     load_seconds = time.perf_counter() - start
     signal_model = model.unwrap_python_model()
-    # The very functions predict_candles calls (the module that defines the loaded model's class).
-    code = sys.modules[type(signal_model).__module__]
+    # The very functions predict_candles calls: the model's own code (pickled by value with it, so not
+    # necessarily this checkout's modules, which a bench process may have imported too).
+    code = SimpleNamespace(**type(signal_model).predict_candles.__globals__)
     feature_names = list(signal_model.feature_names)
     context = getattr(signal_model, "context_timeframe", None)
 
@@ -128,6 +132,9 @@ def bench(uri: str, args) -> dict:
 
     ensemble = signal_model.ensemble
     estimators = ensemble.named_estimators_
+    # The ensemble's own per-member path (models.ensemble.fast_member_proba), when its code has one.
+    member_probas = getattr(type(ensemble), "_member_probas", None)
+    fast_member = None if member_probas is None else member_probas.__globals__.get("fast_member_proba")
     candles = as_model_input(load_builtin())
     inputs = {"cycle": candles.iloc[-args.cycle_rows :], "batch": candles.iloc[-args.batch_rows :]}
     repeats = {"cycle": args.cycle_repeats, "batch": args.batch_repeats}
@@ -147,12 +154,20 @@ def bench(uri: str, args) -> dict:
             "compute_features": lambda c=frames[name]: compute_features(c, signal_model.feature_set),
             "ensemble.predict_proba": lambda x=ready: ensemble.predict_proba(x),
         } | {f"{m}.predict_proba": lambda x=ready, e=est: e.predict_proba(x) for m, est in estimators.items()}
+        if fast_member is not None:
+            # Each member as the ensemble asks it (one after the other here; XGBoost runs beside the others
+            # in ensemble.predict_proba): the library's predict_proba above is the same numbers.
+            xn, leaf_values = ready.to_numpy(dtype=np.float64), ensemble._leaf_values()
+            paths |= {
+                f"{m}.fast_member_proba": lambda x=ready, xn=xn, e=est, v=v: fast_member(e, x, xn, v)
+                for (m, est), v in zip(estimators.items(), leaf_values, strict=True)
+            }
         print(f"{name}: {n:,} candles, {len(ready):,} ready rows, {reps} timed calls each", flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rows = timed(paths, reps, warmup)
         for path, r in rows.items():
-            r["rows"] = len(ready) if path.endswith("predict_proba") else n
+            r["rows"] = len(ready) if path.endswith(("predict_proba", "member_proba")) else n
             r["rows_per_second"] = round(r["rows"] / (r["mean_ms"] / 1e3))
         total = rows["pyfunc.predict"]["p50_ms"]
         results[name] = {

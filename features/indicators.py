@@ -175,71 +175,105 @@ def warmup_bars(feature_set: str) -> int:
     return max(_FIRST_VALID[feature_set].values())
 
 
-def _safe_ratio(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
-    """num / den, with ``when_zero`` where den == 0 (NaN inputs stay NaN, so warm-up is preserved)."""
-    out = num / den.where(den != 0)
-    return out.mask((den == 0) & num.notna(), when_zero)
+# The computations below work on plain float64 numpy arrays: a bot's predict computes every feature on each
+# call, and for a few hundred candles pandas' per-operation overhead would cost more than the arithmetic.
+# Each step is the same floating-point operation, in the same order, as its pandas formulation (noted where
+# it is not obvious), so the values are bit-for-bit those of pandas; pandas still computes what has no exact
+# numpy twin (rolling means, std and median, exponentially weighted means).
 
 
-def _sma_nonneg(x: pd.Series, period: int) -> pd.Series:
+def _series(x: np.ndarray) -> pd.Series:
+    return pd.Series(x, copy=False)
+
+
+def _diff(x: np.ndarray, k: int = 1) -> np.ndarray:
+    """``x_t - x_{t-k}`` (pandas ``diff``); NaN for the first ``k`` rows."""
+    out = np.full(len(x), np.nan)
+    out[k:] = x[k:] - x[:-k]
+    return out
+
+
+def _shift(x: np.ndarray) -> np.ndarray:
+    """``x_{t-1}`` (pandas ``shift(1)``); NaN on row 0."""
+    out = np.full(len(x), np.nan)
+    out[1:] = x[:-1]
+    return out
+
+
+def _rolling_mean(x: np.ndarray, n: int) -> np.ndarray:
+    return _series(x).rolling(n).mean().to_numpy()
+
+
+def _sma_nonneg(x: np.ndarray, period: int) -> np.ndarray:
     """Rolling mean of a non-negative series, exactly 0 when the whole window is 0.
 
     pandas' online rolling aggregations are only exact for constant windows by a special case (which
     its rolling std does not always hit, see bb_position); a residue like 1e-16 in a flat stretch would
     turn "no gains, no losses" (RSI 50) into "only gains" (RSI 100), so zero is made explicit.
     """
-    return x.rolling(period).mean().mask(x.rolling(period).max() == 0, 0.0)
+    # A window holding a NaN has a NaN max (pandas: too few observations), never 0: the mean stays NaN.
+    return np.where(_window_reduce(x, period, np.max) == 0, 0.0, _rolling_mean(x, period))
 
 
-def _wilder(x: pd.Series, period: int) -> pd.Series:
+def _nanmean(x: np.ndarray) -> float:
+    """pandas' ``Series.mean()`` (skipna): the sum with NaN as 0, over the count of the others."""
+    missing = np.isnan(x)
+    count = float(len(x) - missing.sum())
+    total = np.where(missing, 0.0, x).sum() if missing.any() else x.sum()
+    return float(total / count) if count > 0 else np.nan
+
+
+def _wilder(x: np.ndarray, period: int) -> np.ndarray:
     """Wilder smoothing as TA-Lib defines it, vectorised.
 
     The first output is the simple mean of the first ``period`` valid values of ``x`` (at the position
     of the last of them); after that s_t = s_{t-1} + (x_t - s_{t-1}) / period, which is exactly
     ``ewm(alpha=1/period, adjust=False)`` started from the seed. Earlier positions are NaN.
     """
-    valid = x.notna().to_numpy()
-    out = pd.Series(np.nan, index=x.index, dtype="float64")
+    valid = ~np.isnan(x)
+    out = np.full(len(x), np.nan)
     if not valid.any():
         return out
     # The first valid position depends only on rows up to itself, so this stays causal.
     seed_pos = int(np.argmax(valid)) + period - 1
     if seed_pos >= len(x):
         return out
-    seeded = x.to_numpy(dtype="float64", copy=True)
+    seeded = x.copy()
     seeded[:seed_pos] = np.nan
-    seeded[seed_pos] = x.iloc[seed_pos - period + 1 : seed_pos + 1].mean()
+    seeded[seed_pos] = _nanmean(x[seed_pos - period + 1 : seed_pos + 1])
     # Leading NaNs are skipped by ewm(adjust=False): the recursion starts at the seed value.
-    return pd.Series(seeded, index=x.index).ewm(alpha=1.0 / period, adjust=False).mean()
+    return _series(seeded).ewm(alpha=1.0 / period, adjust=False).mean().to_numpy()
 
 
-def _true_range(high: pd.Series, low: pd.Series, close: pd.Series) -> pd.Series:
+def _true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     """max(high-low, |high-prev close|, |low-prev close|); NaN on row 0 where there is no prev close."""
-    prev_close = close.shift(1)
-    tr = pd.concat([high - low, (high - prev_close).abs(), (low - prev_close).abs()], axis=1).max(axis=1)
-    return tr.where(prev_close.notna())
+    prev_close = _shift(close)
+    # fmax skips a NaN operand, as pandas' row-wise max does.
+    tr = np.fmax(np.fmax(high - low, np.abs(high - prev_close)), np.abs(low - prev_close))
+    return np.where(np.isnan(prev_close), np.nan, tr)
 
 
-def _directional_movement(high: pd.Series, low: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _directional_movement(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """+DM and -DM per Wilder; NaN on row 0 (np.where would otherwise turn the NaN diff into 0)."""
-    up = high.diff()
-    down = -low.diff()
-    plus_dm = pd.Series(np.where((up > down) & (up > 0), up, 0.0), index=high.index).where(up.notna())
-    minus_dm = pd.Series(np.where((down > up) & (down > 0), down, 0.0), index=high.index).where(down.notna())
+    up = _diff(high)
+    down = -_diff(low)
+    plus_dm = np.where(np.isnan(up), np.nan, np.where((up > down) & (up > 0), up, 0.0))
+    minus_dm = np.where(np.isnan(down), np.nan, np.where((down > up) & (down > 0), down, 0.0))
     return plus_dm, minus_dm
 
 
-def _rsi_from_averages(avg_gain: pd.Series, avg_loss: pd.Series) -> pd.Series:
+def _rsi_from_averages(avg_gain: np.ndarray, avg_loss: np.ndarray) -> np.ndarray:
     # 100 - 100/(1+G/L) == 100*G/(G+L): this form needs no special case for L == 0 (-> 100) and
     # only G == L == 0 (no movement at all) needs the neutral 50.
-    return _safe_ratio(100.0 * avg_gain, avg_gain + avg_loss, 50.0)
+    return _ratio(100.0 * avg_gain, avg_gain + avg_loss, 50.0)
 
 
-def _dx(plus_di: pd.Series, minus_di: pd.Series) -> pd.Series:
-    return _safe_ratio(100.0 * (plus_di - minus_di).abs(), plus_di + minus_di, 0.0)
+def _dx(plus_di: np.ndarray, minus_di: np.ndarray) -> np.ndarray:
+    return _ratio(100.0 * np.abs(plus_di - minus_di), plus_di + minus_di, 0.0)
 
 
-def _validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
+def _validate_candles(candles: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The candle columns as float64 arrays (``REQUIRED_COLUMNS``), after checking them."""
     if not isinstance(candles, pd.DataFrame):
         raise TypeError(f"candles must be a pandas DataFrame, got {type(candles).__name__}")
     for col in REQUIRED_COLUMNS:
@@ -249,16 +283,17 @@ def _validate_candles(candles: pd.DataFrame) -> pd.DataFrame:
                 f"got {list(candles.columns)}"
             )
     frame = candles.loc[:, list(REQUIRED_COLUMNS)].astype("float64")
+    columns = {col: frame[col].to_numpy() for col in REQUIRED_COLUMNS}
     # Non-positive prices would turn the log return and the /close ratios into +-inf.
     for col in ("open", "high", "low", "close"):
-        bad = frame[col] <= 0
+        bad = columns[col] <= 0
         if bad.any():
             first_bad = frame.index[bad.argmax()]
             raise ValueError(f"candles column {col!r} must be > 0; first bad row {first_bad}")
-    bad = frame["volume"] < 0
+    bad = columns["volume"] < 0
     if bad.any():
         raise ValueError(f"candles column 'volume' must be >= 0; first bad row {frame.index[bad.argmax()]}")
-    return frame
+    return columns
 
 
 def _utc_open_times(candles: pd.DataFrame) -> pd.DatetimeIndex:
@@ -285,21 +320,20 @@ def _window_reduce(x: np.ndarray, n: int, reduce) -> np.ndarray:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, when_zero: float) -> np.ndarray:
-    """num / den with ``when_zero`` where den == 0; NaN inputs stay NaN (numpy twin of _safe_ratio)."""
+    """num / den with ``when_zero`` where den == 0; NaN inputs stay NaN."""
     with np.errstate(divide="ignore", invalid="ignore"):
         out = num / den
     return np.where((den == 0) & ~np.isnan(num), when_zero, out)
 
 
-def _extended_columns(candles: pd.DataFrame, close: pd.Series, volume: pd.Series) -> dict[str, np.ndarray]:
+def _extended_columns(candles: pd.DataFrame, close: np.ndarray, volume: np.ndarray) -> dict[str, np.ndarray]:
     """The ``EXTENDED_NAMES`` columns (see the module docstring); row t uses rows <= t only.
 
-    Plain numpy on whole arrays (a bot's predict computes these on every call, so pandas' per-operation
-    overhead would dominate for a few hundred candles); only the rolling median and std use pandas.
+    Plain numpy on whole arrays; only the rolling median and std use pandas.
     """
     open_times = _utc_open_times(candles)
     out: dict[str, np.ndarray] = {}
-    log_close = np.log(close.to_numpy())
+    log_close = np.log(close)
     n_rows = len(log_close)
     for k in _RETURN_HORIZONS:
         ret = np.full(n_rows, np.nan)
@@ -315,14 +349,14 @@ def _extended_columns(candles: pd.DataFrame, close: pd.Series, volume: pd.Series
         out[f"rvol_ratio_{a}_{b}"] = _ratio(rvol[a], rvol[b], 1.0)
 
     n = _VOLUME_REL_PERIOD
-    v = volume.to_numpy()
+    v = volume
     mean = _window_reduce(v, n, np.mean)
-    median = volume.rolling(n).median().to_numpy()
+    median = _series(v).rolling(n).median().to_numpy()
     typical = np.where(median != 0, median, mean)  # over half the window without trades: the mean
     out[f"volume_rel_{n}"] = np.log1p(_ratio(v, typical, 1.0))
     # max == min detects a constant window exactly (an online rolling std can leave a residue there).
     flat = _window_reduce(v, n, np.max) == _window_reduce(v, n, np.min)
-    std = np.where(flat, 0.0, volume.rolling(n).std(ddof=0).to_numpy())
+    std = np.where(flat, 0.0, _series(v).rolling(n).std(ddof=0).to_numpy())
     out[f"volume_z_{n}"] = _ratio(v - mean, std, 0.0)
 
     # The bar's open time is known when the bar closes, which is when its features are computed.
@@ -351,88 +385,98 @@ def compute_features(candles: pd.DataFrame, feature_set: str = "default") -> pd.
         **_strength(high, low, close, wilder),
         **_averages(close),
         "bb_position": _bb_position(close, wilder),
-        "volume_ratio": _safe_ratio(volume, _sma_nonneg(volume, _VOLUME_RATIO_PERIOD), 1.0),
+        "volume_ratio": _ratio(volume, _sma_nonneg(volume, _VOLUME_RATIO_PERIOD), 1.0),
         **_donchian(high, low, close),
     }
     if wilder:
         columns |= _scale_free(columns, close, volume)
     if feature_set == "extended":
         columns |= _extended_columns(candles, close, volume)
-    out = pd.DataFrame(columns, index=candles.index).astype("float64")
-    return out.loc[:, list(set_feature_names(feature_set))]
+    names = list(set_feature_names(feature_set))
+    values = np.empty((len(close), len(names)))
+    for i, name in enumerate(names):
+        values[:, i] = columns[name]
+    return pd.DataFrame(values, index=candles.index, columns=names)
 
 
-def _strength(high: pd.Series, low: pd.Series, close: pd.Series, wilder: bool) -> dict[str, pd.Series]:
+def _strength(high: np.ndarray, low: np.ndarray, close: np.ndarray, wilder: bool) -> dict[str, np.ndarray]:
     """RSI, ATR, +DI/-DI and ADX: Wilder smoothing (TA-Lib's definitions) or, for ``seed15``, simple
     moving averages."""
-    delta = close.diff()
-    gains, losses = delta.clip(lower=0.0), (-delta).clip(lower=0.0)  # clip keeps the row-0 NaN
+    delta = _diff(close)
+    # pandas' clip(lower=0.0): x where x >= 0 or NaN (so the row-0 NaN stays), else 0.
+    gains = np.where(np.isnan(delta) | (delta >= 0.0), delta, 0.0)
+    neg = -delta
+    losses = np.where(np.isnan(neg) | (neg >= 0.0), neg, 0.0)
     tr = _true_range(high, low, close)
     plus_dm, minus_dm = _directional_movement(high, low)
-    if wilder:
-        avg_gain, avg_loss = _wilder(gains, _RSI_PERIOD), _wilder(losses, _RSI_PERIOD)
-        atr = _wilder(tr, _ATR_PERIOD)
-        # Ratios of Wilder averages equal TA-Lib's ratios of Wilder sums (the factor `period` cancels).
-        tr_s, plus_s, minus_s = (_wilder(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
-    else:
-        avg_gain, avg_loss = _sma_nonneg(gains, _RSI_PERIOD), _sma_nonneg(losses, _RSI_PERIOD)
-        atr = _sma_nonneg(tr, _ATR_PERIOD)
-        # DI is a ratio of 14-bar sums; the ratio of 14-bar means is the same number.
-        tr_s, plus_s, minus_s = (_sma_nonneg(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
-    plus_di = _safe_ratio(100.0 * plus_s, tr_s, 0.0)
-    minus_di = _safe_ratio(100.0 * minus_s, tr_s, 0.0)
+    smooth = (lambda x, n: _wilder(x, n)) if wilder else (lambda x, n: _sma_nonneg(x, n))
+    avg_gain, avg_loss = smooth(gains, _RSI_PERIOD), smooth(losses, _RSI_PERIOD)
+    # Ratios of Wilder averages equal TA-Lib's ratios of Wilder sums (the factor `period` cancels); DI
+    # is a ratio of 14-bar sums, and for seed15 the ratio of 14-bar means is the same number.
+    tr_s, plus_s, minus_s = (smooth(s, _ADX_PERIOD) for s in (tr, plus_dm, minus_dm))
+    atr = tr_s if _ATR_PERIOD == _ADX_PERIOD else smooth(tr, _ATR_PERIOD)  # the same smoothing of tr
+    plus_di = _ratio(100.0 * plus_s, tr_s, 0.0)
+    minus_di = _ratio(100.0 * minus_s, tr_s, 0.0)
     dx = _dx(plus_di, minus_di)
     return {
         "rsi_14": _rsi_from_averages(avg_gain, avg_loss),
         "atr_14": atr,
-        "adx_14": _wilder(dx, _ADX_PERIOD) if wilder else _sma_nonneg(dx, _ADX_PERIOD),
+        "adx_14": smooth(dx, _ADX_PERIOD),
         "plus_di_14": plus_di,
         "minus_di_14": minus_di,
     }
 
 
-def _averages(close: pd.Series) -> dict[str, pd.Series]:
+def _ewm(x: np.ndarray, span: int, min_periods: int = 0) -> np.ndarray:
+    return _series(x).ewm(span=span, adjust=False, min_periods=min_periods).mean().to_numpy()
+
+
+def _averages(close: np.ndarray) -> dict[str, np.ndarray]:
     """The MACD line and the 20- and 50-bar EMAs (pandas ``ewm``, started at the first close)."""
-    ema_fast = close.ewm(span=_MACD_FAST, adjust=False).mean()
-    ema_slow = close.ewm(span=_MACD_SLOW, adjust=False, min_periods=_MACD_SLOW).mean()
+    ema_fast = _ewm(close, _MACD_FAST)
+    ema_slow = _ewm(close, _MACD_SLOW, min_periods=_MACD_SLOW)
     return {
         "macd": ema_fast - ema_slow,
-        "ema_20": close.ewm(span=20, adjust=False, min_periods=20).mean(),
-        "ema_50": close.ewm(span=50, adjust=False, min_periods=50).mean(),
+        "ema_20": _ewm(close, 20, min_periods=20),
+        "ema_50": _ewm(close, 50, min_periods=50),
     }
 
 
-def _bb_position(close: pd.Series, wilder: bool) -> pd.Series:
+def _bb_position(close: np.ndarray, wilder: bool) -> np.ndarray:
     """Position of the close within the Bollinger bands (std ddof=0 as TA-Lib; ddof=1 for ``seed15``)."""
-    bb_mid = close.rolling(_BB_PERIOD).mean()
-    bb_std = close.rolling(_BB_PERIOD).std(ddof=0 if wilder else 1)
+    rolling = _series(close).rolling(_BB_PERIOD)
+    bb_mid = rolling.mean().to_numpy()
+    bb_std = rolling.std(ddof=0 if wilder else 1).to_numpy()
     # The online rolling std of a constant window can come out as ~1e-6 instead of 0, which would make
     # the position of a flat window numerical noise; max == min detects a flat window exactly.
-    flat = close.rolling(_BB_PERIOD).max() == close.rolling(_BB_PERIOD).min()
-    bb_std = bb_std.mask(flat, 0.0)
+    flat = _window_reduce(close, _BB_PERIOD, np.max) == _window_reduce(close, _BB_PERIOD, np.min)
+    bb_std = np.where(flat, 0.0, bb_std)
     bb_lower = bb_mid - _BB_K * bb_std
     # (upper - lower) == 2 * k * std; a flat window has zero width -> the middle of the band.
-    return _safe_ratio(close - bb_lower, 2.0 * _BB_K * bb_std, 0.5)
+    return _ratio(close - bb_lower, 2.0 * _BB_K * bb_std, 0.5)
 
 
-def _donchian(high: pd.Series, low: pd.Series, close: pd.Series) -> dict[str, pd.Series]:
+def _donchian(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
     """The Donchian channel's high and low and the close's position within it."""
-    dc_high = high.rolling(_DONCHIAN_PERIOD).max()
-    dc_low = low.rolling(_DONCHIAN_PERIOD).min()
+    # A window holding a NaN gives NaN, as pandas' rolling max/min (too few observations) does.
+    dc_high = _window_reduce(high, _DONCHIAN_PERIOD, np.max)
+    dc_low = _window_reduce(low, _DONCHIAN_PERIOD, np.min)
     return {
         "donchian_high_20": dc_high,
         "donchian_low_20": dc_low,
-        "channel_position": _safe_ratio(close - dc_low, dc_high - dc_low, 0.5),
+        "channel_position": _ratio(close - dc_low, dc_high - dc_low, 0.5),
     }
 
 
-def _scale_free(columns: dict[str, pd.Series], close: pd.Series, volume: pd.Series) -> dict[str, pd.Series]:
+def _scale_free(
+    columns: dict[str, np.ndarray], close: np.ndarray, volume: np.ndarray
+) -> dict[str, np.ndarray]:
     """The ``default`` set's versions of the price-level columns: relative to the close, the close as its
     1-bar log return, and volume as a log ratio to its own 50-bar mean."""
     return {
-        "close": np.log(close / close.shift(1)),
+        "close": np.log(close / _shift(close)),
         # A ratio to its own 50-bar mean makes volume exactly scale-free; log1p keeps zero volume finite.
-        "volume": np.log1p(_safe_ratio(volume, _sma_nonneg(volume, _VOLUME_LOG_PERIOD), 1.0)),
+        "volume": np.log1p(_ratio(volume, _sma_nonneg(volume, _VOLUME_LOG_PERIOD), 1.0)),
         "macd": columns["macd"] / close,
         "atr_14": columns["atr_14"] / close,
         "ema_20": columns["ema_20"] / close - 1.0,

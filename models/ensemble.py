@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 from joblib import parallel_config
+from lightgbm import LGBMClassifier
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.ensemble import VotingClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.metrics import f1_score, log_loss
 from sklearn.utils.validation import check_is_fitted
+from xgboost import XGBClassifier
 
 from models.policy import mask_to_side
 
@@ -80,11 +82,25 @@ def fit_predict_fold(
         )
     # None leaves the library's unweighted path untouched (not the same as passing ones everywhere).
     weights = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight)[train_idx]}
-    model = clone(estimator).fit(_take(X, train_idx), y_train, **weights)
+    model = predict_on_one_thread(clone(estimator).fit(_take(X, train_idx), y_train, **weights))
     proba = as_probabilities(model.predict_proba(_take(X, test_idx)))
     out = np.zeros((len(test_idx), len(classes)))
     out[:, np.searchsorted(classes, model.classes_)] = proba
     return to_side(out, _take(X, test_idx), side_column)
+
+
+def predict_on_one_thread(model):
+    """``model`` (fitted) set to predict on one thread, whatever threads its fit used: a forest's threaded
+    ``predict_proba`` adds its trees' probabilities in the order the threads finish, which changes the
+    last bits from run to run, and a bot's few rows do not pay for starting threads."""
+    if model.get_params().get("n_jobs", 1) != 1:
+        model.set_params(n_jobs=1)
+    return model
+
+
+def _own_threads(estimator) -> bool:
+    """Whether ``estimator`` fits on several threads itself (then its folds run one at a time)."""
+    return estimator.get_params().get("n_jobs", 1) not in (1, None)
 
 
 def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, None, None]:
@@ -94,6 +110,10 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, 
     Several single-threaded fits side by side degrade gracefully on a busy machine, where one fit
     spread over every core waits at each synchronisation for the core another process holds. Closing
     the generator early (a pruned trial) cancels the folds not started and waits for those running.
+
+    The folds start in order, except the last ``n_parallel``, which start largest first: a walk-forward's
+    training blocks grow, so the largest fold started last would run alone at the end (five folds on
+    two threads: 8 units of time instead of 9), while the early folds still come first for the pruner.
     """
     if n_parallel <= 1:
         for train_idx, test_idx in folds:
@@ -101,11 +121,18 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, 
         return
     pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="fold")
     try:
-        futures = [pool.submit(fn, train_idx, test_idx) for train_idx, test_idx in folds]
-        for future in futures:
-            yield future.result()
+        order = start_order(len(folds), n_parallel)
+        futures = {k: pool.submit(fn, *folds[k]) for k in order}
+        for k in range(len(folds)):
+            yield futures[k].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_order(n_folds: int, n_parallel: int) -> list[int]:
+    """The order :func:`map_folds` starts ``n_folds`` folds in: in order, the last ``n_parallel`` reversed."""
+    head = max(0, n_folds - n_parallel) if n_parallel > 1 else n_folds
+    return list(range(head)) + list(range(n_folds - 1, head - 1, -1))
 
 
 def oof_predict_proba(
@@ -139,9 +166,13 @@ def fit_weights(probas: list[np.ndarray], y: np.ndarray, step: float = 0.05) -> 
     """
     stack = np.stack(probas)  # (models, rows, classes)
     labels = np.arange(stack.shape[2])
+    grid = simplex_grid(len(probas), step)
+    # Every weight vector's macro-F1 at once (numpy), then the exact scores of the near-best only: the same
+    # choice as scoring each with scikit-learn, without ~230 calls of f1_score and log_loss.
+    quick = _macro_f1_per_blend(grid, stack, np.asarray(y))
     best: tuple[float, float] | None = None
     best_w = None
-    for w in simplex_grid(len(probas), step):
+    for w in grid[quick >= quick.max() - 1e-9]:
         blend = np.tensordot(w, stack, axes=1)
         f1 = f1_score(y, blend.argmax(axis=1), average="macro", labels=labels, zero_division=0)
         loss = log_loss(y, np.clip(blend, 1e-15, 1), labels=labels)
@@ -153,6 +184,106 @@ def fit_weights(probas: list[np.ndarray], y: np.ndarray, step: float = 0.05) -> 
     return best_w, float(best[0])
 
 
+def _macro_f1_per_blend(grid: np.ndarray, stack: np.ndarray, y: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """Macro-F1 (labels 0..k-1, a class with no true or predicted row scoring 0) of the argmax of each
+    blend ``grid[i] @ stack``, from per-blend confusion counts; ``y`` holds the class positions."""
+    n_classes = stack.shape[2]
+    out = np.empty(len(grid))
+    for start in range(0, len(grid), chunk):
+        weights = grid[start : start + chunk]
+        pred = np.tensordot(weights, stack, axes=1).argmax(axis=2)  # (blends, rows)
+        cells = (np.arange(len(weights))[:, None] * n_classes + pred) * n_classes + y[None, :]
+        counts = np.bincount(cells.ravel(), minlength=len(weights) * n_classes * n_classes)
+        confusion = counts.reshape(len(weights), n_classes, n_classes)  # [blend, predicted, true]
+        tp = np.diagonal(confusion, axis1=1, axis2=2)
+        denominator = confusion.sum(axis=2) + confusion.sum(axis=1)  # 2 tp + fp + fn
+        f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
+        out[start : start + len(weights)] = f1.mean(axis=1)
+    return out
+
+
+# Fast prediction (a bot's cycle: a few hundred rows, one call per candle close). Each library's own
+# predict_proba spends most of a small batch on per-call work around the trees: scikit-learn's forest
+# dispatches every tree through joblib, LightGBM re-validates a DataFrame and re-processes its parameters.
+# The functions below ask the same fitted trees, through public APIs, for the very same numbers (tests:
+# tests/test_fast_predict.py proves them equal to each library's predict_proba); anything they do not
+# cover exactly goes to the library's own predict_proba.
+
+# A forest predicting more rows than this with n_jobs > 1 keeps its own (threaded) predict_proba.
+FOREST_SINGLE_THREAD_ROWS = 2000
+
+
+def forest_leaf_values(forest) -> list[np.ndarray]:
+    """Each tree's class probabilities per node, as its ``predict_proba`` returns them for a row ending in
+    that leaf: ``tree_.value[:, 0, :n_classes_]`` (the fraction of the leaf's weighted samples per class)."""
+    return [tree.tree_.value[:, 0, : tree.n_classes_] for tree in forest.estimators_]
+
+
+def forest_predict_proba(forest, X32: np.ndarray, leaf_values: list[np.ndarray] | None = None) -> np.ndarray:
+    """``forest.predict_proba`` on finite float32 rows ``X32``, in this thread, with no joblib dispatch.
+
+    Exactly scikit-learn's sum: zeros, plus every tree's leaf probabilities in tree order, divided by the
+    number of trees (its threads may add the trees in another order, which can move the last bit).
+    """
+    values = forest_leaf_values(forest) if leaf_values is None else leaf_values
+    out = np.zeros((X32.shape[0], forest.n_classes_), dtype=np.float64)
+    for tree, value in zip(forest.estimators_, values, strict=True):
+        out += value[tree.apply(X32, check_input=False)]
+    out /= len(forest.estimators_)
+    return out
+
+
+def _is_forest(est) -> bool:
+    # Exactly these classes (a subclass may predict otherwise), one output column block.
+    return type(est) in (RandomForestClassifier, ExtraTreesClassifier) and est.n_outputs_ == 1
+
+
+def _fast_forest(est, n_rows: int) -> bool:
+    return _is_forest(est) and (est.n_jobs in (None, 1) or n_rows <= FOREST_SINGLE_THREAD_ROWS)
+
+
+def _fast_lightgbm(est) -> bool:
+    # Multi-class with a built-in objective: predict_proba is the booster's output as it is.
+    n_jobs = est.n_jobs
+    return (
+        type(est) is LGBMClassifier
+        and not callable(est.objective)
+        and len(est.classes_) > 2
+        and isinstance(n_jobs, int)
+        and n_jobs >= 1
+    )
+
+
+def _fast_xgboost(est) -> bool:
+    # XGBoost's own predict_proba (BalancedXGBClassifier only adds class weights to fit), given an array.
+    return isinstance(est, XGBClassifier) and type(est).predict_proba is XGBClassifier.predict_proba
+
+
+def fast_member_proba(
+    est, X, Xn: np.ndarray | None, leaf_values: list[np.ndarray] | None = None
+) -> np.ndarray:
+    """``est.predict_proba(X)``, the same numbers, with less per-call work for the families above.
+
+    ``Xn`` is ``X`` as a float64 array (its columns in the fitted order), or None to use the library's own
+    predict_proba on ``X``; ``leaf_values`` are a forest's :func:`forest_leaf_values`, if kept.
+    """
+    if Xn is None:
+        return est.predict_proba(X)
+    if _fast_forest(est, len(Xn)):
+        X32 = np.ascontiguousarray(Xn, dtype=np.float32)  # the forest's own conversion
+        if np.isfinite(X32).all():  # NaN or a value beyond float32: the library decides (or refuses)
+            return forest_predict_proba(est, X32, leaf_values)
+        return est.predict_proba(X)
+    if _fast_xgboost(est):
+        # The same inplace prediction on the same float64 values, without converting a DataFrame.
+        return est.predict_proba(Xn)
+    if _fast_lightgbm(est):
+        proba = est.booster_.predict(Xn, num_threads=est.n_jobs)
+        if isinstance(proba, np.ndarray) and proba.shape == (len(Xn), len(est.classes_)):
+            return proba
+    return est.predict_proba(X)
+
+
 class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
     """Soft voting over ``estimators`` (a list of ``(name, estimator)``) with weights fitted out of fold.
 
@@ -162,7 +293,9 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
     cv: splitter used to produce out-of-fold predictions for the weights (required unless ``weights``)
     weights: fixed weights; when given, no out-of-fold fitting is done
     weight_step: grid resolution of the weight search on the simplex
-    n_jobs: out-of-fold fits run at once (threads; give the estimators one thread each)
+    n_jobs: out-of-fold fits run at once (threads), for members that fit on one thread; a member that
+        threads its own fit (``n_jobs`` other than 1) gets its folds one at a time. Fitted members
+        predict on one thread (:func:`predict_on_one_thread`)
     side_column: the primary side's feature column under meta-labeling (None: no primary); every base
         model's probabilities are then masked to it (``models.policy.mask_to_side``) before blending
     """
@@ -183,9 +316,14 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.side_column = side_column
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, oof=None):
         """Out-of-fold weights (unless fixed), then every base model refitted on all rows; ``sample_weight``
-        weighs the rows in every one of those fits (the weight search itself scores rows equally)."""
+        weighs the rows in every one of those fits (the weight search itself scores rows equally).
+
+        ``oof`` (``{name: (row positions, probabilities)}``, optional): out-of-fold predictions a member
+        already has from the same estimator, ``cv``, rows and weights (the tuning trial that chose its
+        parameters scored the same fits), so its folds are not fitted again. They must cover the
+        validation rows of ``cv`` in fold order (checked)."""
         names = [name for name, _ in self.estimators]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"estimators need unique names, got {names}")
@@ -203,9 +341,20 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
         else:
             if self.cv is None:
                 raise ValueError("either fixed weights or a cv splitter is needed to fit the weights")
+            given = self._given_oof(oof, names, X, y)
             oof = [
-                oof_predict_proba(est, X, y, self.cv, self.n_jobs, sample_weight, self.side_column)
-                for _, est in self.estimators
+                given[name]
+                if name in given
+                else oof_predict_proba(
+                    est,
+                    X,
+                    y,
+                    self.cv,
+                    1 if _own_threads(est) else self.n_jobs,
+                    sample_weight,
+                    self.side_column,
+                )
+                for name, est in self.estimators
             ]
             idx = oof[0][0]
             self.oof_index_ = idx
@@ -222,10 +371,33 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
                 self.voter_ = voter.fit(X, y)
             else:
                 self.voter_ = voter.fit(X, y, sample_weight=np.asarray(sample_weight))
+        for member in self.voter_.estimators_:
+            predict_on_one_thread(member)
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _given_oof(self, oof, names: list[str], X, y) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``fit``'s ``oof`` checked: known members, on the validation rows of ``cv`` in fold order, one
+        probability per class."""
+        if not oof:
+            return {}
+        unknown = sorted(set(oof) - set(names))
+        if unknown:
+            raise ValueError(f"out-of-fold predictions given for {unknown}, which are not members {names}")
+        rows = np.concatenate([test for _, test in self.cv.split(X, y)])
+        checked = {}
+        for name, (index, proba) in oof.items():
+            index, proba = np.asarray(index), np.asarray(proba, dtype=float)
+            if not np.array_equal(index, rows) or proba.shape != (len(rows), len(self.classes_)):
+                raise ValueError(
+                    f"the out-of-fold predictions given for {name!r} (shape {proba.shape}) are not on "
+                    f"the cv's {len(rows)} validation rows x {len(self.classes_)} classes in fold order; "
+                    "leave them out to fit the folds here"
+                )
+            checked[name] = (index, proba)
+        return checked
 
     @property
     def oof_proba_(self) -> np.ndarray:
@@ -253,15 +425,84 @@ class WeightedSoftVoting(ClassifierMixin, BaseEstimator):
     def _side_column(self) -> str | None:
         return getattr(self, "side_column", None)  # an ensemble pickled before meta-labeling: none
 
+    # XGBoost members predict in a second thread while the others predict in the calling one (the same
+    # numbers, sooner on a machine with a core to spare): its C++ predictor releases the GIL for the whole
+    # call, and a small batch spends most of its time there. False: every member in the calling thread.
+    side_by_side_predict = True
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_predict_cache", None)  # rebuilt on the first predict after loading
+        state.pop("_predict_pool", None)  # a thread is not pickled: started again when needed
+        return state
+
+    def _pool(self) -> ThreadPoolExecutor:
+        pool = getattr(self, "_predict_pool", None)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ensemble-predict")
+            self._predict_pool = pool
+        return pool
+
+    def _fast_input(self, X) -> np.ndarray | None:
+        """``X`` as a float64 array in the fitted column order, or None when only the members' own
+        predict_proba may judge it (other columns or column order, non-numeric values, not 2-D)."""
+        columns = getattr(X, "columns", None)
+        names = getattr(self, "feature_names_in_", None)
+        if columns is not None and (names is None or list(columns) != list(names)):
+            return None
+        try:
+            Xn = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        return Xn if Xn.ndim == 2 and Xn.shape[1] == self.n_features_in_ else None
+
+    def _leaf_values(self) -> list:
+        """Per member, a forest's leaf probabilities (``forest_leaf_values``) or None; built on the first
+        predict and kept with the fitted members they belong to (never pickled)."""
+        cache = getattr(self, "_predict_cache", None)
+        if cache is None or cache[0] is not self.voter_:
+            values = [forest_leaf_values(e) if _is_forest(e) else None for e in self.voter_.estimators_]
+            cache = (self.voter_, values)
+            self._predict_cache = cache
+        return cache[1]
+
+    def _member_probas(self, X) -> list[np.ndarray]:
+        """Every member's ``predict_proba(X)`` (in ``voter_.estimators_`` order), through
+        :func:`fast_member_proba`: the same numbers with less per-call work."""
+        Xn = self._fast_input(X)
+        members = list(zip(self.voter_.estimators_, self._leaf_values(), strict=True))
+        aside = [i for i, (e, _) in enumerate(members) if _fast_xgboost(e)] if Xn is not None else []
+        if not getattr(self, "side_by_side_predict", True) or not aside or len(aside) == len(members):
+            return [fast_member_proba(e, X, Xn, values) for e, values in members]
+        pool = self._pool()
+        futures = {i: pool.submit(fast_member_proba, members[i][0], X, Xn) for i in aside}
+        try:
+            here = {
+                i: fast_member_proba(e, X, Xn, values)
+                for i, (e, values) in enumerate(members)
+                if i not in futures
+            }
+        finally:
+            done = {i: future.result() for i, future in futures.items()}  # waits, raises a worker's error
+        return [done[i] if i in done else here[i] for i in range(len(members))]
+
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
+        probas = self._member_probas(X)
         if self._side_column is None:
-            # The weighted average carries a float32 model's rounding (see as_probabilities): renormalise.
-            return as_probabilities(self.voter_.predict_proba(X))
+            # VotingClassifier's soft vote (its predict_proba), on the members' probabilities: the weighted
+            # average carries a float32 model's rounding (see as_probabilities): renormalise.
+            voter = self.voter_
+            weights = (
+                None
+                if voter.weights is None
+                else [w for (_, est), w in zip(voter.estimators, voter.weights, strict=True) if est != "drop"]
+            )
+            return as_probabilities(np.average(np.asarray(probas), axis=0, weights=weights))
         # The blend of the members' masked probabilities, as the weights were chosen out of fold.
         side = side_of(X, self._side_column)
         assert side is not None  # a side column was set, and side_of refuses X without it
-        members = [mask_to_side(as_probabilities(e.predict_proba(X)), side) for e in self.voter_.estimators_]
+        members = [mask_to_side(as_probabilities(p), side) for p in probas]
         return mask_to_side(np.tensordot(self.weights_, np.stack(members), axes=1), side)
 
     def predict(self, X) -> np.ndarray:

@@ -251,7 +251,9 @@ class SignalModel(PythonModel):
             primary=primary,
             horizon=horizon,
         )
-        features = features[self.feature_names]
+        names = self.feature_names
+        if list(features.columns) != names:  # usually already the model's columns in its order: no copy
+            features = features[names]
         # A candle that opened after now plus one bar cannot have closed: never scored (see the docstring).
         future = np.asarray(candles.index > pd.Timestamp.now(tz="UTC") + self.bar)
         ready = features.notna().all(axis=1).to_numpy() & ~future

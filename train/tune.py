@@ -195,10 +195,10 @@ def make_objective(
 
 
 class OutOfFold(NamedTuple):
-    """A completed trial's out-of-fold class probabilities: ``proba[i]`` is row ``index[i]``'s (the
+    """A completed trial's out-of-fold class probabilities: ``proba[i]`` is row ``rows[i]``'s (the
     validation blocks of the folds, in order), from the same fits the trial was scored on."""
 
-    index: np.ndarray
+    rows: np.ndarray
     proba: np.ndarray
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from features.context import context_label
 from features.labels import CLASS_NAMES
 from models import tracking
-from models.base import build_model
+from models.base import build_model, fit_threads
 from models.ensemble import WeightedSoftVoting
 from models.policy import DecisionPolicy
 from models.pyfunc import SignalModel
@@ -42,11 +42,16 @@ def fit_candidate(cfg: PipelineConfig, data: Prepared, tuned: dict[str, Tuned], 
     """Refit the tuned models as one ensemble and choose its decision policy, on development rows only
     (no tracking: :func:`fit_ensemble` logs it)."""
     X_dev, y_dev = data.dev
-    # One thread per fit, n_jobs fits at once (see models.ensemble.map_folds).
-    estimators = [(n, build_model(n, t.params, seed=cfg.seed, n_jobs=1)) for n, t in tuned.items()]
+    # Threads per fit by family, as in the tuning (models.base.fit_threads); the members predict on one.
+    estimators = [
+        (n, build_model(n, t.params, seed=cfg.seed, n_jobs=fit_threads(n, n_jobs)[0]))
+        for n, t in tuned.items()
+    ]
     # Weights from out-of-fold predictions on the development rows only; the holdout stays unseen.
+    # A tuning trial run by this process already fitted the best parameters' folds: the same fits.
+    oof = {n: t.oof for n, t in tuned.items() if t.oof is not None}
     ensemble = WeightedSoftVoting(estimators, cv=data.cv, n_jobs=n_jobs, side_column=cfg.side_column).fit(
-        X_dev, y_dev, sample_weight=data.dev_weights
+        X_dev, y_dev, sample_weight=data.dev_weights, oof=oof
     )
     # The policy's confidence rule: the best after-cost Sharpe ratio on the same out-of-fold predictions.
     policy, search = data.trading_costs(cfg).fit_policy(ensemble.oof_index_, ensemble.oof_proba_)

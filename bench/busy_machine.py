@@ -2,8 +2,8 @@
 
 Usage: python bench/busy_machine.py [--neighbours 0,1,2] [--out bench/results/busy_machine.json] [options]
 
-Runs `python -m train.pipeline` with its defaults (built-in data, 3 models, 12 trials, 90 s per model) in a
-fresh temporary store once per neighbour count, side by side in one session; each neighbour is a Python
+Runs `python -m train.pipeline` with its defaults (built-in data, 3 models, 12 trials, 600 s safety net)
+in a fresh temporary store once per neighbour count, side by side in one session; each neighbour is a Python
 process spinning on one core (`while True: pass`), started before and stopped after the run. Records the
 wall time, the trials each study finished, the holdout macro-F1 and the gate, so a faster run that
 tuned less shows as such. Run it on an otherwise quiet machine: anything else running is a neighbour too.

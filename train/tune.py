@@ -154,10 +154,9 @@ def make_objective(
     ``side_column`` (meta-labeling: the primary side's feature column) masks every fold's probabilities
     to the side (``models.policy.mask_to_side``), as the ensemble and the served model do.
 
-    ``space`` replaces the model family's search space (:data:`SPACES`), e.g. for a benchmark.
-
-    ``keep_oof`` (a dict, filled here) receives each completed trial's out-of-fold predictions, by trial
-    number (:class:`OutOfFold`): the ensemble reuses the best trial's instead of fitting its folds again.
+    ``space`` replaces the model family's search space (:data:`SPACES`), e.g. for a benchmark; ``keep_oof``
+    (a dict, filled here) receives each completed trial's out-of-fold predictions by trial number
+    (:class:`OutOfFold`), which the ensemble reuses instead of fitting the same folds again.
     """
     _check_objective(objective, costs)
     y = np.asarray(y)
@@ -166,8 +165,7 @@ def make_objective(
     threads, folds_at_once = fit_threads(name, n_jobs or default_n_jobs())
 
     def objective_fn(trial: optuna.Trial) -> float:
-        # Threads per fit and folds at once by family (models.base.fit_threads): both degrade gracefully
-        # on a busy machine, where one LightGBM or XGBoost fit spread over every core does not.
+        # Threads per fit and folds at once by family (models.base.fit_threads: kind to a busy machine).
         estimator = build_model(name, space(trial), seed=seed, n_jobs=threads)
         folds = list(cv.split(X, y))
         scores = _FoldScores(trial, y, classes, objective, costs)
@@ -186,10 +184,7 @@ def make_objective(
                     scores.record_partial()
                     with_retries(trial.set_user_attr, CUT_BY_TIMEOUT, True)
                     raise optuna.TrialPruned(f"cut by the timeout after {step + 1} of {len(folds)} folds")
-        value = scores.finish()
-        if keep_oof is not None:
-            keep_oof[trial.number] = OutOfFold(np.concatenate(scores.rows), np.vstack(scores.probas))
-        return value
+        return scores.finish(keep_oof)
 
     return objective_fn
 
@@ -239,8 +234,11 @@ class _FoldScores:
         if self.running:
             with_retries(self.trial.set_user_attr, "running_oof_sharpe", self.running)
 
-    def finish(self) -> float:
-        """Record the completed trial's numbers; returns its value."""
+    def finish(self, keep_oof: dict[int, OutOfFold] | None = None) -> float:
+        """Record the completed trial's numbers (its out-of-fold predictions in ``keep_oof``, if given);
+        returns its value."""
+        if keep_oof is not None:
+            keep_oof[self.trial.number] = OutOfFold(np.concatenate(self.rows), np.vstack(self.probas))
         self.record_partial()
         with_retries(self.trial.set_user_attr, "cv_macro_f1_mean", float(np.mean(self.scores)))
         with_retries(self.trial.set_user_attr, "cv_macro_f1_std", float(np.std(self.scores)))

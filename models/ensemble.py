@@ -108,12 +108,14 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, 
     running at once (threads: the libraries release the GIL while they fit).
 
     Several single-threaded fits side by side degrade gracefully on a busy machine, where one fit
-    spread over every core waits at each synchronisation for the core another process holds. Closing
-    the generator early (a pruned trial) cancels the folds not started and waits for those running.
+    spread over every core waits at each synchronisation for the core another process holds.
 
-    The folds start in order, except the last ``n_parallel``, which start largest first: a walk-forward's
-    training blocks grow, so the largest fold started last would run alone at the end (five folds on
-    two threads: 8 units of time instead of 9), while the early folds still come first for the pruner.
+    A fold starts only when fewer than ``n_parallel`` started folds are still waiting to be taken: the
+    consumer (the pruner) sees each result before another fit starts in its place, so closing the
+    generator early (a pruned trial) waits for at most ``n_parallel`` fits, none of which started after
+    the last result it took. The folds start in order, except the last ``n_parallel``, which start
+    largest first: a walk-forward's training blocks grow, so the largest fold started last would run
+    alone at the end (five folds on two threads: 8 units of time instead of 9).
     """
     if n_parallel <= 1:
         for train_idx, test_idx in folds:
@@ -121,10 +123,13 @@ def map_folds(fn: Callable, folds: list, n_parallel: int = 1) -> Generator[Any, 
         return
     pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="fold")
     try:
-        order = start_order(len(folds), n_parallel)
-        futures = {k: pool.submit(fn, *folds[k]) for k in order}
+        order = iter(start_order(len(folds), n_parallel))
+        futures = {k: pool.submit(fn, *folds[k]) for k in itertools.islice(order, n_parallel)}
         for k in range(len(folds)):
-            yield futures[k].result()
+            result = futures.pop(k).result()
+            yield result
+            for nxt in itertools.islice(order, 1):  # the consumer took a result: one more may start
+                futures[nxt] = pool.submit(fn, *folds[nxt])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

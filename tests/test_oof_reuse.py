@@ -183,3 +183,27 @@ def test_folds_start_early_first_and_the_last_ones_largest_first_but_come_back_i
     folds = [(None, k) for k in range(5)]
     assert list(map_folds(fn, folds, 2)) == [0, 10, 20, 30, 40]
     assert sorted(started[:2]) == [0, 1] and started[2:] == [2, 4, 3]
+
+
+def test_a_pruned_trial_starts_no_fold_after_the_result_that_stopped_it():
+    """Closing map_folds after two results (the pruner stopped the trial at step 1) leaves only the fold
+    started when the first result was taken: no fit starts once the consumer has stopped asking."""
+    import threading
+    import time
+
+    from models.ensemble import map_folds
+
+    started, finished, lock = [], [], threading.Lock()
+
+    def fn(train_idx, test_idx):
+        with lock:
+            started.append(test_idx)
+        time.sleep(0.02 * (test_idx + 1))
+        with lock:
+            finished.append(test_idx)
+        return test_idx
+
+    results = map_folds(fn, [(None, k) for k in range(5)], 2)
+    assert [next(results), next(results)] == [0, 1]
+    results.close()  # what the objective's contextlib.closing does when the trial is pruned
+    assert sorted(started) == [0, 1, 2] and sorted(finished) == [0, 1, 2]

@@ -39,7 +39,6 @@ from train.config import PipelineConfig
 from train.pipeline import main, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 def _cfg(data: str, tmp: Path, **kw) -> PipelineConfig:
@@ -79,6 +78,7 @@ def _fresh_process_predict(model_uri: str, candles_csv: str, tracking_uri: str, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     client = MlflowClient()
     # A directional signal that order flow (volume) reveals one bar ahead and prices alone do not: it
@@ -278,6 +278,7 @@ def test_planted_signal_is_promoted_then_random_walk_is_not(store):
     assert walk_ensemble.data.metrics["backtest_dsr"] < 0.95
 
 
+@pytest.mark.slow
 def test_timing_hold_to_calm_markets_is_not_promoted(store):
     """Volatility regimes with i.i.d. direction: `hold` is predictable, direction is not. The old gate
     passed such a model (macro-F1 far above majority and stratified); it has no tradable edge."""
@@ -293,20 +294,31 @@ def test_timing_hold_to_calm_markets_is_not_promoted(store):
     assert out["baselines"]["volatility"] > out["ensemble"]["holdout_macro_f1"] - 0.03
 
 
+@pytest.mark.slow
 def test_steady_drift_without_timing_skill_is_not_promoted(store):
     """A market that drifts up, i.i.d. returns: whatever the model holds, its timing is luck. Buy-and-hold
-    (and any policy that ends up mostly long) makes money; the gate asks whether the timing did."""
+    (and any policy that ends up mostly long) makes money; the gate asks whether the timing did.
+
+    One model's timing check is a test at the 5% level: on i.i.d. returns one model in twenty passes it
+    by luck (this one did with space version 3: p = 0.028), and then the deflated Sharpe ratio, which
+    counts every rule and trial tried, keeps it out. That the timing check refuses an always-long policy
+    on drift is tested exactly in test_gate/test_nulls; how often the gate promotes no-edge models, in
+    bench/gate_error_rates.py."""
     client = MlflowClient()
     frame = make_candles(4000, seed=8, vol=0.004, drift=0.0006)
     data = write_csv(frame, store / "drift.csv")
     out = run_pipeline(_cfg(data, store, models="lightgbm", horizon=3))
     assert out["buyhold"]["total_return"] > 0.5  # the holdout rose a lot
     assert not out["promoted"] and client.get_registered_model("test-model").aliases == {}
-    timing = next(c for c in out["gate"]["checks"] if c["name"] == "timing_skill")
-    assert not timing["passed"] and timing["blocking"] and timing["value"] > timing["threshold"]
-    assert "shifted in time" in timing["detail"]
+    checks = {c["name"]: c for c in out["gate"]["checks"]}
+    timing = checks["timing_skill"]
+    assert timing["blocking"] and "shifted in time" in timing["detail"]
+    assert timing["passed"] == (timing["value"] <= timing["threshold"])
+    refused = [n for n in ("timing_skill", "deflated_sharpe") if not checks[n]["passed"]]
+    assert refused and all(checks[n]["blocking"] for n in refused)
 
 
+@pytest.mark.slow
 def test_a_rerun_on_the_same_holdout_counts_as_another_look(store):
     """Scoring the same holdout again (another seed, hoping for a pass) is one more test of the same rows:
     the look count grows, every test's level is divided by it, and the deflated Sharpe ratio counts it."""
@@ -335,6 +347,7 @@ def test_a_rerun_on_the_same_holdout_counts_as_another_look(store):
     assert third["gate"]["looks"] == 1
 
 
+@pytest.mark.slow
 def test_champion_is_scored_only_on_rows_it_never_trained_on(store):
     """Production v1 trained on candles that reach into the next candidate's holdout (which is larger):
     only the holdout rows after v1's trained_until plus its horizon may score it; on the rest it was fit."""
@@ -399,6 +412,7 @@ def test_unreachable_tracking_server_fails_before_training(store, monkeypatch, c
     assert not (store / "optuna.db").exists()  # nothing was tuned
 
 
+@pytest.mark.slow
 def test_mlflow_run_smoke(store):
     """`mlflow run . --env-manager local` with tiny parameters, as a user would run it."""
     client = MlflowClient()

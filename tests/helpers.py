@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -171,9 +177,18 @@ def throwaway_store(tmp: Path, experiment: str = "tests"):
     """A module fixture's own tracking store under ``tmp`` (what conftest's ``store`` does per test):
     the working directory, the tracking URI and the experiment, all restored afterwards. Yields
     (the MonkeyPatch for further patches, the store's URI)."""
-    uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+    # the runs' artifact root is ./mlruns, beside mlflow.db
+    with use_store(f"sqlite:///{Path(tmp) / 'mlflow.db'}", tmp, experiment) as (mp, uri):
+        yield mp, uri
+
+
+@contextmanager
+def use_store(uri: str, cwd: Path, experiment: str = "tests"):
+    """Point the environment and MLflow at an existing tracking store ``uri`` from the working directory
+    ``cwd`` (e.g. conftest's session-wide ``tiny_promoted`` store, from a module's own directory), all
+    restored afterwards. Yields (the MonkeyPatch for further patches, ``uri``)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)  # the runs' artifact root is ./mlruns, beside mlflow.db
+        mp.chdir(cwd)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
@@ -233,3 +248,52 @@ def damage_model(name: str, version: str, damage: str) -> None:
         shutil.rmtree(files)
     else:
         (files / "python_model.pkl").write_bytes(b"not a pickle")
+
+
+# One tiny promoted model, made once per test run (conftest's ``tiny_promoted``).
+
+TINY_MODEL = "tiny-model"
+TINY_EXPERIMENT = "crypto-signals"  # the pipeline's default experiment, as the UI test shows it
+
+
+@dataclass(frozen=True)
+class TinyStore:
+    """A SQLite tracking store holding one pipeline run whose tiny model passed its gate and is
+    ``production``; and what made it."""
+
+    dir: Path  # mlflow.db, mlruns/ (the artifacts), optuna.db, flow.csv
+    uri: str  # sqlite:///<dir>/mlflow.db
+    experiment: str
+    model_name: str
+    data: str  # the candles it was trained on (a CSV in ``dir``)
+    config: Any  # train.config.PipelineConfig
+    summary: dict  # what run_pipeline returned
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Any]) -> Any:
+    """``make(directory)`` once per test run, also across pytest-xdist workers: the first worker to ask
+    makes it under a file lock, the others wait for it and read the pickled result. A failed ``make``
+    leaves nothing behind, so the next one to ask tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above the workers' own
+    path = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = path / "made.pickle"
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            done.write_bytes(pickle.dumps(make(path)))
+        return pickle.loads(done.read_bytes())
+
+
+def train_tiny(path: Path) -> TinyStore:
+    """conftest's ``tiny_promoted``: train and promote the tiny model in a store under ``path``."""
+    from train.pipeline import run_pipeline
+
+    with throwaway_store(path, TINY_EXPERIMENT) as (_, uri):
+        data = write_csv(make_flow_signal_candles(3000, seed=11), path / "flow.csv")
+        cfg = tiny_config(data, path, TINY_MODEL, horizon=3)
+        summary = run_pipeline(cfg)
+    return TinyStore(path, uri, TINY_EXPERIMENT, TINY_MODEL, data, cfg, summary)

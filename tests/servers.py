@@ -15,9 +15,11 @@ Plain helpers (usable from any test or script):
 Pytest fixtures (opt in with ``pytest_plugins = ["tests.servers"]`` in ``tests/conftest.py``, or
 ``from tests.servers import pg_tracking_store, pg_tracking_server, tracking_backend`` in one module):
 
-* ``pg_tracking_store`` (module scope): one PostgreSQL-backed MLflow server per test module, as a
-  :class:`TrackingServer` (URI, database URL, artifact directory, log file). Skips when PostgreSQL is
-  unreachable. Tests sharing it must use distinct experiment and registered-model names.
+* ``pg_tracking_store`` (session scope): one PostgreSQL-backed MLflow server for the test run (per
+  pytest-xdist worker), as a :class:`TrackingServer` (URI, database URL, artifact directory, log file).
+  Skips when PostgreSQL is unreachable. Every test module that uses it shares it: tests must use distinct
+  experiment and registered-model names, and look only at what they made (runs they started, models
+  they named), never at counts over the whole server.
 * ``pg_tracking_server`` (function scope): that server's URI, set as the tracking URI for one test.
 * ``tracking_backend`` (function scope, parametrized ``sqlite`` / ``postgres-server``): a tracking URI,
   set for one test, so a lifecycle test runs against a local SQLite store and a PostgreSQL-backed server.
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,14 +283,16 @@ def database_name(url: str) -> str:
 
 @contextmanager
 def throwaway_database(prefix: str = "cs_test") -> Iterator[str]:
-    """CREATE DATABASE ``<prefix>_<pid>_<random>``, yield its SQLAlchemy URL, DROP it (WITH FORCE) after.
+    """CREATE DATABASE ``<prefix>_[<xdist worker>_]<pid>_<random>``, yield its SQLAlchemy URL, DROP it
+    (WITH FORCE) after. The name is unique per process (and says which pytest-xdist worker made it).
 
     The URL is ``postgresql+psycopg2://postgres@127.0.0.1:5432/<db>``: see the module notes on why the
     driver is spelled out. The drop disconnects any session still open (e.g. a server that hung).
     """
     from psycopg2 import sql
 
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1 ... under pytest-xdist
+    name = "_".join(filter(None, [prefix, worker, str(os.getpid()), secrets.token_hex(4)]))
     with pg_connect() as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -439,13 +444,15 @@ def _use_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str)
         mlflow.set_tracking_uri(None)  # back to whatever MLFLOW_TRACKING_URI says once monkeypatch undoes it
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pg_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    """One PostgreSQL-backed MLflow tracking server for the test module (skips without PostgreSQL).
+    """One PostgreSQL-backed MLflow tracking server for the test run (skips without PostgreSQL); under
+    pytest-xdist, one per worker (its database name carries the worker's pid, so workers never meet).
 
-    The database and the server process are removed after the module, also when tests failed. Tests
-    sharing it must use distinct experiment and registered-model names. It does not set the tracking URI:
-    request ``pg_tracking_server`` (or ``tracking_backend``) for that.
+    Its startup (5-15 s) is paid once rather than per module. The database and the server process are
+    removed at the end of the session, also when tests failed. Tests sharing it (across modules) must use
+    distinct experiment and registered-model names. It does not set the tracking URI: request
+    ``pg_tracking_server`` (or ``tracking_backend``) for that.
     """
     reason = postgres_available()
     if reason:
@@ -461,7 +468,7 @@ def pg_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trac
 def pg_tracking_server(
     pg_tracking_store: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """The module's PostgreSQL-backed server URI, set as the tracking URI for this test (cwd: tmp_path)."""
+    """The session's PostgreSQL-backed server URI, set as the tracking URI for this test (cwd: tmp_path)."""
     yield from _use_tracking_uri(monkeypatch, tmp_path, pg_tracking_store.uri)
 
 
@@ -469,11 +476,13 @@ def pg_tracking_server(
 def tracking_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A tracking URI set for this test (cwd: tmp_path), once per backend.
 
-    ``sqlite``: a fresh ``sqlite:///<tmp_path>/mlflow.db`` (artifacts under ``tmp_path/mlruns``).
-    ``postgres-server``: the module's PostgreSQL-backed server (``pg_tracking_store``; skipped without
-    PostgreSQL), shared with the module's other tests, so use distinct experiment and model names.
+    ``sqlite``: a fresh ``sqlite:///<tmp_path>/mlflow.db`` (artifacts under ``tmp_path/mlruns``), a copy
+    of conftest's ``_empty_store`` (MLflow's tables made once: seconds saved per test).
+    ``postgres-server``: the session's PostgreSQL-backed server (``pg_tracking_store``; skipped without
+    PostgreSQL), shared with other tests and modules, so use distinct experiment and model names.
     """
     if request.param == "sqlite":
+        shutil.copy(request.getfixturevalue("_empty_store"), tmp_path / "mlflow.db")
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     else:
         uri = request.getfixturevalue("pg_tracking_store").uri

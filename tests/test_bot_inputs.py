@@ -1,7 +1,7 @@
 """What trading bots send the production model, over Python and HTTP, and the process they load it in.
 
-A tiny model is trained on planted-signal candles into a throwaway SQLite store and promoted (as in
-tests/test_serving.py). Then:
+A tiny model trained on planted-signal candles into a SQLite store of its own and promoted (conftest's
+``tiny_promoted``, shared with tests/test_serving.py and others). Then:
 
 * every timestamp form a bot produces (naive UTC or timezone-aware datetimes, ISO 8601 strings with and
   without an offset, epoch seconds and milliseconds as ccxt returns them) gives the same signals as
@@ -28,13 +28,12 @@ import pytest
 import requests
 
 from models.registry import PRODUCTION
-from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
+from tests.helpers import TINY_MODEL, make_flow_signal_candles, use_store
 from tests.servers import free_port, stop_process, wait_http
-from train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
-MODEL_NAME = "bot-model"
+MODEL_NAME = TINY_MODEL
 MODEL_URI = f"models:/{MODEL_NAME}@{PRODUCTION}"
 COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
 SAME = ["signal", "label", "ready", "action", "position"]  # must match exactly across input forms
@@ -71,14 +70,13 @@ HTTP_FORMS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Train and promote a tiny model into a throwaway store; yield the store and a request window."""
+def trained(tiny_promoted, tmp_path_factory):
+    """The shared tiny promoted model (conftest's ``tiny_promoted``), its store set for the module; yield
+    the store, a directory of the module's own and a request window."""
     tmp = tmp_path_factory.mktemp("bot-inputs")
-    with throwaway_store(tmp) as (mp, uri):
-        candles = make_flow_signal_candles(3000, seed=11)
-        data = write_csv(candles, tmp / "flow.csv")
-        result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
-        assert result["promoted"], result["gate"]
+    assert tiny_promoted.summary["promoted"], tiny_promoted.summary["gate"]
+    with use_store(tiny_promoted.uri, tmp, tiny_promoted.experiment) as (mp, uri):
+        candles = make_flow_signal_candles(3000, seed=11)  # what it was trained on
         request = candles.iloc[-N_REQUEST:].reset_index()
         request["timestamp"] = request["timestamp"].dt.tz_localize(None)
         model = mlflow.pyfunc.load_model(MODEL_URI)

@@ -102,6 +102,7 @@ def test_every_entry_point_says_in_one_line_that_the_model_files_are_missing_or_
     assert not (store / "s.csv").exists()
 
 
+@pytest.mark.slow
 def test_from_the_command_line_the_error_is_one_line_on_stderr(store):
     """As an operator runs them (a fresh process: MLflow's own logging and warnings on the real stderr)."""
     version = _register(store)

@@ -308,6 +308,7 @@ def test_every_entry_point_prints_its_version(entry_point, capsys):
     assert capsys.readouterr().out.strip() == f"crypto-signals {__version__}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["train.pipeline", "models.lifecycle"])
 def test_version_from_the_command_line(module):
     proc = subprocess.run(

@@ -213,6 +213,7 @@ def test_no_lookahead_in_any_context_feature(lookahead_runs, feature_set: str, n
         assert not np.allclose(tail_b.to_numpy(), tail_a.to_numpy(), equal_nan=True), cut
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bar", "ctx", "start"), [("15min", "1h", "2024-01-01"), ("30min", "4h", "2024-01-01 01:30")]
 )
@@ -245,6 +246,7 @@ def misaligned(early_by: pd.Timedelta):
     return compute
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("early_by", [pd.Timedelta(CTX) - BAR, BAR], ids=["at_open", "one_bar_early"])
 def test_a_leaking_alignment_is_caught(early_by: pd.Timedelta):
     candles = make_candles(1200, seed=10, freq="15min")

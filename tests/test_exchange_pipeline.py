@@ -23,7 +23,6 @@ from train.pipeline import main, run_pipeline
 
 DATA = "exchange:bitbank:BTC/JPY:15m"
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -52,6 +51,7 @@ def exchange(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_fetch_then_train_on_exchange_candles_and_rebuild_them_from_the_run(exchange, tmp_path, capsys):
     server, truth = exchange
     assert fetch_main(["--data", DATA, "--days", "40"]) == 0  # the weekly job: cache only
@@ -99,6 +99,7 @@ def test_fetch_then_train_on_exchange_candles_and_rebuild_them_from_the_run(exch
     assert len(rebuilt) == snapshot["rows"] and rebuilt.index[-1] == truth.index[-1]
 
 
+@pytest.mark.slow
 def test_an_exchange_failure_stops_the_run_before_anything_is_logged(exchange, tmp_path, capsys):
     # an unknown pair: refused at once (not retried), saying how to list the exchange's pairs
     assert main(["--data", "exchange:bitbank:XRP/JPY:15m", "--days", "40"]) == 1
@@ -112,6 +113,7 @@ def test_an_exchange_failure_stops_the_run_before_anything_is_logged(exchange, t
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
 
 
+@pytest.mark.slow
 def test_fetch_entry_point_updates_the_cache(exchange, tmp_path):
     """`mlflow run . -e fetch` as the weekly job runs it: MLproject's parameters reach the command."""
     _, truth = exchange

@@ -71,6 +71,7 @@ def _one_error_line(stderr: str) -> str:
 # --- (a) a dead tracking store --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -95,6 +96,7 @@ def test_a_dead_tracking_store_fails_in_seconds_with_one_line(tmp_path, csv, com
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_dry_run_touches_no_store_so_checks_none(tmp_path, csv):
     """Decided: a dry run (candles from a file) validates the data and prints the plan offline."""
     args = _module(
@@ -227,6 +229,7 @@ def _mlflow_db(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["read-only", "not a database"])
 def test_a_read_only_or_corrupt_tracking_store_is_one_line_naming_it(tmp_path, csv, kind):
     if kind == "read-only":

@@ -558,6 +558,7 @@ def _load_and_check(case: LoaderCase, directory) -> None:
     _check_same_candles(frame, case)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=800)
 @given(case=loader_cases())
 def test_loader_refuses_clearly_or_returns_the_same_candles(case, fuzz_dir):
@@ -822,6 +823,7 @@ def _check_ready_rows(out: pd.DataFrame, window: Window) -> None:
     assert not len(wrong), f"not-ready reason differs from the gap rule at rows {wrong[:10].tolist()}"
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=300)
 @given(window=windows())
 def test_served_model_refuses_clearly_or_returns_one_valid_signal_per_candle(window, model):
@@ -845,6 +847,7 @@ def test_served_model_refuses_clearly_or_returns_one_valid_signal_per_candle(win
         _check_ready_rows(out, window)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=150)
 @given(window=windows(valid_only=True), cut=st.floats(0.0, 1.0))
 def test_served_model_rows_do_not_change_when_later_candles_arrive(window, cut, model):

@@ -181,6 +181,7 @@ def test_the_ensemble_masks_to_the_side_out_of_fold_and_when_predicting():
         WeightedSoftVoting(est, cv=cv, side_column=PRIMARY_COLUMN).fit(X.drop(columns=PRIMARY_COLUMN), y)
 
 
+@pytest.mark.slow
 def test_a_pipeline_with_a_momentum_primary_serves_positions_on_the_side_only(store):
     import mlflow
 

@@ -174,6 +174,7 @@ def planted(tmp_path_factory):
     return cfg, prepare(cfg)
 
 
+@pytest.mark.slow
 def test_sharpe_study_picks_the_trial_with_the_best_out_of_fold_sharpe(planted, tmp_path):
     """Same sampler seed and budget (5 trials: TPE's random start-up, no pruning before 5 completed
     trials), so both studies evaluate the same parameter sets; the ``sharpe`` study picks the one with

@@ -127,6 +127,7 @@ def _tiny_study(tmp_path, timeout=600):
     )
 
 
+@pytest.mark.slow
 def test_tuning_says_one_line_per_trial_with_k_of_n_and_best_so_far(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="train.tune")
     study = _tiny_study(tmp_path)
@@ -140,6 +141,7 @@ def test_tuning_says_one_line_per_trial_with_k_of_n_and_best_so_far(tmp_path, ca
     assert lines[0].startswith("tuning    lightgbm: 3 of 3 trials to run")
 
 
+@pytest.mark.slow
 def test_log_level_warning_hides_progress_and_info_shows_it(tmp_path, capsys, restore_logging):
     configure_logging("WARNING")
     (tmp_path / "a").mkdir()

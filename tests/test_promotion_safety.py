@@ -139,6 +139,7 @@ def _killed_after(store: Path, method: str, key: str, argv: list[str]) -> int:
     return out.returncode
 
 
+@pytest.mark.slow
 def test_a_kill_right_after_the_alias_move_is_recorded_by_the_next_command(store, capsys):
     v1, v2 = _version("ps-d"), _version("ps-d")
     assert lifecycle(["promote", "--model-name", "ps-d", "--version", v1, "--reason", "first"]) == 0
@@ -173,6 +174,7 @@ def test_a_kill_right_after_the_alias_move_is_recorded_by_the_next_command(store
     assert "warning" not in registry.status("ps-d")
 
 
+@pytest.mark.slow
 def test_a_kill_before_the_alias_move_leaves_nothing_to_record(store, caplog):
     v1, v2 = _version("ps-e"), _version("ps-e")
     promote("ps-e", v1, "first")
@@ -252,6 +254,7 @@ def test_the_monitor_records_a_move_made_with_the_plain_client_before_anything_e
     assert "outside this tool" not in capsys.readouterr().err and len(history("ps-m")) == 2
 
 
+@pytest.mark.slow
 def test_a_pipeline_that_passes_but_cannot_promote_says_so_and_exits_75(store, capsys, monkeypatch):
     """The gate passes, but a live process holds the promotion lock: the version is registered, production
     does not move, and the last line, the summary and the exit code say so."""

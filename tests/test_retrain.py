@@ -161,6 +161,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_simultaneous_retrains_do_not_both_train(store):
     base = ["--model-name", NAME, "--optuna-storage", f"sqlite:///{store}/optuna.db"]
     env = dict(os.environ, PYTHONPATH=str(REPO))

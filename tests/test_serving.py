@@ -1,11 +1,11 @@
 """The production model served over HTTP by `mlflow models serve`, as a bot would call it.
 
-A tiny model is trained on planted-signal candles into a throwaway SQLite store and promoted, then
-`mlflow models serve -m models:/serve-model@production --env-manager local` runs as a subprocess in a
-directory where this repository is not importable (the model's shipped code must suffice). The tests
-POST candles to `/invocations` and check the response shape, the history marking, that the HTTP answer
-equals the in-process `mlflow.pyfunc.load_model(...).predict(...)`, and that bad input is refused with
-a 400 whose message says what is wrong.
+A tiny model trained on planted-signal candles into a SQLite store of its own and promoted (conftest's
+``tiny_promoted``), then `mlflow models serve -m models:/tiny-model@production --env-manager local`
+runs as a subprocess in a directory where this repository is not importable (the model's shipped code
+must suffice). The tests POST candles to `/invocations` and check the response shape, the history
+marking, that the HTTP answer equals the in-process `mlflow.pyfunc.load_model(...).predict(...)`, and
+that bad input is refused with a 400 whose message says what is wrong.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from models.registry import PRODUCTION
-from tests.helpers import SERVED_COLUMNS, make_flow_signal_candles, throwaway_store, tiny_config, write_csv
-from train.pipeline import run_pipeline
+from tests.helpers import SERVED_COLUMNS, TINY_MODEL, make_flow_signal_candles, use_store
 
 pytestmark = pytest.mark.slow
 
-MODEL_NAME = "serve-model"
+MODEL_NAME = TINY_MODEL
 MODEL_URI = f"models:/{MODEL_NAME}@{PRODUCTION}"
 OUTPUT_COLUMNS = SERVED_COLUMNS
 PROBA = ["p_sell", "p_hold", "p_buy"]
@@ -89,13 +88,13 @@ def _request_body(candles: pd.DataFrame) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Train and promote a tiny model, serve it, yield (base URL, request candles, min_history_bars)."""
+def served(tiny_promoted, tmp_path_factory):
+    """The shared tiny promoted model (conftest's ``tiny_promoted``) served; yield (base URL, request
+    candles, min_history_bars)."""
     tmp = tmp_path_factory.mktemp("serving")
-    with throwaway_store(tmp) as (mp, uri):
-        candles = make_flow_signal_candles(3000, seed=11)
-        data = write_csv(candles, tmp / "flow.csv")
-        result = run_pipeline(tiny_config(data, tmp, MODEL_NAME, horizon=3))
+    with use_store(tiny_promoted.uri, tmp, tiny_promoted.experiment) as (mp, uri):
+        candles = make_flow_signal_candles(3000, seed=11)  # what it was trained on
+        result = tiny_promoted.summary
         assert result["gate"]["result"] == "passed", result["gate"]
         assert result["promoted"]
         version = MlflowClient().get_model_version_by_alias(MODEL_NAME, PRODUCTION).version

@@ -105,6 +105,7 @@ def test_the_served_model_holds_sized_positions():
     assert set(np.abs(out["position"]).round(6)) <= {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
+@pytest.mark.slow
 def test_a_pipeline_with_probability_sizing_serves_and_judges_sized_positions(store):
     import mlflow
 

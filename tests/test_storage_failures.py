@@ -197,6 +197,7 @@ def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="s", storage=url).trials
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where, statement",
     [
@@ -222,6 +223,7 @@ def test_a_connection_dropped_during_tuning_is_reopened_and_the_study_filled(
     assert "retrying" in err or "re-opening" in err  # said what happened, in one line each
 
 
+@pytest.mark.slow
 def test_connections_terminated_again_and_again_do_not_stop_the_tuning(pg_optuna, capfd, caplog):
     """The operator's experiment: pg_terminate_backend on every connection of the database, from
     outside, every few tenths of a second while the study runs."""
@@ -244,6 +246,7 @@ def test_connections_terminated_again_and_again_do_not_stop_the_tuning(pg_optuna
     assert "Traceback" not in err and SECRET not in err, err
 
 
+@pytest.mark.slow
 def test_a_database_that_stays_away_ends_the_tuning_in_one_line(pg_optuna, capfd, caplog):
     start = time.monotonic()
     with drop_connection_before(database_name(pg_optuna), "INSERT INTO trial_values", close=True) as hits:

@@ -13,9 +13,8 @@ from sklearn.metrics import f1_score
 
 from features.labels import CLASS_NAMES
 from models.lifecycle import main as lifecycle_main
-from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config, write_csv
+from tests.helpers import use_store
 from tests.test_lifecycle import _versions
-from train.pipeline import run_pipeline
 
 
 def _all_runs(client: MlflowClient) -> list:
@@ -52,13 +51,11 @@ def test_read_only_lifecycle_commands_open_no_run_and_moves_are_named(tracking_b
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One tiny pipeline run in its own store (the `store` fixture's set-up, once for the module)."""
+def tiny_run(tiny_promoted, tmp_path_factory):
+    """One tiny pipeline run in its own store (conftest's shared ``tiny_promoted``), set for the module."""
     tmp = tmp_path_factory.mktemp("tidy")
-    with throwaway_store(tmp) as (mp, uri):
-        data = write_csv(make_flow_signal_candles(3000, seed=11), tmp / "flow.csv")
-        cfg = tiny_config(data, tmp, "tidy-model", horizon=3)
-        yield cfg, run_pipeline(cfg), tmp
+    with use_store(tiny_promoted.uri, tmp, tiny_promoted.experiment):
+        yield tiny_promoted.config, tiny_promoted.summary, tmp
 
 
 def test_pipeline_run_describes_itself_and_logs_its_holdout_rows(tiny_run):

@@ -51,6 +51,7 @@ def test_objective_is_mean_fold_macro_f1_and_reports_running_mean():
     )
 
 
+@pytest.mark.slow
 def test_study_resumes_up_to_n_trials(tmp_path):
     X, y = _data()
     cv = PurgedWalkForward(n_splits=2, horizon=2)
@@ -96,6 +97,7 @@ def test_fold_without_a_class_fails_loudly():
         study.optimize(make_objective("xgboost", X, y, cv, n_jobs=1), n_trials=1, catch=())
 
 
+@pytest.mark.slow
 def test_trial_whose_worker_died_before_running_it_is_failed(tmp_path):
     """A worker killed between creating a trial and running it (while the sampler drew its parameters)
     leaves a RUNNING trial with no owner and no heartbeat; Optuna alone would keep it RUNNING for ever.
@@ -183,6 +185,7 @@ def _rerun_retries(study, killed):
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 1
 
 
+@pytest.mark.slow
 def test_killed_worker_on_this_host_is_failed_at_once_and_its_trial_rerun(tmp_path):
     """Its process is gone (pid and start time): failed without waiting for the 60 s grace period."""
     from train.tune import fail_stale_trials
@@ -194,6 +197,7 @@ def test_killed_worker_on_this_host_is_failed_at_once_and_its_trial_rerun(tmp_pa
     _rerun_retries(study, killed)
 
 
+@pytest.mark.slow
 def test_killed_worker_elsewhere_is_failed_by_optuna_heartbeat_and_its_trial_rerun(tmp_path):
     """A worker of another host is judged by Optuna's public heartbeat alone: RUNNING within the grace
     period, failed after it by ``optuna.storages.fail_stale_trials`` (which Optuna also runs before each

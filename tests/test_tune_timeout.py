@@ -17,6 +17,8 @@ from tests.helpers import tiny_config
 from train.split import PurgedWalkForward
 from train.tune import TuningError, describe_trials, run_study, trial_counts
 
+pytestmark = pytest.mark.slow  # each test waits out real timeouts (3-5 s)
+
 FOLD_SECONDS = 1.5
 N_FOLDS = 5
 

@@ -1,15 +1,15 @@
 """The MLflow UI in a real browser: what a person sees after a pipeline run.
 
 A small pipeline run (LightGBM only, planted-signal candles, so the gate passes and version 1 gets the
-``production`` alias) fills a throwaway SQLite store; ``mlflow server`` serves it on 127.0.0.1 and headless
-Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium) opens it. The tests check the
-visible text of three pages and save a screenshot of each:
+``production`` alias) fills a SQLite store of its own (conftest's ``tiny_promoted``); ``mlflow server``
+serves it on 127.0.0.1 and headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
+Selenium) opens it. The tests check the visible text of three pages and save a screenshot of each:
 
 * the experiment's runs table: the pipeline run and its child runs ``tune-lightgbm`` and ``ensemble``,
   with the ``holdout_macro_f1`` value the store holds (``experiment-runs.png``);
 * the pipeline run's page: its metrics and the tags ``gate`` and ``model_version`` (``run.png``), and an
   artifact of the ensemble run opened in the artifact viewer;
-* the Model Registry: ``ui-model`` version 1 with the ``production`` alias (``registered-model.png``).
+* the Model Registry: ``tiny-model`` version 1 with the ``production`` alias (``registered-model.png``).
 
 Screenshots go to a temporary directory; with ``UPDATE_SCREENSHOTS=1`` they replace the ones in
 ``docs/screenshots/`` that docs/mlflow-ui.md shows.
@@ -45,9 +45,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from models.registry import PRODUCTION
-from tests.helpers import make_flow_signal_candles, throwaway_store, tiny_config
+from tests.helpers import TINY_EXPERIMENT, TINY_MODEL
 from tests.servers import LOCALHOST, mlflow_server
-from train.pipeline import run_pipeline
 
 try:
     from selenium import webdriver
@@ -85,8 +84,8 @@ WIDTH, HEIGHT = 1440, 900
 WAIT_S = 60
 SEARCH_COLUMNS = "//input[@placeholder='Search columns']"  # the runs table's column selector
 
-EXPERIMENT = "crypto-signals"
-MODEL = "ui-model"
+EXPERIMENT = TINY_EXPERIMENT  # "crypto-signals"
+MODEL = TINY_MODEL
 CHILD_RUNS = ("tune-lightgbm", "ensemble")
 
 # localStorage entries the UI writes when a user dismisses these (key suffix _v1 = the UI's version 1).
@@ -144,25 +143,23 @@ def browser_check() -> None:
 
 
 @pytest.fixture(scope="module")
-def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A tracking store holding one small pipeline run that passed its gate, and what it holds."""
-    tmp = tmp_path_factory.mktemp("ui-store")
-    candles = tmp / "flow.csv"
-    make_flow_signal_candles(3000, seed=11).reset_index().to_csv(candles, index=False)
-    with throwaway_store(tmp, EXPERIMENT) as (mp, uri):
-        result = run_pipeline(tiny_config(str(candles), tmp, MODEL, horizon=3))
-        assert result["gate"]["result"] == "passed", result["gate"]
-        client = MlflowClient(uri)
-        run = client.get_run(result["run_id"])
-        children = client.search_runs(
-            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
-        )
-        child_ids = {c.data.tags["mlflow.runName"]: c.info.run_id for c in children}
-        assert sorted(child_ids) == sorted(CHILD_RUNS)
-        production = client.get_model_version_by_alias(MODEL, PRODUCTION)
+def ui_store(browser_check, request: pytest.FixtureRequest) -> Iterator[dict]:
+    """A tracking store holding one small pipeline run that passed its gate, and what it holds: conftest's
+    shared ``tiny_promoted`` (asked for after ``browser_check``, so that a machine without a browser does
+    not train it for this module)."""
+    tiny = request.getfixturevalue("tiny_promoted")
+    assert (tiny.experiment, tiny.model_name) == (EXPERIMENT, MODEL)
+    result = tiny.summary
+    assert result["gate"]["result"] == "passed", result["gate"]
+    client = MlflowClient(tiny.uri)
+    run = client.get_run(result["run_id"])
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    child_ids = {c.data.tags["mlflow.runName"]: c.info.run_id for c in children}
+    assert sorted(child_ids) == sorted(CHILD_RUNS)
+    production = client.get_model_version_by_alias(MODEL, PRODUCTION)
     yield {
-        "dir": tmp,
-        "uri": uri,
+        "dir": tiny.dir,
+        "uri": tiny.uri,
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
         "run_name": run.data.tags["mlflow.runName"],
@@ -174,18 +171,19 @@ def ui_store(browser_check, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def ui_server(ui_store: dict) -> Iterator[str]:
+def ui_server(ui_store: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` over the store on a free 127.0.0.1 port; stopped after the module.
 
     The runs logged their artifacts straight into ``<store>/mlruns`` (the local default root), so the server
-    reads them there: ``--default-artifact-root`` is that directory and artifact proxying is off.
+    reads them there: ``--default-artifact-root`` is that directory and artifact proxying is off. Its log
+    goes to a directory of the module's own (the store is shared).
     """
     tmp: Path = ui_store["dir"]
     with mlflow_server(
         ui_store["uri"],
         tmp / "mlruns",
         serve_artifacts=False,
-        log_path=tmp / "mlflow-server.log",
+        log_path=tmp_path_factory.mktemp("ui-server") / "mlflow-server.log",
         extra_env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
     ) as url:
         yield f"{url}/"
@@ -309,7 +307,7 @@ def test_experiment_page_lists_the_runs_and_their_metrics(driver, ui_server, ui_
     assert run_name in row and holdout in row and baseline in row, row
     assert "passed" in row and ui_store["tags"]["model_version"] in row, row
     assert "gate passed" in row, row  # the run's description (mlflow.note.content) says it at a glance
-    assert "ui-model" in text  # the ensemble run's logged model, linked to its registered version
+    assert MODEL in text  # the ensemble run's logged model, linked to its registered version
     save_screenshot(driver, screenshot_dir, "experiment-runs.png")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,8 @@ def run_once(neighbours: int, extra: list[str]) -> dict:
         raise RuntimeError(f"pipeline failed with {neighbours} neighbours:\n{out.stderr[-3000:]}")
     tuned = [line for line in out.stdout.splitlines() if line.startswith("tuned")]
     final = json.loads(out.stdout.strip().splitlines()[-1])
-    f1 = next(line for line in out.stdout.splitlines() if line.startswith("ensemble"))
+    # The summary's "ensemble   <holdout macro-F1>" line (not the stage's "ensemble  out-of-fold ..." line).
+    f1 = next(line for line in out.stdout.splitlines() if re.fullmatch(r"ensemble\s+[0-9.]+", line.strip()))
     return {
         "neighbours": neighbours,
         "wall_seconds": round(wall, 1),

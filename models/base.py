@@ -56,10 +56,9 @@ def fit_threads(name: str, n_jobs: int) -> tuple[int, int]:
     """(threads per fit, folds fitted at once) for model family ``name`` given ``n_jobs`` cores.
 
     A tree-threaded family (:data:`TREE_THREADED`) fits one fold at a time on every core: the folds of a
-    purged walk-forward grow, so side by side the largest one would finish alone, and a trial the pruner
-    stops after an early fold never starts the later ones. Its result does not depend on the thread
-    count (each tree's seed is drawn from ``random_state`` before the fit). The others fit with one thread
-    each, ``n_jobs`` folds at once (see ``models.ensemble.map_folds``).
+    purged walk-forward grow, so side by side the largest one would finish alone. Its result does not
+    depend on the thread count (each tree's seed is drawn from ``random_state`` before the fit). The
+    others fit with one thread each, ``n_jobs`` folds at once (see ``models.ensemble.map_folds``).
     """
     n_jobs = max(1, n_jobs)
     return (n_jobs, 1) if name in TREE_THREADED else (1, n_jobs)
